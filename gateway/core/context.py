@@ -16,6 +16,8 @@ class RequestContext:
     ``deadline`` is a ``time.monotonic()`` instant (None: no deadline).
     ``headers`` are propagation headers (``traceparent``...) a backend must send on.
     ``pinned_backend`` is the backend the client asked for, if allowed by config.
+    ``accepts_raw`` is the ``RawMessage.encoding`` the frontend can send on as is;
+    a backend speaking it may return the response undecoded (the fast path).
     """
 
     protocol: str
@@ -24,6 +26,7 @@ class RequestContext:
     headers: dict[str, str] = field(default_factory=dict)
     pinned_backend: str | None = None
     backend_name: str = ""
+    accepts_raw: str | None = None
 
     def remaining(self) -> float | None:
         """Seconds until the deadline (None if unbounded); raises once it has passed."""

@@ -59,8 +59,10 @@ class ResourceExhausted(InferGWError):
 class PayloadTooLarge(ResourceExhausted):
     http_status = 413
 
-    def __init__(self, what: str, size: int, limit: int) -> None:
-        super().__init__(f"{what} of {size} bytes exceeds the limit of {limit} bytes")
+    def __init__(self, what: str, size: int | None, limit: int) -> None:
+        # size None: not known (a chunked or compressed body), only that it passed the limit
+        amount = "" if size is None else f" of {size} bytes"
+        super().__init__(f"{what}{amount} exceeds the limit of {limit} bytes")
         self.size = size
         self.limit = limit
 

@@ -1,0 +1,101 @@
+"""Assemble a running gateway: router, gRPC + REST frontends, metrics endpoint.
+
+``Gateway`` is an async context manager; ports may be 0 (the bound ports are in
+``gateway.addresses`` afterwards), which is how the tests run it::
+
+    async with Gateway(config) as gw:
+        print(gw.addresses["grpc"])
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from types import TracebackType
+
+from aiohttp import web
+
+from infergw.gateway.core.config import GatewayConfig, ListenConfig
+from infergw.gateway.core.metrics import GatewayMetrics
+from infergw.gateway.core.router import Router
+from infergw.gateway.core.service import InferenceService
+from infergw.gateway.frontends.grpc import GrpcFrontend
+
+log = logging.getLogger(__name__)
+
+
+def create_metrics_app(metrics: GatewayMetrics) -> web.Application:
+    async def handle(_: web.Request) -> web.Response:
+        return web.Response(body=metrics.render(), content_type="text/plain", charset="utf-8")
+
+    app = web.Application()
+    app.router.add_get("/metrics", handle)
+    return app
+
+
+class Gateway:
+    def __init__(self, config: GatewayConfig, router: Router | None = None) -> None:
+        self.config = config
+        self.router = router or Router.from_config(config)
+        self.metrics = GatewayMetrics()
+        self.service = InferenceService(self.router, self.metrics, config.limits)
+        self.addresses: dict[str, str] = {}
+        self._grpc: GrpcFrontend | None = None
+        self._runners: list[web.AppRunner] = []
+
+    async def start(self) -> None:
+        from infergw.gateway.frontends.rest import create_rest_app
+
+        listen: ListenConfig = self.config.listen
+        try:
+            self._grpc = GrpcFrontend(self.service, self.config.limits.max_message_bytes)
+            port = self._grpc.add_port(f"{listen.host}:{listen.grpc_port}")
+            self.addresses["grpc"] = f"{_display(listen.host)}:{port}"
+            await self._grpc.start()
+            rest = create_rest_app(self.service)
+            self.addresses["http"] = await self._serve(rest, listen.host, listen.http_port)
+            metrics = create_metrics_app(self.metrics)
+            self.addresses["metrics"] = await self._serve(metrics, listen.host, listen.metrics_port)
+        except BaseException:
+            await self.stop()
+            raise
+        log.info("infergw listening: %s", self.addresses)
+
+    async def _serve(self, app: web.Application, host: str, port: int) -> str:
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        self._runners.append(runner)
+        site = web.TCPSite(runner, host, port, reuse_address=True)
+        await site.start()
+        sockets = site._server.sockets if site._server else ()  # type: ignore[union-attr]
+        bound = sockets[0].getsockname()[1] if sockets else port
+        return f"{_display(host)}:{bound}"
+
+    async def stop(self) -> None:
+        if self._grpc is not None:
+            await self._grpc.stop()
+            self._grpc = None
+        while self._runners:
+            await self._runners.pop().cleanup()
+        await self.router.close()
+
+    async def __aenter__(self) -> Gateway:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+
+def _display(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "") else host
+
+
+def with_ports(config: GatewayConfig, grpc: int, http: int, metrics: int) -> GatewayConfig:
+    listen = replace(config.listen, grpc_port=grpc, http_port=http, metrics_port=metrics)
+    return replace(config, listen=listen)

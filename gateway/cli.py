@@ -1,0 +1,131 @@
+"""The ``infergw`` command line.
+
+    infergw serve --config FILE [--grpc-port N --http-port M --metrics-port K]
+    infergw local up [--ready-file FILE] [ports]    the embedded local stack, foreground
+    infergw demo [--out DIR]                         local stack + short benchmark + report
+
+Every command that listens takes --grpc-port/--http-port/--metrics-port
+(defaults 8001/8000/8002, Triton's, so clients' defaults work).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from pathlib import Path
+
+from infergw.gateway.core.errors import InferGWError
+
+
+def _add_listen_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default=None, help="address to bind (default 0.0.0.0)")
+    parser.add_argument("--grpc-port", type=int, default=None, help="gRPC port (default 8001)")
+    parser.add_argument("--http-port", type=int, default=None, help="HTTP port (default 8000)")
+    parser.add_argument(
+        "--metrics-port", type=int, default=None, help="Prometheus port (default 8002)"
+    )
+
+
+def _listen_overrides(args: argparse.Namespace) -> dict[str, object]:
+    pairs = {
+        "host": args.host,
+        "grpc_port": args.grpc_port,
+        "http_port": args.http_port,
+        "metrics_port": args.metrics_port,
+    }
+    return {k: v for k, v in pairs.items() if v is not None}
+
+
+async def run_until_signal(start: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+    """Run ``start(stop_event)``; SIGINT/SIGTERM set the event for a clean shutdown."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await start(stop)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from infergw.gateway.app import Gateway
+    from infergw.gateway.core.config import load_config
+    from infergw.gateway.telemetry import configure_tracing, shutdown_tracing
+
+    config = load_config(args.config)
+    config = replace(config, listen=replace(config.listen, **_listen_overrides(args)))  # type: ignore[arg-type]
+    configure_tracing(config.tracing)
+
+    async def serve(stop: asyncio.Event) -> None:
+        async with Gateway(config) as gateway:
+            print(f"infergw serving: {gateway.addresses}", flush=True)
+            await stop.wait()
+
+    try:
+        asyncio.run(run_until_signal(serve))
+    finally:
+        shutdown_tracing()
+    return 0
+
+
+def cmd_local_up(args: argparse.Namespace) -> int:
+    from infergw.deploy.local.stack import run_local_stack
+
+    asyncio.run(
+        run_until_signal(
+            lambda stop: run_local_stack(stop, args.ready_file, _listen_overrides(args))
+        )
+    )
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from infergw.deploy.local.demo import run_demo
+
+    return asyncio.run(run_demo(Path(args.out), args.requests))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="infergw", description=__doc__.split("\n")[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the gateway from a config file")
+    serve.add_argument("--config", required=True, type=Path, help="YAML config")
+    _add_listen_args(serve)
+    serve.set_defaults(func=cmd_serve)
+
+    local = sub.add_parser("local", help="the embedded local stack")
+    local_sub = local.add_subparsers(dest="local_command", required=True)
+    up = local_sub.add_parser("up", help="start Triton + gateway; Ctrl-C stops everything")
+    up.add_argument("--ready-file", type=Path, default=None, help="write endpoints JSON here")
+    _add_listen_args(up)
+    up.set_defaults(func=cmd_local_up)
+
+    demo = sub.add_parser("demo", help="local stack, a short benchmark, a report; then exit")
+    demo.add_argument("--out", default="out/demo", help="report directory (default out/demo)")
+    demo.add_argument("--requests", type=int, default=200, help="requests per model/protocol")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.func(args))
+    except InferGWError as exc:
+        print(f"infergw: error: {exc.message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

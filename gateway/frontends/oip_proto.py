@@ -1,0 +1,229 @@
+"""Codec between the OIP gRPC messages (``inference.*``) and the core types.
+
+Used by the gRPC frontend, the Triton backend and the SDK, so it lives once here.
+Tensor data moves as raw bytes (``raw_input_contents`` / ``raw_output_contents``);
+typed ``contents`` are accepted on input and converted to the raw layout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+from google.protobuf.message import DecodeError
+
+from infergw.gateway.core.datatypes import (
+    NUMPY_DTYPES,
+    check_datatype,
+    element_count,
+    serialize_bytes,
+)
+from infergw.gateway.core.errors import InvalidArgument
+from infergw.gateway.core.types import (
+    EMPTY_PARAMS,
+    InferRequest,
+    InferResponse,
+    ModelMetadata,
+    ModelStatistics,
+    Parameters,
+    RawMessage,
+    RequestedOutput,
+    Tensor,
+)
+from infergw.proto import grpc_service_pb2 as pb
+
+ENCODING = "oip-grpc"  # RawMessage.encoding of a serialized ModelInferRequest/Response
+
+# Which typed ``InferTensorContents`` field carries each datatype.
+_CONTENTS_FIELD = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+
+
+def parse_request(payload: bytes) -> pb.ModelInferRequest:
+    try:
+        return pb.ModelInferRequest.FromString(payload)
+    except DecodeError as exc:
+        raise InvalidArgument(f"malformed ModelInferRequest: {exc}") from exc
+
+
+def request_from_proto(msg: pb.ModelInferRequest, payload: bytes | None = None) -> InferRequest:
+    """Convert; ``payload`` (the bytes ``msg`` was parsed from) enables forwarding."""
+    raw_contents = msg.raw_input_contents
+    if raw_contents and len(raw_contents) != len(msg.inputs):
+        raise InvalidArgument(
+            f"raw_input_contents has {len(raw_contents)} entries for {len(msg.inputs)} inputs"
+        )
+    inputs = []
+    for i, tensor in enumerate(msg.inputs):
+        shape = tuple(tensor.shape)
+        if raw_contents:
+            data: bytes = raw_contents[i]
+        else:
+            data = _typed_to_raw(tensor.name, tensor.datatype, shape, tensor.contents)
+        inputs.append(
+            Tensor(tensor.name, tensor.datatype, shape, data, _params(tensor.parameters))
+        )
+    outputs = tuple(RequestedOutput(o.name, _params(o.parameters)) for o in msg.outputs)
+    return InferRequest(
+        model=msg.model_name,
+        version=msg.model_version,
+        id=msg.id,
+        inputs=tuple(inputs),
+        outputs=outputs,
+        parameters=_params(msg.parameters),
+        raw=None if payload is None else RawMessage(ENCODING, payload),
+    )
+
+
+def request_to_proto(request: InferRequest) -> pb.ModelInferRequest:
+    msg = pb.ModelInferRequest(
+        model_name=request.model, model_version=request.version, id=request.id
+    )
+    _set_params(msg.parameters, request.parameters)
+    for tensor in request.inputs:
+        t = msg.inputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
+        _set_params(t.parameters, tensor.parameters)
+    msg.raw_input_contents.extend(bytes(t.data) for t in request.inputs)
+    for out in request.outputs:
+        o = msg.outputs.add(name=out.name)
+        _set_params(o.parameters, out.parameters)
+    return msg
+
+
+def encode_request(request: InferRequest) -> bytes:
+    """Serialized ModelInferRequest, reusing the original bytes when there are any."""
+    if request.raw is not None and request.raw.encoding == ENCODING:
+        return request.raw.payload
+    return request_to_proto(request).SerializeToString()
+
+
+def response_from_proto(msg: pb.ModelInferResponse) -> InferResponse:
+    raw_contents = msg.raw_output_contents
+    outputs = []
+    for i, tensor in enumerate(msg.outputs):
+        shape = tuple(tensor.shape)
+        if i < len(raw_contents):
+            data: bytes = raw_contents[i]
+        else:
+            data = _typed_to_raw(tensor.name, tensor.datatype, shape, tensor.contents)
+        outputs.append(Tensor(tensor.name, tensor.datatype, shape, data, _params(tensor.parameters)))
+    return InferResponse(
+        model=msg.model_name,
+        version=msg.model_version,
+        id=msg.id,
+        outputs=tuple(outputs),
+        parameters=_params(msg.parameters),
+    )
+
+
+def response_to_proto(response: InferResponse) -> pb.ModelInferResponse:
+    msg = pb.ModelInferResponse(
+        model_name=response.model, model_version=response.version, id=response.id
+    )
+    _set_params(msg.parameters, response.parameters)
+    for tensor in response.outputs:
+        t = msg.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
+        _set_params(t.parameters, tensor.parameters)
+    msg.raw_output_contents.extend(bytes(t.data) for t in response.outputs)
+    return msg
+
+
+def encode_response(response: InferResponse) -> bytes:
+    if response.raw is not None and response.raw.encoding == ENCODING:
+        return response.raw.payload
+    return response_to_proto(response).SerializeToString()
+
+
+def metadata_to_proto(meta: ModelMetadata) -> pb.ModelMetadataResponse:
+    def spec(s):  # type: ignore[no-untyped-def]
+        return pb.ModelMetadataResponse.TensorMetadata(
+            name=s.name, datatype=s.datatype, shape=s.shape
+        )
+
+    return pb.ModelMetadataResponse(
+        name=meta.name,
+        versions=meta.versions,
+        platform=meta.platform,
+        inputs=[spec(s) for s in meta.inputs],
+        outputs=[spec(s) for s in meta.outputs],
+    )
+
+
+def statistics_to_proto(stats: list[ModelStatistics]) -> pb.ModelStatisticsResponse:
+    def dur(d):  # type: ignore[no-untyped-def]
+        return pb.StatisticDuration(count=d.count, ns=d.ns)
+
+    return pb.ModelStatisticsResponse(
+        model_stats=[
+            pb.ModelStatistics(
+                name=s.name,
+                version=s.version,
+                last_inference=s.last_inference_ms,
+                inference_count=s.inference_count,
+                execution_count=s.execution_count,
+                inference_stats=pb.InferStatistics(
+                    success=dur(s.success),
+                    fail=dur(s.fail),
+                    queue=dur(s.queue),
+                    compute_input=dur(s.compute_input),
+                    compute_infer=dur(s.compute_infer),
+                    compute_output=dur(s.compute_output),
+                ),
+            )
+            for s in stats
+        ]
+    )
+
+
+def _typed_to_raw(
+    name: str, datatype: str, shape: tuple[int, ...], contents: pb.InferTensorContents
+) -> bytes:
+    what = f"tensor {name!r}"
+    check_datatype(datatype, what)
+    count = element_count(shape, what)
+    values = getattr(contents, _CONTENTS_FIELD.get(datatype, "fp32_contents"))
+    if datatype == "FP16":
+        raise InvalidArgument(f"{what}: FP16 data must be sent in raw_input_contents")
+    if len(values) != count:
+        raise InvalidArgument(
+            f"{what}: shape {list(shape)} needs {count} elements, contents has {len(values)}"
+        )
+    if datatype == "BYTES":
+        return serialize_bytes(list(values))
+    return np.asarray(values, dtype=NUMPY_DTYPES[datatype]).tobytes()
+
+
+def _params(params: Mapping[str, pb.InferParameter]) -> Parameters:
+    if not params:
+        return EMPTY_PARAMS
+    out: dict[str, bool | int | float | str] = {}
+    for key, p in params.items():
+        which = p.WhichOneof("parameter_choice")
+        if which is not None:
+            out[key] = getattr(p, which)
+    return out
+
+
+def _set_params(target, params: Parameters) -> None:  # type: ignore[no-untyped-def]
+    for key, value in params.items():
+        p = target[key]
+        if isinstance(value, bool):
+            p.bool_param = value
+        elif isinstance(value, int):
+            p.int64_param = value
+        elif isinstance(value, float):
+            p.double_param = value
+        else:
+            p.string_param = str(value)

@@ -1,0 +1,77 @@
+"""Real servers on 127.0.0.1 with free ports: tritonserver, and the gateway in front of it.
+
+The gateway runs on its own event loop in a background thread so that tests can
+drive it with unmodified, synchronous clients (tritonclient) exactly as users do.
+Every server is stopped at the end, also when a test fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Coroutine, Iterator
+from typing import Any, TypeVar
+
+import pytest
+
+from infergw.deploy.local.stack import local_config
+from infergw.deploy.triton.launcher import TritonEndpoints, TritonServer
+from infergw.gateway.app import Gateway
+from infergw.gateway.core.config import GatewayConfig
+
+T = TypeVar("T")
+
+pytestmark = pytest.mark.integration
+
+
+class GatewayThread:
+    """A ``Gateway`` on a private event loop in a daemon thread."""
+
+    def __init__(self, config: GatewayConfig) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.gateway = Gateway(config)
+        self.run(self.gateway.start())
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 60.0) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    @property
+    def grpc(self) -> str:
+        return self.gateway.addresses["grpc"]
+
+    @property
+    def http(self) -> str:
+        return self.gateway.addresses["http"]
+
+    @property
+    def metrics(self) -> str:
+        return self.gateway.addresses["metrics"]
+
+    def close(self) -> None:
+        try:
+            self.run(self.gateway.stop())
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(10)
+            self.loop.close()
+
+
+def free_ports_config(triton: TritonEndpoints, **listen: Any) -> GatewayConfig:
+    return local_config(triton.grpc, {"grpc_port": 0, "http_port": 0, "metrics_port": 0, **listen})
+
+
+@pytest.fixture(scope="session")
+def triton() -> Iterator[TritonEndpoints]:
+    with TritonServer() as server:
+        yield server.endpoints
+
+
+@pytest.fixture(scope="session")
+def gateway(triton: TritonEndpoints) -> Iterator[GatewayThread]:
+    gw = GatewayThread(free_ports_config(triton))
+    try:
+        yield gw
+    finally:
+        gw.close()
