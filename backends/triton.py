@@ -61,7 +61,9 @@ class TritonBackend(BackendBase):
     def from_config(cls, name: str, options: Mapping[str, Any]) -> TritonBackend:
         url = options.get("url")
         if not isinstance(url, str) or not url:
-            raise InvalidArgument(f"backend {name!r}: 'url' (host:port of Triton's gRPC) is required")
+            raise InvalidArgument(
+                f"backend {name!r}: 'url' (host:port of Triton's gRPC) is required"
+            )
         unknown = set(options) - {"url"}
         if unknown:
             raise InvalidArgument(f"backend {name!r}: unknown options {sorted(unknown)}")
@@ -79,11 +81,11 @@ class TritonBackend(BackendBase):
         return rpc
 
     async def _call(
-        self, method: str, request: Any, response_cls: Any, timeout: float | None
+        self, method: str, request: Any, response_cls: Any, timeout_s: float | None
     ) -> Any:
         rpc = self._unary(method, type(request).SerializeToString, response_cls.FromString)
         try:
-            return await rpc(request, timeout=timeout)
+            return await rpc(request, timeout=timeout_s)
         except grpc.aio.AioRpcError as exc:
             raise map_rpc_error(exc, self.name) from exc
 
@@ -99,7 +101,10 @@ class TritonBackend(BackendBase):
             raise map_rpc_error(exc, self.name) from exc
         if ctx.accepts_raw == oip_proto.ENCODING:
             return InferResponse(
-                model=request.model, outputs=(), id=request.id, raw=RawMessage(oip_proto.ENCODING, payload)
+                model=request.model,
+                outputs=(),
+                id=request.id,
+                raw=RawMessage(oip_proto.ENCODING, payload),
             )
         return oip_proto.response_from_proto(pb.ModelInferResponse.FromString(payload))
 

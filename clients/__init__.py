@@ -1,1 +1,60 @@
-"""infergw."""
+"""infergw SDK: OIP clients over gRPC and REST, sync and asyncio.
+
+Every ``infer`` returns an ``InferResult`` whose ``timing`` splits the client's
+end-to-end time using the gateway's Server-Timing breakdown (design brief §2)::
+
+    from infergw.clients import GrpcClient
+
+    with GrpcClient("127.0.0.1:8001") as client:
+        result = client.infer("identity", {"input": np.ones((1, 16), np.float32)})
+        result.outputs["output"], result.timing.protocol_ms
+
+Failures raise the core exception tree (``infergw.gateway.core.errors``), re-exported
+here: ``NotFound``, ``InvalidArgument``, ``Unavailable``, ``DeadlineExceeded``...
+"""
+
+from infergw.clients.grpc_client import AsyncGrpcClient, GrpcClient
+from infergw.clients.http_client import AsyncHttpClient, HttpClient
+from infergw.clients.timing import TimingBreakdown, TimingEntry
+from infergw.clients.types import InferResult, ServerMetadata
+from infergw.gateway.core.errors import (
+    BackendError,
+    Cancelled,
+    DeadlineExceeded,
+    InferGWError,
+    InvalidArgument,
+    ModelNotFound,
+    NotFound,
+    PayloadTooLarge,
+    QueueFull,
+    ResourceExhausted,
+    Unavailable,
+    Unimplemented,
+)
+from infergw.gateway.core.types import ModelMetadata, ModelStatistics, TensorSpec
+
+__all__ = [
+    "AsyncGrpcClient",
+    "AsyncHttpClient",
+    "BackendError",
+    "Cancelled",
+    "DeadlineExceeded",
+    "GrpcClient",
+    "HttpClient",
+    "InferGWError",
+    "InferResult",
+    "InvalidArgument",
+    "ModelMetadata",
+    "ModelNotFound",
+    "ModelStatistics",
+    "NotFound",
+    "PayloadTooLarge",
+    "QueueFull",
+    "ResourceExhausted",
+    "ServerMetadata",
+    "TensorSpec",
+    "TimingBreakdown",
+    "TimingEntry",
+    "Unavailable",
+    "Unimplemented",
+]

@@ -67,8 +67,7 @@ class Gateway:
         self._runners.append(runner)
         site = web.TCPSite(runner, host, port, reuse_address=True)
         await site.start()
-        sockets = site._server.sockets if site._server else ()  # type: ignore[union-attr]
-        bound = sockets[0].getsockname()[1] if sockets else port
+        bound = runner.addresses[-1][1]  # the port actually bound (port 0 = a free one)
         return f"{_display(host)}:{bound}"
 
     async def stop(self) -> None:

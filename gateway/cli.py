@@ -56,7 +56,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from infergw.gateway.telemetry import configure_tracing, shutdown_tracing
 
     config = load_config(args.config)
-    config = replace(config, listen=replace(config.listen, **_listen_overrides(args)))  # type: ignore[arg-type]
+    config = replace(config, listen=replace(config.listen, **_listen_overrides(args)))
     configure_tracing(config.tracing)
 
     async def serve(stop: asyncio.Event) -> None:
@@ -85,7 +85,7 @@ def cmd_local_up(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from infergw.deploy.local.demo import run_demo
 
-    return asyncio.run(run_demo(Path(args.out), args.requests))
+    return run_demo(Path(args.out), args.requests)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -23,9 +23,7 @@ def configure_tracing(config: TracingConfig) -> bool:
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
     except ImportError as exc:
-        raise SystemExit(
-            "tracing export needs the SDK: pip install 'infergw[otel]'"
-        ) from exc
+        raise SystemExit("tracing export needs the SDK: pip install 'infergw[otel]'") from exc
     provider = TracerProvider(resource=Resource.create({"service.name": config.service_name}))
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
     trace.set_tracer_provider(provider)

@@ -57,7 +57,7 @@ class LocalStack:
     async def _wait_ready(self) -> None:
         assert self.gateway is not None
         async with asyncio.timeout(READY_TIMEOUT_S):
-            while not await self.gateway.router.ready():
+            while not await self.gateway.router.ready():  # noqa: ASYNC110 - polling Triton
                 await asyncio.sleep(0.1)
 
     async def stop(self) -> None:

@@ -98,7 +98,8 @@ def parse_config(raw: Any) -> GatewayConfig:
         raise InvalidArgument("config: at least one backend is required")
     names = {b.name for b in backends}
     routes = tuple(
-        _route(model, spec, names) for model, spec in _mapping(doc.get("models", {}), "models").items()
+        _route(model, spec, names)
+        for model, spec in _mapping(doc.get("models", {}), "models").items()
     )
     return GatewayConfig(
         backends=backends,

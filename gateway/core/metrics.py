@@ -7,7 +7,7 @@ label lookup dominates the cost of an observation.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
 from infergw.gateway.core.timing import TimingEntry
 
@@ -31,9 +31,6 @@ class GatewayMetrics:
         )
         self.requests = Counter(
             "infergw_requests", "Inference requests", LABELS, registry=self.registry
-        )
-        self.in_flight = Gauge(
-            "infergw_in_flight_requests", "Requests being handled", registry=self.registry
         )
         self._children: dict[tuple[str, ...], object] = {}
 

@@ -93,7 +93,7 @@ class Router:
     ) -> list[ModelStatistics]:
         if model:
             backend = self.select(model, pinned)
-            return list(await backend.model_statistics(model, version))  # type: ignore[attr-defined]
+            return list(await backend.model_statistics(model, version))
         stats: list[ModelStatistics] = []
         for name in self.routes:
             if name != WILDCARD:

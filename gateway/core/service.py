@@ -19,6 +19,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
 
+from opentelemetry.trace import Span
+
 from infergw.gateway.core import tracing
 from infergw.gateway.core.config import LimitsConfig
 from infergw.gateway.core.context import RequestContext
@@ -26,9 +28,8 @@ from infergw.gateway.core.datatypes import validate_tensor
 from infergw.gateway.core.errors import InvalidArgument, PayloadTooLarge
 from infergw.gateway.core.metrics import GatewayMetrics
 from infergw.gateway.core.router import Router
-from infergw.gateway.core.timing import Timings, TimingEntry
+from infergw.gateway.core.timing import TimingEntry, Timings
 from infergw.gateway.core.types import InferRequest, InferResponse
-from opentelemetry.trace import Span
 
 PIN_HEADER = "x-infergw-backend"
 VERSION = "0.1.0"
@@ -40,12 +41,12 @@ class InferenceService:
         self,
         router: Router,
         metrics: GatewayMetrics | None = None,
-        limits: LimitsConfig = LimitsConfig(),
+        limits: LimitsConfig | None = None,
         server_name: str = "infergw",
     ) -> None:
         self.router = router
         self.metrics = metrics or GatewayMetrics()
-        self.limits = limits
+        self.limits = limits or LimitsConfig()
         self.server_name = server_name
         self.version = VERSION
         self.extensions = EXTENSIONS

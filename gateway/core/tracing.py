@@ -32,13 +32,13 @@ def tracer() -> trace.Tracer:
 
 def enabled() -> bool:
     """True once an SDK tracer provider has been installed."""
-    return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider | trace.NoOpTracerProvider)
+    return not isinstance(
+        trace.get_tracer_provider(), trace.ProxyTracerProvider | trace.NoOpTracerProvider
+    )
 
 
 @contextmanager
-def server_span(
-    model: str, protocol: str, carrier: Mapping[str, str]
-) -> Iterator[Span]:
+def server_span(model: str, protocol: str, carrier: Mapping[str, str]) -> Iterator[Span]:
     """The per-request SERVER span, continuing any W3C context in ``carrier``."""
     if not enabled():
         if "traceparent" not in carrier:

@@ -16,9 +16,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Union
 
-ParamValue = Union[bool, int, float, str]
+ParamValue = bool | int | float | str
 Parameters = Mapping[str, ParamValue]
 EMPTY_PARAMS: Parameters = MappingProxyType({})
 

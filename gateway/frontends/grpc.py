@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -18,7 +19,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
-from infergw.gateway.core.errors import InferGWError
+from infergw.gateway.core.errors import InferGWError, QueueFull
 from infergw.gateway.core.service import InferenceService
 from infergw.gateway.core.timing import Timings, format_server_timing
 from infergw.gateway.frontends import oip_proto
@@ -42,7 +43,9 @@ class OipServicer:
     # -- inference ---------------------------------------------------------------
     async def model_infer(self, payload: bytes, context: grpc.aio.ServicerContext) -> bytes:
         timings = Timings()
-        headers = {k.lower(): v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
+        headers = {
+            k.lower(): v for k, v in context.invocation_metadata() or () if isinstance(v, str)
+        }
         ctx = self.service.new_context("grpc", headers, context.time_remaining(), timings)
         ctx.accepts_raw = oip_proto.ENCODING
         model, status = "", "CANCELLED"
@@ -59,15 +62,19 @@ class OipServicer:
             status = "OK"
         except InferGWError as exc:
             status = exc.grpc_code
-            trailer = format_server_timing(self.service.finish(model, ctx, status))
-            await context.abort(
-                grpc.StatusCode[exc.grpc_code], exc.message, (("server-timing", trailer),)
-            )
+            trailer = [
+                ("server-timing", format_server_timing(self.service.finish(model, ctx, status)))
+            ]
+            if isinstance(exc, QueueFull):
+                trailer.append(("retry-after", str(math.ceil(exc.retry_after_s))))
+            await context.abort(grpc.StatusCode[exc.grpc_code], exc.message, tuple(trailer))
         except Exception:
             status = "INTERNAL"
             log.exception("unexpected error in ModelInfer for model %r", model)
             trailer = format_server_timing(self.service.finish(model, ctx, status))
-            await context.abort(grpc.StatusCode.INTERNAL, "internal error", (("server-timing", trailer),))
+            await context.abort(
+                grpc.StatusCode.INTERNAL, "internal error", (("server-timing", trailer),)
+            )
         finally:
             if status == "CANCELLED":  # the client went away; still count it
                 self.service.finish(model, ctx, status)
@@ -80,7 +87,9 @@ class OipServicer:
         self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         """Each request is answered in order; errors go in ``error_message``, as Triton does."""
-        headers = {k.lower(): v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
+        headers = {
+            k.lower(): v for k, v in context.invocation_metadata() or () if isinstance(v, str)
+        }
         async for payload in requests:
             ctx = self.service.new_context("grpc-stream", headers)
             model, status = "", "OK"
@@ -105,7 +114,9 @@ class OipServicer:
             yield reply
 
     # -- health and metadata ---------------------------------------------------------
-    async def server_live(self, request: pb.ServerLiveRequest, context: Any) -> pb.ServerLiveResponse:
+    async def server_live(
+        self, request: pb.ServerLiveRequest, context: Any
+    ) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
 
     async def server_ready(

@@ -72,9 +72,7 @@ def request_from_proto(msg: pb.ModelInferRequest, payload: bytes | None = None) 
             data: bytes = raw_contents[i]
         else:
             data = _typed_to_raw(tensor.name, tensor.datatype, shape, tensor.contents)
-        inputs.append(
-            Tensor(tensor.name, tensor.datatype, shape, data, _params(tensor.parameters))
-        )
+        inputs.append(Tensor(tensor.name, tensor.datatype, shape, data, _params(tensor.parameters)))
     outputs = tuple(RequestedOutput(o.name, _params(o.parameters)) for o in msg.outputs)
     return InferRequest(
         model=msg.model_name,
@@ -118,7 +116,9 @@ def response_from_proto(msg: pb.ModelInferResponse) -> InferResponse:
             data: bytes = raw_contents[i]
         else:
             data = _typed_to_raw(tensor.name, tensor.datatype, shape, tensor.contents)
-        outputs.append(Tensor(tensor.name, tensor.datatype, shape, data, _params(tensor.parameters)))
+        outputs.append(
+            Tensor(tensor.name, tensor.datatype, shape, data, _params(tensor.parameters))
+        )
     return InferResponse(
         model=msg.model_name,
         version=msg.model_version,

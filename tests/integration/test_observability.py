@@ -32,7 +32,7 @@ class OtlpReceiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 try:
                     doc = json.loads(body)
@@ -106,7 +106,9 @@ def test_gateway_spans_continue_client_trace_and_triton_joins(spans, traced_stac
         backends = [
             s
             for s in finished
-            if s.kind == SpanKind.CLIENT and s.parent and s.parent.span_id == server_span.context.span_id
+            if s.kind == SpanKind.CLIENT
+            and s.parent
+            and s.parent.span_id == server_span.context.span_id
         ]
         assert [s.name for s in backends] == ["backend triton"]
         assert backends[0].attributes["infergw.attempt"] == 1
@@ -132,4 +134,7 @@ def test_prometheus_histograms_per_phase(traced_stack) -> None:  # type: ignore[
             f'infergw_phase_duration_seconds_count{{backend="triton",model="identity",'
             f'phase="{phase}",protocol="grpc",status="OK"}}'
         ) in text
-    assert 'infergw_requests_total{backend="triton",model="identity",protocol="grpc",status="OK"}' in text
+    assert (
+        'infergw_requests_total{backend="triton",model="identity",protocol="grpc",status="OK"}'
+        in text
+    )

@@ -29,7 +29,9 @@ def ctx(timeout_s: float | None = None) -> RequestContext:
 
 
 def admission(backend: EchoBackend, limit: int = 1, queue: int = 1, wait_s: float = 5.0):  # type: ignore[no-untyped-def]
-    return Admission(Attempt(backend), max_concurrency=limit, max_queue=queue, queue_timeout_s=wait_s)
+    return Admission(
+        Attempt(backend), max_concurrency=limit, max_queue=queue, queue_timeout_s=wait_s
+    )
 
 
 async def test_attempt_records_backend_with_attempt_detail() -> None:

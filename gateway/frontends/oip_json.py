@@ -1,0 +1,450 @@
+"""Open Inference Protocol v2 HTTP/JSON codec, with the binary tensor extension.
+
+Pure functions (no I/O) between the OIP REST wire format and the core types; the
+gateway's REST frontend uses the request decoder and response encoder, the SDK's
+REST client the other two. Wire layout of a body::
+
+    {JSON header}{binary tensor 0}{binary tensor 1}...
+    ^------------^ ``Inference-Header-Content-Length`` (absent: the body is all JSON)
+
+A tensor travels in binary when its ``parameters.binary_data_size`` is set; the
+blobs follow the header in tensor order. Which outputs come back in binary is
+chosen by the request: per requested output ``parameters.binary_data``, else the
+request-level ``parameters.binary_data_output`` (default false), as Triton does.
+
+Binary tensors stay ``memoryview`` slices of the body: nothing is copied on the
+way in. Declared shapes are checked (``element_count``) before anything sized by
+them is built. Bad requests raise ``InvalidArgument``; a malformed response (or a
+backend output that does not match its own shape) raises ``BackendError`` so a
+client is never blamed for a server's mistake.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, TypeAlias
+
+import numpy as np
+
+from infergw.gateway.core.datatypes import (
+    NUMPY_DTYPES,
+    check_datatype,
+    count_bytes_elements,
+    deserialize_bytes,
+    element_count,
+    expected_nbytes,
+    serialize_bytes,
+)
+from infergw.gateway.core.errors import BackendError, InferGWError, InvalidArgument
+from infergw.gateway.core.types import (
+    EMPTY_PARAMS,
+    InferRequest,
+    InferResponse,
+    Parameters,
+    RequestedOutput,
+    Tensor,
+)
+
+__all__ = [
+    "BINARY_DATA",
+    "BINARY_DATA_OUTPUT",
+    "BINARY_DATA_SIZE",
+    "HEADER_LENGTH",
+    "WIRE_PARAMETERS",
+    "decode_infer_request",
+    "decode_infer_response",
+    "encode_infer_request",
+    "encode_infer_response",
+]
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+BINARY_DATA_SIZE = "binary_data_size"  # tensor parameter: its blob's length
+BINARY_DATA = "binary_data"  # requested-output parameter: send it in binary
+BINARY_DATA_OUTPUT = "binary_data_output"  # request parameter: default for all outputs
+# Parameters that only mean something on this wire; other protocols may drop them.
+WIRE_PARAMETERS = frozenset({BINARY_DATA_SIZE, BINARY_DATA, BINARY_DATA_OUTPUT})
+
+Body: TypeAlias = bytes | bytearray | memoryview
+JsonObject: TypeAlias = dict[str, Any]
+
+
+# -- public API ----------------------------------------------------------------------
+
+
+def decode_infer_request(
+    model: str, version: str, body: Body, header_length: int | None
+) -> InferRequest:
+    """Parse an OIP inference request body (model and version come from the URL)."""
+    doc, blobs = _split(body, header_length, "inference request")
+    inputs = tuple(
+        _decode_tensor(item, blobs, "input", i)
+        for i, item in enumerate(_array(doc, "inputs", "inference request", required=True))
+    )
+    blobs.finish()
+    outputs = tuple(
+        _decode_requested_output(item, i)
+        for i, item in enumerate(_array(doc, "outputs", "inference request"))
+    )
+    parameters = _parameters(doc.get("parameters"), "inference request")
+    if not isinstance(parameters.get(BINARY_DATA_OUTPUT, False), bool):
+        raise InvalidArgument(f"inference request: parameter {BINARY_DATA_OUTPUT!r} must be a bool")
+    return InferRequest(
+        model=model,
+        version=version,
+        id=_string(doc, "id", "inference request"),
+        inputs=inputs,
+        outputs=outputs,
+        parameters=parameters,
+    )
+
+
+def encode_infer_response(
+    response: InferResponse, request: InferRequest
+) -> tuple[bytes, int | None]:
+    """Build the response body and its JSON header length (None: the body is pure JSON).
+
+    Only the outputs the request named are sent (all of them if it named none),
+    each in binary or JSON as the request asked.
+    """
+    header: JsonObject = {"model_name": response.model, "model_version": response.version}
+    if response.id or request.id:  # Triton echoes the request's id
+        header["id"] = response.id or request.id
+    if response.parameters:
+        header["parameters"] = dict(response.parameters)
+    header["outputs"], blobs = _encode_tensors(
+        _select_outputs(response, request), "output", BackendError
+    )
+    return _assemble(header, blobs)
+
+
+def encode_infer_request(
+    request: InferRequest, binary_inputs: bool = True, binary_outputs: bool = True
+) -> tuple[bytes, int | None]:
+    """Build a request body (client side); explicit ``binary_data`` parameters win."""
+    header: JsonObject = {}
+    if request.id:
+        header["id"] = request.id
+    header["inputs"], blobs = _encode_tensors(
+        [(t, binary_inputs) for t in request.inputs], "input", InvalidArgument
+    )
+    parameters = dict(request.parameters)
+    if request.outputs:
+        header["outputs"] = [
+            {"name": o.name, "parameters": {BINARY_DATA: binary_outputs, **o.parameters}}
+            for o in request.outputs
+        ]
+    else:
+        parameters.setdefault(BINARY_DATA_OUTPUT, binary_outputs)
+    if parameters:
+        header["parameters"] = parameters
+    return _assemble(header, blobs)
+
+
+def decode_infer_response(body: Body, header_length: int | None) -> InferResponse:
+    """Parse an OIP inference response body (client side, or a REST backend's reply)."""
+    try:
+        doc, blobs = _split(body, header_length, "inference response")
+        outputs = tuple(
+            _decode_tensor(item, blobs, "output", i)
+            for i, item in enumerate(_array(doc, "outputs", "inference response"))
+        )
+        blobs.finish()
+        for tensor in outputs:
+            if tensor.datatype == "BYTES":  # fixed-size ones were checked while slicing
+                _check_bytes_count(tensor, f"output {tensor.name!r}")
+        return InferResponse(
+            model=_string(doc, "model_name", "inference response"),
+            version=_string(doc, "model_version", "inference response"),
+            id=_string(doc, "id", "inference response"),
+            outputs=outputs,
+            parameters=_parameters(doc.get("parameters"), "inference response"),
+        )
+    except InvalidArgument as exc:
+        raise BackendError(f"malformed inference response: {exc.message}") from exc
+
+
+# -- body framing ----------------------------------------------------------------------
+
+
+class _Blobs:
+    """Hands out consecutive slices of the binary section, checking its bounds."""
+
+    __slots__ = ("_offset", "_view", "_what")
+
+    def __init__(self, view: memoryview, what: str) -> None:
+        self._view = view
+        self._offset = 0
+        self._what = what
+
+    def take(self, size: int, what: str) -> memoryview:
+        end = self._offset + size
+        if end > len(self._view):
+            raise InvalidArgument(
+                f"{what}: {BINARY_DATA_SIZE} {size} at offset {self._offset} runs past the end "
+                f"of the {len(self._view)}-byte binary section"
+            )
+        blob = self._view[self._offset : end]
+        self._offset = end
+        return blob
+
+    def finish(self) -> None:
+        if self._offset != len(self._view):
+            raise InvalidArgument(
+                f"{self._what}: the binary section has {len(self._view)} bytes but the tensors' "
+                f"{BINARY_DATA_SIZE} values add up to {self._offset}"
+            )
+
+
+def _split(body: Body, header_length: int | None, what: str) -> tuple[JsonObject, _Blobs]:
+    view = memoryview(body)
+    if header_length is None:
+        header_length = len(view)
+    elif header_length < 0 or header_length > len(view):
+        raise InvalidArgument(
+            f"{what}: {HEADER_LENGTH} {header_length} is outside the {len(view)}-byte body"
+        )
+    head = body[:header_length] if isinstance(body, bytes) else bytes(view[:header_length])
+    try:
+        doc = json.loads(head)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError
+        raise InvalidArgument(f"{what}: malformed JSON: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise InvalidArgument(f"{what}: the JSON header must be an object")
+    return doc, _Blobs(view[header_length:], what)
+
+
+def _assemble(
+    header: JsonObject, blobs: list[bytes | memoryview] | None
+) -> tuple[bytes, int | None]:
+    head = json.dumps(header, separators=(",", ":")).encode()
+    if blobs is None:
+        return head, None
+    return b"".join([head, *blobs]), len(head)
+
+
+# -- tensors ---------------------------------------------------------------------------
+
+
+def _decode_tensor(item: Any, blobs: _Blobs, kind: str, index: int) -> Tensor:
+    if not isinstance(item, dict):
+        raise InvalidArgument(f"{kind} #{index} must be a JSON object")
+    name = _string(item, "name", f"{kind} #{index}", required=True)
+    what = f"{kind} {name!r}"
+    datatype = _string(item, "datatype", what, required=True)
+    check_datatype(datatype, what)
+    shape = _shape(item.get("shape"), what)
+    count = element_count(shape, what)  # before anything is sized by the shape
+    parameters = dict(_parameters(item.get("parameters"), what))
+    size = parameters.pop(BINARY_DATA_SIZE, None)
+    if size is None:
+        if "data" not in item:
+            raise InvalidArgument(f"{what}: has neither 'data' nor {BINARY_DATA_SIZE}")
+        data: bytes | memoryview = _json_to_raw(item["data"], datatype, shape, count, what)
+    else:
+        if "data" in item:
+            raise InvalidArgument(f"{what}: has both 'data' and {BINARY_DATA_SIZE}")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise InvalidArgument(f"{what}: {BINARY_DATA_SIZE} must be a non-negative integer")
+        _check_fixed_size(datatype, shape, size, what)
+        data = blobs.take(size, what)
+    return Tensor(name, datatype, shape, data, parameters or EMPTY_PARAMS)
+
+
+def _decode_requested_output(item: Any, index: int) -> RequestedOutput:
+    if not isinstance(item, dict):
+        raise InvalidArgument(f"requested output #{index} must be a JSON object")
+    name = _string(item, "name", f"requested output #{index}", required=True)
+    parameters = _parameters(item.get("parameters"), f"requested output {name!r}")
+    if not isinstance(parameters.get(BINARY_DATA, False), bool):
+        raise InvalidArgument(
+            f"requested output {name!r}: parameter {BINARY_DATA!r} must be a bool"
+        )
+    return RequestedOutput(name, parameters)
+
+
+def _select_outputs(response: InferResponse, request: InferRequest) -> list[tuple[Tensor, bool]]:
+    default_binary = bool(request.parameters.get(BINARY_DATA_OUTPUT, False))
+    if not request.outputs:
+        return [(t, default_binary) for t in response.outputs]
+    produced = {t.name: t for t in response.outputs}
+    selected = []
+    for wanted in request.outputs:
+        tensor = produced.get(wanted.name)
+        if tensor is None:
+            raise BackendError(f"model {response.model!r} returned no output {wanted.name!r}")
+        selected.append((tensor, bool(wanted.parameters.get(BINARY_DATA, default_binary))))
+    return selected
+
+
+def _encode_tensors(
+    tensors: Sequence[tuple[Tensor, bool]], kind: str, error: type[InferGWError]
+) -> tuple[list[JsonObject], list[bytes | memoryview] | None]:
+    """JSON entries plus the binary blobs (None if no tensor went binary).
+
+    A tensor whose data does not match its own shape raises ``error``.
+    """
+    entries: list[JsonObject] = []
+    blobs: list[bytes | memoryview] | None = None
+    for tensor, binary in tensors:
+        what = f"{kind} {tensor.name!r}"
+        entry: JsonObject = {
+            "name": tensor.name,
+            "datatype": tensor.datatype,
+            "shape": list(tensor.shape),
+        }
+        parameters = {k: v for k, v in tensor.parameters.items() if k != BINARY_DATA_SIZE}
+        try:
+            _check_fixed_size(tensor.datatype, tensor.shape, len(tensor.data), what)
+            if not binary and tensor.datatype == "BYTES":
+                _check_bytes_count(tensor, what)
+        except InvalidArgument as exc:
+            raise error(exc.message) from exc
+        if binary:
+            parameters[BINARY_DATA_SIZE] = len(tensor.data)
+            blobs = [] if blobs is None else blobs
+            blobs.append(tensor.data)
+        else:
+            entry["data"] = _raw_to_json(tensor, what)
+        if parameters:
+            entry["parameters"] = parameters
+        entries.append(entry)
+    return entries, blobs
+
+
+def _check_fixed_size(datatype: str, shape: Sequence[int], size: int, what: str) -> None:
+    expected = expected_nbytes(datatype, shape, what)
+    if expected is not None and size != expected:
+        raise InvalidArgument(
+            f"{what}: shape {list(shape)} with datatype {datatype} needs {expected} bytes, "
+            f"got {size}"
+        )
+
+
+def _check_bytes_count(tensor: Tensor, what: str) -> None:
+    count = element_count(tensor.shape, what)
+    found = count_bytes_elements(tensor.data, what)
+    if found != count:
+        raise InvalidArgument(
+            f"{what}: shape {list(tensor.shape)} needs {count} BYTES elements, got {found}"
+        )
+
+
+# -- JSON tensor data <-> raw layout -----------------------------------------------------
+
+
+def _json_to_raw(data: Any, datatype: str, shape: Sequence[int], count: int, what: str) -> bytes:
+    """JSON ``data`` (flat or nested, row-major) -> OIP raw layout."""
+    if datatype == "BYTES":
+        items = [s.encode() for s in _flatten_strings(data, what)]
+        _check_count(len(items), shape, count, what)
+        return serialize_bytes(items)
+    try:
+        array = np.array(data)
+    except ValueError as exc:  # ragged nesting
+        raise InvalidArgument(f"{what}: 'data' is not a regular nested list") from exc
+    _check_count(array.size, shape, count, what)
+    _check_values(array, datatype, what)
+    return array.astype(NUMPY_DTYPES[datatype], copy=False).tobytes()
+
+
+def _check_count(found: int, shape: Sequence[int], count: int, what: str) -> None:
+    if found != count:
+        raise InvalidArgument(
+            f"{what}: shape {list(shape)} needs {count} elements, 'data' has {found}"
+        )
+
+
+def _check_values(array: np.ndarray, datatype: str, what: str) -> None:
+    """Refuse values the datatype cannot hold instead of letting numpy cast them."""
+    if array.size == 0:
+        return
+    target = NUMPY_DTYPES[datatype]
+    kind = array.dtype.kind
+    if target.kind == "b":
+        fits = kind == "b"
+    elif target.kind in "iu":
+        fits = kind in "iu"
+        if fits:
+            info = np.iinfo(target)
+            if array.min() < info.min or array.max() > info.max:
+                raise InvalidArgument(f"{what}: 'data' has values out of range for {datatype}")
+    else:
+        fits = kind in "iuf"
+    if not fits:
+        found = {"b": "booleans", "i": "integers", "u": "integers", "f": "floats"}.get(kind)
+        raise InvalidArgument(
+            f"{what}: 'data' must hold {datatype} values, got {found or 'other values'}"
+        )
+
+
+def _flatten_strings(data: Any, what: str) -> Iterator[str]:
+    if isinstance(data, str):
+        yield data
+    elif isinstance(data, list):
+        for item in data:
+            yield from _flatten_strings(item, what)
+    else:
+        raise InvalidArgument(f"{what}: BYTES 'data' must hold strings")
+
+
+def _raw_to_json(tensor: Tensor, what: str) -> list[Any]:
+    """OIP raw layout (already size-checked) -> flat JSON list; BYTES as UTF-8 strings."""
+    if tensor.datatype != "BYTES":
+        values: list[Any] = np.frombuffer(tensor.data, NUMPY_DTYPES[tensor.datatype]).tolist()
+        return values
+    try:
+        return [item.decode() for item in deserialize_bytes(tensor.data)]
+    except UnicodeDecodeError as exc:
+        raise InvalidArgument(
+            f"{what}: BYTES data is not valid UTF-8, so it cannot be sent as JSON; "
+            f"ask for it with {BINARY_DATA}=true"
+        ) from exc
+
+
+# -- JSON fields ---------------------------------------------------------------------------
+
+
+def _string(doc: JsonObject, key: str, what: str, required: bool = False) -> str:
+    value = doc.get(key)
+    if value is None:
+        if required:
+            raise InvalidArgument(f"{what}: missing required field {key!r}")
+        return ""
+    if not isinstance(value, str):
+        raise InvalidArgument(f"{what}: field {key!r} must be a string")
+    return value
+
+
+def _array(doc: JsonObject, key: str, what: str, required: bool = False) -> list[Any]:
+    value = doc.get(key)
+    if value is None:
+        if required:
+            raise InvalidArgument(f"{what}: missing required field {key!r}")
+        return []
+    if not isinstance(value, list):
+        raise InvalidArgument(f"{what}: field {key!r} must be an array")
+    return value
+
+
+def _shape(value: Any, what: str) -> tuple[int, ...]:
+    if value is None:
+        raise InvalidArgument(f"{what}: missing required field 'shape'")
+    if not isinstance(value, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) for d in value
+    ):
+        raise InvalidArgument(f"{what}: 'shape' must be an array of integers")
+    if any(d < 0 for d in value):
+        raise InvalidArgument(f"{what}: shape {value} has a negative dimension")
+    return tuple(value)
+
+
+def _parameters(value: Any, what: str) -> Parameters:
+    if value is None:
+        return EMPTY_PARAMS
+    if not isinstance(value, Mapping):
+        raise InvalidArgument(f"{what}: 'parameters' must be an object")
+    for key, item in value.items():
+        if not isinstance(item, bool | int | float | str):
+            raise InvalidArgument(f"{what}: parameter {key!r} must be a boolean, number or string")
+    return dict(value)

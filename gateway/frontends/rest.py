@@ -1,0 +1,320 @@
+"""Open Inference Protocol v2 over HTTP (aiohttp), wire-compatible with ``tritonclient.http``.
+
+Handlers are thin: the wire work lives in ``oip_json``, the request flow in
+``InferenceService`` (see its module docstring). Every error leaves in OIP's shape,
+``{"error": "<message>"}`` with the error's HTTP status; infer responses, errors
+included, carry the gateway's ``Server-Timing`` breakdown.
+
+Request bodies may be gzip/deflate compressed (``tritonclient.http`` can do that):
+aiohttp inflates them, and the size limit applies to the inflated body. Responses
+are compressed only when the client asks with ``Accept-Encoding``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from aiohttp import web
+
+from infergw.gateway.core import tracing
+from infergw.gateway.core.context import RequestContext
+from infergw.gateway.core.errors import (
+    InferGWError,
+    InvalidArgument,
+    PayloadTooLarge,
+    QueueFull,
+)
+from infergw.gateway.core.service import PIN_HEADER, InferenceService
+from infergw.gateway.core.timing import format_server_timing
+from infergw.gateway.core.types import InferRequest, ModelMetadata, ModelStatistics, TensorSpec
+from infergw.gateway.frontends.oip_json import (
+    HEADER_LENGTH,
+    decode_infer_request,
+    encode_infer_response,
+)
+
+log = logging.getLogger(__name__)
+
+SERVICE = web.AppKey("infergw_service", InferenceService)
+PROTOCOL = "rest"
+# Request headers handed to ``new_context`` (aiohttp looks them up case-insensitively).
+PROPAGATED_HEADERS = (PIN_HEADER, "traceparent", "tracestate")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def create_rest_app(service: InferenceService) -> web.Application:
+    # aiohttp rejects bodies strictly larger than client_max_size, as check_size does.
+    app = web.Application(
+        client_max_size=service.limits.max_message_bytes, middlewares=[_errors_middleware]
+    )
+    app[SERVICE] = service
+    app.router.add_get("/v2/health/live", _live)
+    app.router.add_get("/v2/health/ready", _ready)
+    app.router.add_get("/v2", _server_metadata)
+    app.router.add_post("/v2/repository/index", _repository_index)
+    # Before "/v2/models/{model}", which would otherwise take a model named "stats".
+    app.router.add_get("/v2/models/stats", _statistics)
+    for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
+        app.router.add_get(prefix, _model_metadata)
+        app.router.add_get(prefix + "/ready", _model_ready)
+        app.router.add_post(prefix + "/infer", _infer)
+        app.router.add_get(prefix + "/stats", _statistics)
+    return app
+
+
+# -- inference -------------------------------------------------------------------------
+
+
+async def _infer(request: web.Request) -> web.StreamResponse:
+    service = request.app[SERVICE]
+    model, version = _model_and_version(request)
+    ctx = service.new_context(PROTOCOL, _propagated(request))
+    status = "CANCELLED"  # unless we get to set something else: the client went away
+    try:
+        with service.server_span(model, ctx) as span:
+            try:
+                response = await _run_infer(request, service, ctx, model, version)
+                status = "OK"
+            except InferGWError as exc:
+                tracing.record_error(span, exc)
+                response, status = _error_response(exc), exc.grpc_code
+            except Exception as exc:
+                tracing.record_error(span, exc)
+                log.exception("unexpected error in infer for model %r", model)
+                response, status = _json_error(500, "internal error"), "INTERNAL"
+    finally:
+        entries = service.finish(model, ctx, status)
+    response.headers["Server-Timing"] = format_server_timing(entries)
+    return response
+
+
+async def _run_infer(
+    request: web.Request, service: InferenceService, ctx: RequestContext, model: str, version: str
+) -> web.Response:
+    body = await _read_body(request, service)  # transfer: part of total, not of decode
+    with _phase(ctx, "decode"):
+        infer_request = decode_infer_request(model, version, body, _header_length(request))
+        service.validate(infer_request)
+        ctx.with_timeout(_timeout_s(infer_request))
+    infer_response = await service.infer(infer_request, ctx)
+    with _phase(ctx, "encode"):
+        payload, header_length = encode_infer_response(infer_response, infer_request)
+        if header_length is None:
+            response = web.Response(body=payload, content_type="application/json")
+        else:
+            response = web.Response(body=payload, content_type="application/octet-stream")
+            response.headers[HEADER_LENGTH] = str(header_length)
+        _maybe_compress(request, response)
+    return response
+
+
+@contextmanager
+def _phase(ctx: RequestContext, name: str) -> Iterator[None]:
+    """Times a phase into ``Server-Timing`` and traces it as a child span."""
+    with ctx.timings.measure(name), tracing.phase_span(name):
+        yield
+
+
+async def _read_body(request: web.Request, service: InferenceService) -> bytes:
+    """The (inflated) body, refusing oversized ones before reading them when we can."""
+    if request.content_length is not None:
+        service.check_size(request.content_length, "request body")
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge as exc:  # chunked, or inflated past the limit
+        limit = service.limits.max_message_bytes
+        raise PayloadTooLarge("request body", None, limit) from exc
+
+
+def _header_length(request: web.Request) -> int | None:
+    value = request.headers.get(HEADER_LENGTH)
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise InvalidArgument(f"{HEADER_LENGTH} must be an integer, got {value[:32]!r}") from None
+
+
+def _timeout_s(request: InferRequest) -> float | None:
+    """Triton's ``timeout`` request parameter, in microseconds; 0 or absent: none."""
+    value = request.parameters.get("timeout")
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise InvalidArgument("parameter 'timeout' must be a non-negative integer (microseconds)")
+    return value / 1e6 if value else None
+
+
+def _maybe_compress(request: web.Request, response: web.Response) -> None:
+    accepted = request.headers.get("Accept-Encoding", "")
+    if "gzip" in accepted or "deflate" in accepted:
+        response.enable_compression()
+
+
+# -- health, metadata, statistics, repository ----------------------------------------------
+
+
+async def _live(request: web.Request) -> web.Response:
+    return web.Response()
+
+
+async def _ready(request: web.Request) -> web.Response:
+    ready = await request.app[SERVICE].server_ready()
+    return web.Response() if ready else _json_error(503, "server is not ready")
+
+
+async def _server_metadata(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    return web.json_response(
+        {
+            "name": service.server_name,
+            "version": service.version,
+            "extensions": list(service.extensions),
+        }
+    )
+
+
+async def _model_metadata(request: web.Request) -> web.Response:
+    model, version = _model_and_version(request)
+    router = request.app[SERVICE].router
+    metadata = await router.model_metadata(model, version, request.headers.get(PIN_HEADER))
+    return web.json_response(_metadata_json(metadata))
+
+
+async def _model_ready(request: web.Request) -> web.Response:
+    """200 when ready; 400 when not (as Triton does); 404 for a model with no route."""
+    model, version = _model_and_version(request)
+    router = request.app[SERVICE].router
+    router.route_for(model)
+    if await router.model_ready(model, version, request.headers.get(PIN_HEADER)):
+        return web.Response()
+    return _json_error(400, f"model {model!r} is not ready")
+
+
+async def _statistics(request: web.Request) -> web.Response:
+    model, version = _model_and_version(request)
+    router = request.app[SERVICE].router
+    stats = await router.model_statistics(model, version, request.headers.get(PIN_HEADER))
+    return web.json_response({"model_stats": [_statistics_json(s) for s in stats]})
+
+
+async def _repository_index(request: web.Request) -> web.Response:
+    """Triton's index: ``[{"name", "state"}...]``; ``{"ready": true}`` keeps ready ones."""
+    service = request.app[SERVICE]
+    body = await _read_body(request, service)
+    ready_only = _ready_only(body)
+    names = service.router.model_names()
+    ready = await asyncio.gather(*(service.router.model_ready(name) for name in names))
+    index = [
+        {"name": name, "state": "READY" if ok else "UNAVAILABLE"}
+        for name, ok in zip(names, ready, strict=True)
+        if ok or not ready_only
+    ]
+    return web.json_response(index)
+
+
+def _ready_only(body: bytes) -> bool:
+    if not body.strip():
+        return False
+    try:
+        doc = json.loads(body)
+    except ValueError as exc:
+        raise InvalidArgument(f"repository index request: malformed JSON: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise InvalidArgument("repository index request: the body must be a JSON object")
+    return doc.get("ready") is True
+
+
+def _metadata_json(metadata: ModelMetadata) -> dict[str, Any]:
+    def spec(t: TensorSpec) -> dict[str, Any]:
+        return {"name": t.name, "datatype": t.datatype, "shape": list(t.shape)}
+
+    return {
+        "name": metadata.name,
+        "versions": list(metadata.versions),
+        "platform": metadata.platform,
+        "inputs": [spec(t) for t in metadata.inputs],
+        "outputs": [spec(t) for t in metadata.outputs],
+    }
+
+
+def _statistics_json(stats: ModelStatistics) -> dict[str, Any]:
+    """Triton's statistics extension shape (cache counters are 0: no response cache)."""
+
+    def duration(name: str) -> dict[str, int]:
+        d = getattr(stats, name)
+        return {"count": d.count, "ns": d.ns}
+
+    phases = ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output")
+    inference_stats = {name: duration(name) for name in phases}
+    inference_stats["cache_hit"] = {"count": 0, "ns": 0}
+    inference_stats["cache_miss"] = {"count": 0, "ns": 0}
+    return {
+        "name": stats.name,
+        "version": stats.version,
+        "last_inference": stats.last_inference_ms,
+        "inference_count": stats.inference_count,
+        "execution_count": stats.execution_count,
+        "inference_stats": inference_stats,
+        "batch_stats": [],
+        "memory_usage": [],
+    }
+
+
+# -- errors and helpers ------------------------------------------------------------------
+
+
+@web.middleware
+async def _errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error in OIP's shape; the infer handler translates its own (for Server-Timing)."""
+    try:
+        return await handler(request)
+    except InferGWError as exc:
+        return _error_response(exc)
+    except web.HTTPRequestEntityTooLarge:
+        limit = request.app[SERVICE].limits.max_message_bytes
+        return _error_response(PayloadTooLarge("request body", None, limit))
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return _json_error(exc.status, exc.reason, exc.headers)
+    except Exception:
+        log.exception("unexpected error in %s %s", request.method, request.path)
+        return _json_error(500, "internal error")
+
+
+def _error_response(exc: InferGWError) -> web.Response:
+    response = _json_error(exc.http_status, exc.message)
+    if isinstance(exc, QueueFull):
+        response.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
+    return response
+
+
+def _json_error(status: int, message: str, headers: Any = None) -> web.Response:
+    response = web.json_response({"error": message}, status=status)
+    if headers:
+        for name in ("Allow", "Retry-After"):
+            if name in headers:
+                response.headers[name] = headers[name]
+    return response
+
+
+def _model_and_version(request: web.Request) -> tuple[str, str]:
+    info = request.match_info
+    return info.get("model", ""), info.get("version", "")
+
+
+def _propagated(request: web.Request) -> dict[str, str]:
+    headers = request.headers
+    return {name: headers[name] for name in PROPAGATED_HEADERS if name in headers}
+
+
+__all__ = ["SERVICE", "create_rest_app"]

@@ -1,0 +1,318 @@
+"""The OIP REST/JSON codec: round trips both ways, and every bad input is a clear 400."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import pytest
+
+from infergw.gateway.core.datatypes import tensor_from_numpy, tensor_to_numpy
+from infergw.gateway.core.errors import BackendError, InvalidArgument
+from infergw.gateway.core.types import InferRequest, InferResponse, RequestedOutput, Tensor
+from infergw.gateway.frontends.oip_json import (
+    decode_infer_request,
+    decode_infer_response,
+    encode_infer_request,
+    encode_infer_response,
+)
+
+ARRAYS = {
+    "fp32": np.arange(12, dtype=np.float32).reshape(3, 4) / 3,
+    "int64": np.array([[-(2**62), 0, 2**62]], dtype=np.int64),
+    "bytes": np.array([b"hello", "h\u00e9llo".encode(), b""], dtype=np.object_),
+    "bool": np.array([[True, False], [False, True]]),
+    "fp16": np.array([1.5, -2.25], dtype=np.float16),
+    "uint8": np.array([0, 255], dtype=np.uint8),
+}
+
+
+def _request(**kwargs: Any) -> InferRequest:
+    inputs = tuple(tensor_from_numpy(name, array) for name, array in ARRAYS.items())
+    return InferRequest(model="m", inputs=inputs, **kwargs)
+
+
+def _arrays(tensors: tuple[Tensor, ...]) -> dict[str, np.ndarray]:
+    return {t.name: tensor_to_numpy(t) for t in tensors}
+
+
+def _assert_same(found: dict[str, np.ndarray], expected: dict[str, np.ndarray]) -> None:
+    assert found.keys() == expected.keys()
+    for name, array in expected.items():
+        assert found[name].dtype == array.dtype, name
+        np.testing.assert_array_equal(found[name], array, err_msg=name)
+
+
+def _decode(doc: dict[str, Any], blobs: bytes = b"") -> InferRequest:
+    head = json.dumps(doc).encode()
+    return decode_infer_request("m", "", head + blobs, len(head) if blobs else None)
+
+
+def _input(**fields: Any) -> dict[str, Any]:
+    """A valid JSON input; a field given as None is left out."""
+    base = {"name": "x", "datatype": "FP32", "shape": [2], "data": [1.0, 2.0], **fields}
+    return {k: v for k, v in base.items() if v is not None}
+
+
+# -- round trips ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_request_round_trip(binary: bool) -> None:
+    request = _request(id="req-1", parameters={"priority": 2})
+    body, header_length = encode_infer_request(request, binary_inputs=binary)
+    assert (header_length is not None) is binary
+
+    decoded = decode_infer_request("m", "3", body, header_length)
+
+    _assert_same(_arrays(decoded.inputs), ARRAYS)
+    assert decoded.id == "req-1"
+    assert decoded.version == "3"
+    assert decoded.parameters == {"priority": 2, "binary_data_output": True}
+
+
+def test_binary_inputs_are_views_of_the_body_not_copies() -> None:
+    body, header_length = encode_infer_request(_request())
+    decoded = decode_infer_request("m", "", body, header_length)
+    data = decoded.inputs[0].data
+    assert isinstance(data, memoryview)
+    assert data.obj is body
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_response_round_trip(binary: bool) -> None:
+    request = InferRequest("m", (), parameters={"binary_data_output": binary})
+    outputs = tuple(tensor_from_numpy(name, array) for name, array in ARRAYS.items())
+    response = InferResponse("m", outputs, version="1", id="r", parameters={"k": "v"})
+
+    body, header_length = encode_infer_response(response, request)
+    assert (header_length is not None) is binary
+    decoded = decode_infer_response(body, header_length)
+
+    _assert_same(_arrays(decoded.outputs), ARRAYS)
+    assert (decoded.model, decoded.version, decoded.id) == ("m", "1", "r")
+    assert decoded.parameters == {"k": "v"}
+
+
+def test_response_sends_only_requested_outputs_each_as_asked() -> None:
+    outputs = tuple(tensor_from_numpy(name, array) for name, array in ARRAYS.items())
+    request = InferRequest(
+        "m",
+        (),
+        outputs=(
+            RequestedOutput("bytes", {"binary_data": False}),
+            RequestedOutput("fp32"),  # falls back to binary_data_output
+        ),
+        parameters={"binary_data_output": True},
+    )
+    body, header_length = encode_infer_response(InferResponse("m", outputs), request)
+
+    assert header_length is not None
+    header = json.loads(body[:header_length])
+    assert [o["name"] for o in header["outputs"]] == ["bytes", "fp32"]
+    assert header["outputs"][0]["data"] == ["hello", "h\u00e9llo", ""]
+    assert header["outputs"][1]["parameters"] == {"binary_data_size": 48}
+    assert len(body) == header_length + 48
+
+
+def test_json_request_data_may_be_nested_or_flat() -> None:
+    flat = _decode({"inputs": [_input(shape=[2, 2], data=[1, 2, 3, 4])]})
+    nested = _decode({"inputs": [_input(shape=[2, 2], data=[[1, 2], [3, 4]])]})
+    assert bytes(flat.inputs[0].data) == bytes(nested.inputs[0].data)
+    assert bytes(flat.inputs[0].data) == np.array([1, 2, 3, 4], "<f4").tobytes()
+
+
+def test_mixed_binary_and_json_inputs_with_requested_outputs() -> None:
+    blob = np.array([7, 8], "<i4").tobytes()
+    request = _decode(
+        {
+            "id": "a",
+            "inputs": [
+                _input(name="j"),
+                {
+                    "name": "b",
+                    "datatype": "INT32",
+                    "shape": [2],
+                    "parameters": {"binary_data_size": 8},
+                },
+            ],
+            "outputs": [{"name": "out", "parameters": {"binary_data": True}}],
+        },
+        blob,
+    )
+    assert [t.name for t in request.inputs] == ["j", "b"]
+    assert bytes(request.inputs[1].data) == blob
+    assert request.inputs[1].parameters == {}  # binary_data_size is framing, not a parameter
+    assert request.outputs == (RequestedOutput("out", {"binary_data": True}),)
+
+
+def test_requested_binary_outputs_are_encoded_per_output() -> None:
+    request = InferRequest(
+        "m", (tensor_from_numpy("x", ARRAYS["fp32"]),), outputs=(RequestedOutput("y"),)
+    )
+    body, header_length = encode_infer_request(request, binary_inputs=False, binary_outputs=True)
+    assert header_length is None
+    doc = json.loads(body)
+    assert doc["outputs"] == [{"name": "y", "parameters": {"binary_data": True}}]
+    assert "parameters" not in doc
+
+
+# -- bad requests -----------------------------------------------------------------------
+
+BAD_DOCS = [
+    pytest.param({"outputs": []}, "missing required field 'inputs'", id="no-inputs"),
+    pytest.param({"inputs": {}}, "'inputs' must be an array", id="inputs-not-array"),
+    pytest.param({"inputs": [1]}, "input #0 must be a JSON object", id="input-not-object"),
+    pytest.param({"inputs": [_input(name=None)]}, "missing required field 'name'", id="no-name"),
+    pytest.param({"inputs": [_input(datatype=None)]}, "'datatype'", id="no-datatype"),
+    pytest.param({"inputs": [_input(shape=None)]}, "missing required field 'shape'", id="no-shape"),
+    pytest.param(
+        {"inputs": [_input(datatype="FP8")]}, "unsupported datatype 'FP8'", id="bad-dtype"
+    ),
+    pytest.param({"inputs": [_input(shape=[2, -1])]}, "negative dimension", id="negative-dim"),
+    pytest.param({"inputs": [_input(shape=[2.5])]}, "array of integers", id="float-dim"),
+    pytest.param({"inputs": [_input(shape=[3])]}, "needs 3 elements, 'data' has 2", id="count"),
+    pytest.param({"inputs": [_input(shape=[1 << 30] * 3)]}, "too large", id="huge-shape"),
+    pytest.param({"inputs": [_input(data=[[1.0], [2.0, 3.0]])]}, "regular nested", id="ragged"),
+    pytest.param({"inputs": [_input(data=["a", "b"])]}, "must hold FP32", id="str-as-fp32"),
+    pytest.param({"inputs": [_input(datatype="INT8", data=[1, 300])]}, "out of range", id="range"),
+    pytest.param({"inputs": [_input(datatype="INT32", data=[1.5, 2])]}, "got floats", id="frac"),
+    pytest.param({"inputs": [_input(datatype="BOOL", data=[1, 0])]}, "got integers", id="bool"),
+    pytest.param({"inputs": [_input(datatype="BYTES", data=[1, 2])]}, "strings", id="bytes"),
+    pytest.param({"inputs": [_input(data=None)]}, "neither 'data' nor", id="no-data"),
+    pytest.param(
+        {"inputs": [_input(parameters={"binary_data_size": 8})]}, "both 'data' and", id="both"
+    ),
+    pytest.param({"inputs": [_input(parameters=[1])]}, "must be an object", id="params-list"),
+    pytest.param(
+        {"inputs": [_input()], "parameters": {"a": {"b": 1}}}, "boolean, number or string", id="p"
+    ),
+    pytest.param(
+        {"inputs": [_input()], "parameters": {"binary_data_output": 1}}, "must be a bool", id="bdo"
+    ),
+    pytest.param(
+        {"inputs": [_input()], "outputs": [{"name": "y", "parameters": {"binary_data": "x"}}]},
+        "must be a bool",
+        id="binary-data-flag",
+    ),
+    pytest.param({"inputs": [_input()], "id": 5}, "'id' must be a string", id="id"),
+]
+
+
+@pytest.mark.parametrize(("doc", "message"), BAD_DOCS)
+def test_bad_request_documents(doc: dict[str, Any], message: str) -> None:
+    with pytest.raises(InvalidArgument, match=message):
+        _decode(doc)
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b'{"inputs": [', "malformed JSON"),
+        (b"\xff\xfe\x00garbage", "malformed JSON"),
+        (b"[1, 2]", "must be an object"),
+        (b"[" * 100_000 + b"]" * 100_000, "malformed JSON"),
+    ],
+    ids=["truncated", "not-utf8", "not-object", "deeply-nested"],
+)
+def test_malformed_json(body: bytes, message: str) -> None:
+    with pytest.raises(InvalidArgument, match=message):
+        decode_infer_request("m", "", body, None)
+
+
+def _binary_doc(size: Any, shape: list[int] | None = None) -> dict[str, Any]:
+    return {
+        "inputs": [
+            {
+                "name": "x",
+                "datatype": "FP32",
+                "shape": shape or [2],
+                "parameters": {"binary_data_size": size},
+            }
+        ]
+    }
+
+
+@pytest.mark.parametrize(
+    ("doc", "blobs", "header_delta", "message"),
+    [
+        (_binary_doc(8), b"\0" * 8, 9, "outside the"),
+        (_binary_doc(8), b"\0" * 8, -10_000, "outside the"),
+        (_binary_doc(8), b"\0" * 4, 0, "runs past the end"),
+        (_binary_doc(8), b"\0" * 12, 0, "binary section has 12 bytes but .* add up to 8"),
+        (_binary_doc(12), b"\0" * 12, 0, r"shape \[2\] with datatype FP32 needs 8 bytes, got 12"),
+        (_binary_doc(-1), b"", 0, "non-negative integer"),
+        (_binary_doc(True), b"", 0, "non-negative integer"),
+        (_binary_doc(0, [1 << 40, 1 << 40]), b"", 0, "too large"),
+    ],
+    ids=[
+        "header-beyond-body",
+        "header-negative",
+        "blob-past-end",
+        "extra-bytes",
+        "size-vs-shape",
+        "negative-size",
+        "bool-size",
+        "huge-shape-checked-first",
+    ],
+)
+def test_bad_binary_framing(
+    doc: dict[str, Any], blobs: bytes, header_delta: int, message: str
+) -> None:
+    head = json.dumps(doc).encode()
+    with pytest.raises(InvalidArgument, match=message):
+        decode_infer_request("m", "", head + blobs, len(head) + header_delta)
+
+
+def test_binary_size_without_binary_section() -> None:
+    with pytest.raises(InvalidArgument, match="runs past the end of the 0-byte binary section"):
+        decode_infer_request("m", "", json.dumps(_binary_doc(8)).encode(), None)
+
+
+# -- bad responses and outputs ----------------------------------------------------------
+
+
+def test_malformed_response_is_a_backend_error() -> None:
+    with pytest.raises(BackendError, match=r"malformed inference response: .*malformed JSON"):
+        decode_infer_response(b"{", None)
+    doc = {"outputs": [{"name": "o", "datatype": "BYTES", "shape": [2], "data": ["a"]}]}
+    with pytest.raises(BackendError, match="needs 2 elements"):
+        decode_infer_response(json.dumps(doc).encode(), None)
+
+
+def test_binary_bytes_response_with_wrong_element_count() -> None:
+    blob = tensor_from_numpy("o", np.array([b"a"], dtype=np.object_)).data
+    doc = {
+        "outputs": [
+            {"name": "o", "datatype": "BYTES", "shape": [2], "parameters": {"binary_data_size": 5}}
+        ]
+    }
+    head = json.dumps(doc).encode()
+    with pytest.raises(BackendError, match="needs 2 BYTES elements, got 1"):
+        decode_infer_response(head + bytes(blob), len(head))
+
+
+def test_backend_output_not_matching_its_shape_is_a_backend_error() -> None:
+    response = InferResponse("m", (Tensor("o", "FP32", (4,), b"\0" * 8),))
+    for binary in (True, False):
+        request = InferRequest("m", (), parameters={"binary_data_output": binary})
+        with pytest.raises(BackendError, match=r"output 'o': shape \[4\] .* needs 16 bytes, got 8"):
+            encode_infer_response(response, request)
+
+
+def test_missing_requested_output_is_a_backend_error() -> None:
+    response = InferResponse("m", (Tensor("o", "FP32", (1,), b"\0" * 4),))
+    request = InferRequest("m", (), outputs=(RequestedOutput("other"),))
+    with pytest.raises(BackendError, match="returned no output 'other'"):
+        encode_infer_response(response, request)
+
+
+def test_non_utf8_bytes_output_cannot_go_as_json() -> None:
+    response = InferResponse("m", (tensor_from_numpy("o", np.array([b"\xff"], dtype=np.object_)),))
+    with pytest.raises(InvalidArgument, match=r"not valid UTF-8.*binary_data=true"):
+        encode_infer_response(response, InferRequest("m", ()))
+    body, header_length = encode_infer_response(
+        response, InferRequest("m", (), parameters={"binary_data_output": True})
+    )
+    assert tensor_to_numpy(decode_infer_response(body, header_length).outputs[0])[0] == b"\xff"
