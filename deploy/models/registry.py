@@ -1,0 +1,31 @@
+"""Model name -> loader. Hosts look models up here; adding a model is one entry."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+
+from infergw.deploy.models.base import Model, UnknownModelError
+from infergw.deploy.models.identity import Identity
+
+
+def _minilm() -> Model:
+    from infergw.deploy.models.minilm import MiniLM  # loads tokenizers/safetensors on demand
+
+    return MiniLM()
+
+
+MODELS: dict[str, Callable[[], Model]] = {
+    "identity": partial(Identity, "identity", "FP32"),
+    "identity_int64": partial(Identity, "identity_int64", "INT64"),
+    "minilm": _minilm,
+}
+
+
+def load_model(name: str) -> Model:
+    """Build the model registered as ``name`` (weights are read now: call once per process)."""
+    try:
+        loader = MODELS[name]
+    except KeyError:
+        raise UnknownModelError(f"unknown model {name!r}; available: {sorted(MODELS)}") from None
+    return loader()
