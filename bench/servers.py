@@ -1,0 +1,262 @@
+"""Processes the overhead benchmark starts: nginx as a C gRPC proxy, and the gateway CLI.
+
+Each runs in its own process group (``start_new_session``) with its log in a private temp
+dir, so stopping it reaps the whole group and Ctrl-C in the terminal reaches only the
+benchmark, which then stops everything itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import grpc
+
+SERVER_READY = "/inference.GRPCInferenceService/ServerReady"
+STOP_GRACE_S = 10.0
+NGINX_INSTALL_HINT = "apt-get install -y --no-install-recommends nginx-light"
+
+
+class StartError(RuntimeError):
+    """A server did not become ready; the message carries the tail of its log."""
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """``count`` distinct free TCP ports (held open together so they cannot collide)."""
+    with contextlib.ExitStack() as stack:
+        ports = []
+        for _ in range(count):
+            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            sock.bind((host, 0))
+            ports.append(sock.getsockname()[1])
+        return ports
+
+
+def wait_grpc_ready(
+    address: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: float = 60.0
+) -> None:
+    """Poll OIP ``ServerReady`` on ``address`` until it answers ``ready: true``."""
+    deadline = time.monotonic() + timeout_s
+    with grpc.insecure_channel(address) as channel:
+        ready = channel.unary_unary(SERVER_READY)  # raw bytes in and out
+        while True:
+            if proc.poll() is not None:
+                raise StartError(f"{proc.args[0]} exited with {proc.returncode}:\n{tail(log)}")
+            with contextlib.suppress(grpc.RpcError):
+                # ServerReadyResponse{ready: true} is field 1, varint 1: b"\x08\x01".
+                if ready(b"", timeout=1.0) == b"\x08\x01":
+                    return
+            if time.monotonic() > deadline:
+                raise StartError(f"{address} not ready after {timeout_s:.0f} s:\n{tail(log)}")
+            time.sleep(0.05)
+
+
+def tail(path: Path, chars: int = 3000) -> str:
+    if not path.exists():
+        return ""
+    with path.open("rb") as f:
+        f.seek(max(0, path.stat().st_size - chars))
+        return f.read().decode(errors="replace")
+
+
+def group_alive(pgid: int) -> bool:
+    """True while any process of the group ``pgid`` still exists."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stop_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the child's process group, SIGKILL whatever is left after a grace period."""
+    pgid = proc.pid  # start_new_session=True made the child its group's leader
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(STOP_GRACE_S)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)
+    proc.wait()
+
+
+class ManagedProcess:
+    """A child in its own session whose stdout/stderr go to ``<tmp>/<name>.log``."""
+
+    def __init__(self, name: str, registry: list[int] | None = None) -> None:
+        self.name = name
+        self.registry = registry  # receives the child's pgid as soon as it exists
+        self.tmp = Path(tempfile.mkdtemp(prefix=f"infergw-bench-{name}-"))
+        self.log = self.tmp / f"{name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None, f"{self.name} is not running"
+        return self.proc.pid
+
+    def spawn(self, args: Sequence[str], env: dict[str, str] | None = None) -> None:
+        with self.log.open("wb") as log:
+            self.proc = subprocess.Popen(
+                list(args),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=self.tmp,
+                start_new_session=True,
+            )
+        if self.registry is not None:
+            self.registry.append(self.proc.pid)
+
+    def stop(self) -> None:
+        """Idempotent; also safe after a failed start."""
+        proc, self.proc = self.proc, None
+        try:
+            if proc is not None:
+                stop_group(proc)
+        finally:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+NGINX_CONF = """\
+worker_processes 1;
+daemon off;
+master_process on;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log {prefix}/access.log combined buffer=64k flush=1s;
+    client_body_temp_path {prefix}/client_body;
+    proxy_temp_path {prefix}/proxy;
+    fastcgi_temp_path {prefix}/fastcgi;
+    uwsgi_temp_path {prefix}/uwsgi;
+    scgi_temp_path {prefix}/scgi;
+    client_max_body_size 0;
+    keepalive_requests 10000000;
+    keepalive_timeout 600s;
+    upstream triton {{
+        server {upstream};
+        keepalive 32;
+        keepalive_requests 10000000;
+        keepalive_timeout 600s;
+    }}
+    server {{
+        # nginx 1.22 syntax; ``http2 on;`` only exists from 1.25.1.
+        listen {listen} http2;
+        location / {{
+            grpc_pass grpc://triton;
+            grpc_read_timeout 600s;
+            grpc_send_timeout 600s;
+        }}
+    }}
+}}
+"""
+
+
+def nginx_binary() -> str | None:
+    """nginx on PATH, or in the sbin dirs a non-root PATH often lacks."""
+    return shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")
+
+
+def nginx_version(binary: str) -> str:
+    out = subprocess.run([binary, "-v"], capture_output=True, text=True, check=False)
+    return (out.stderr or out.stdout).strip()
+
+
+class NginxGrpcProxy(ManagedProcess):
+    """nginx (one worker, foreground) proxying gRPC on ``listen`` to ``upstream``."""
+
+    def __init__(
+        self, binary: str, listen: str, upstream: str, registry: list[int] | None = None
+    ) -> None:
+        super().__init__("nginx", registry)
+        self.binary = binary
+        self.listen = listen
+        self.upstream = upstream
+
+    def start(self) -> str:
+        # A root master hands temp dirs to an unprivileged worker, which must traverse here.
+        self.tmp.chmod(0o755)
+        conf = self.tmp / "nginx.conf"
+        conf.write_text(
+            NGINX_CONF.format(prefix=self.tmp, listen=self.listen, upstream=self.upstream)
+        )
+        # -e: the startup error log, before the config is read (default is stderr here).
+        args = [self.binary, "-p", str(self.tmp), "-c", str(conf)]
+        self.spawn([*args, "-e", str(self.tmp / "error.log")])
+        assert self.proc is not None
+        wait_grpc_ready(self.listen, self.proc, self.tmp / "error.log")
+        return self.listen
+
+
+GATEWAY_CONF = """\
+listen: {{host: 127.0.0.1}}
+backends:
+  triton: {{kind: triton, url: "{triton}"}}
+models:
+  "*": {{backend: triton}}
+"""
+
+
+class GatewayProcess(ManagedProcess):
+    """``infergw serve`` routing every model to Triton, as a separate process."""
+
+    def __init__(self, triton_grpc: str, registry: list[int] | None = None) -> None:
+        super().__init__("infergw", registry)
+        self.triton_grpc = triton_grpc
+        self.grpc = ""
+
+    def start(self) -> str:
+        conf = self.tmp / "gateway.yaml"
+        conf.write_text(GATEWAY_CONF.format(triton=self.triton_grpc))
+        grpc_port, http_port, metrics_port = free_ports(3)
+        cli = Path(sys.executable).parent / "infergw"
+        args = [str(cli), "serve", "--config", str(conf), "--grpc-port", str(grpc_port)]
+        args += ["--http-port", str(http_port), "--metrics-port", str(metrics_port)]
+        self.spawn(args, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self.grpc = f"127.0.0.1:{grpc_port}"
+        assert self.proc is not None
+        wait_grpc_ready(self.grpc, self.proc, self.log)
+        return self.grpc
+
+
+def vm_rss_mib(pid: int) -> float:
+    """Resident set size of ``pid`` from /proc/PID/status, in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def group_cpu_s(pgid: int) -> float:
+    """User + system CPU seconds used so far by the live processes of group ``pgid``."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            # Fields after the parenthesised command: state ppid pgrp ... utime(14) stime(15).
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) == pgid:
+                total += int(fields[11]) + int(fields[12])
+    return total / CLOCK_TICKS
+
+
+def client_cpu_s() -> float:
+    """CPU seconds used so far by this (client) process."""
+    times = os.times()
+    return times.user + times.system
