@@ -56,6 +56,9 @@ PACKAGES = {
     "infergw.deploy.models": "deploy/models",
     "infergw.deploy.triton": "deploy/triton",
     "infergw.deploy.local": "deploy/local",
+    "infergw.deploy.lambda": "deploy/lambda",  # a keyword: import it with importlib
+    "infergw.deploy.sagemaker": "deploy/sagemaker",
+    "infergw.deploy.cloudrun": "deploy/cloudrun",
     "infergw.proto": "proto",
 }
 

@@ -1,0 +1,1 @@
+"""infergw deploy: lambda."""
