@@ -27,6 +27,7 @@ class RequestContext:
     pinned_backend: str | None = None
     backend_name: str = ""
     accepts_raw: str | None = None
+    attempts: int = 0  # backend round trips started so far (retries, hedges, fallbacks)
 
     def remaining(self) -> float | None:
         """Seconds until the deadline (None if unbounded); raises once it has passed."""

@@ -1,13 +1,20 @@
 """Prometheus histograms per phase, labelled by model, backend, protocol and status.
 
-One ``GatewayMetrics`` per gateway, on its own registry (so tests and several
-gateways in one process do not collide). Label children are cached because
-label lookup dominates the cost of an observation.
+Observing is on every request's path, so the histograms here are plain counters
+updated from the event loop (no locks: one thread owns them) and exposed through
+a prometheus_client collector in the standard text format. One ``GatewayMetrics``
+per gateway, on its own registry, so several gateways in one process (tests) do
+not collide.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from bisect import bisect_left
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from infergw.gateway.core.timing import TimingEntry
 
@@ -17,34 +24,62 @@ BUCKETS = (
     0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 )  # fmt: skip
 LABELS = ("model", "backend", "protocol", "status")
+PHASE_LABELS = ("phase", *LABELS)
 
 
-class GatewayMetrics:
+class _Histogram:
+    __slots__ = ("counts", "sum")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(BUCKETS) + 1)  # the last one is +Inf
+        self.sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect_left(BUCKETS, seconds)] += 1
+        self.sum += seconds
+
+
+class GatewayMetrics(Collector):
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
-        self.phase = Histogram(
-            "infergw_phase_duration_seconds",
-            "Time per request phase (Server-Timing vocabulary)",
-            ("phase", *LABELS),
-            buckets=BUCKETS,
-            registry=self.registry,
-        )
-        self.requests = Counter(
-            "infergw_requests", "Inference requests", LABELS, registry=self.registry
-        )
-        self._children: dict[tuple[str, ...], object] = {}
+        self._phases: dict[tuple[str, ...], _Histogram] = {}
+        self._requests: dict[tuple[str, ...], int] = {}
+        self.registry.register(self)
 
     def observe(
         self, model: str, backend: str, protocol: str, status: str, entries: tuple[TimingEntry, ...]
     ) -> None:
         labels = (model, backend, protocol, status)
-        self.requests.labels(*labels).inc()
-        for entry in entries:
-            key = (entry.name, *labels)
-            child = self._children.get(key)
-            if child is None:
-                child = self._children[key] = self.phase.labels(*key)
-            child.observe(entry.duration_ms / 1000.0)  # type: ignore[attr-defined]
+        self._requests[labels] = self._requests.get(labels, 0) + 1
+        phases = self._phases
+        for name, duration_ms, _ in entries:
+            key = (name, *labels)
+            histogram = phases.get(key)
+            if histogram is None:
+                histogram = phases[key] = _Histogram()
+            histogram.observe(duration_ms / 1000.0)
+
+    def collect(self) -> Iterator[Metric]:
+        phase = HistogramMetricFamily(
+            "infergw_phase_duration_seconds",
+            "Time per request phase (Server-Timing vocabulary)",
+            labels=PHASE_LABELS,
+        )
+        for key, histogram in list(self._phases.items()):
+            cumulative, running = [], 0
+            for bound, count in zip((*BUCKETS, float("inf")), histogram.counts, strict=True):
+                running += count
+                cumulative.append((_bound(bound), running))
+            phase.add_metric(list(key), cumulative, histogram.sum)
+        yield phase
+        requests = CounterMetricFamily("infergw_requests", "Inference requests", labels=LABELS)
+        for labels, count in list(self._requests.items()):
+            requests.add_metric(list(labels), count)
+        yield requests
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def _bound(value: float) -> str:
+    return "+Inf" if value == float("inf") else repr(value)

@@ -12,7 +12,8 @@ import re
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from functools import lru_cache
+from typing import NamedTuple
 
 PHASES = (
     "total",
@@ -31,8 +32,9 @@ BACKEND_REPORTED = ("coldstart", "backend_queue", "compute")
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 
 
-@dataclass(frozen=True, slots=True)
-class TimingEntry:
+class TimingEntry(NamedTuple):
+    """One measured phase. A NamedTuple: immutable and cheap to create per request."""
+
     name: str
     duration_ms: float
     description: str = ""
@@ -49,6 +51,12 @@ class Timings:
 
     def add(self, name: str, duration_ms: float, description: str = "") -> None:
         self._entries.append(TimingEntry(name, duration_ms, description))
+
+    def add_since(self, name: str, t0: float, description: str = "") -> float:
+        """Add the time since ``t0`` (a perf_counter value); returns now. The hot-path form."""
+        now = time.perf_counter()
+        self._entries.append(TimingEntry(name, (now - t0) * 1000.0, description))
+        return now
 
     @contextmanager
     def measure(self, name: str, description: str = "") -> Iterator[None]:
@@ -71,6 +79,7 @@ class Timings:
         return sum(values) if values else None
 
 
+@lru_cache(maxsize=1024)  # descriptions repeat (backend=NAME;attempt=N)
 def _quote(value: str) -> str:
     if _TOKEN.match(value):
         return value
@@ -78,13 +87,10 @@ def _quote(value: str) -> str:
 
 
 def format_server_timing(entries: Iterable[TimingEntry]) -> str:
-    parts = []
-    for e in entries:
-        item = f"{e.name};dur={e.duration_ms:.3f}"
-        if e.description:
-            item += f";desc={_quote(e.description)}"
-        parts.append(item)
-    return ", ".join(parts)
+    return ", ".join(
+        f"{name};dur={dur:.3f};desc={_quote(desc)}" if desc else f"{name};dur={dur:.3f}"
+        for name, dur, desc in entries
+    )
 
 
 _PARAM = re.compile(r'\s*;\s*([^=;,\s]+)\s*(?:=\s*("(?:[^"\\]|\\.)*"|[^;,]*))?')

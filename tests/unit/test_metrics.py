@@ -1,0 +1,43 @@
+from prometheus_client.parser import text_string_to_metric_families
+
+from infergw.gateway.core.metrics import GatewayMetrics
+from infergw.gateway.core.timing import TimingEntry
+
+
+def samples(metrics: GatewayMetrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out = {}
+    for family in text_string_to_metric_families(metrics.render().decode()):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def test_histogram_buckets_are_cumulative_with_le_semantics() -> None:
+    m = GatewayMetrics()
+    entries = (TimingEntry("total", 1.0), TimingEntry("total", 3.0), TimingEntry("queue", 0.0))
+    m.observe("identity", "triton", "grpc", "OK", entries)
+    got = samples(m)
+    base = (("backend", "triton"), ("model", "identity"), ("protocol", "grpc"), ("status", "OK"))
+
+    def bucket(phase: str, le: str) -> float:
+        labels = tuple(sorted((*base, ("phase", phase), ("le", le))))
+        return got[("infergw_phase_duration_seconds_bucket", labels)]
+
+    assert bucket("total", "0.001") == 1  # 1.0 ms lands in le=0.001 (inclusive)
+    assert bucket("total", "0.0025") == 1
+    assert bucket("total", "0.005") == 2
+    assert bucket("total", "+Inf") == 2
+    assert bucket("queue", "0.0001") == 1
+    count = got[
+        ("infergw_phase_duration_seconds_count", tuple(sorted((*base, ("phase", "total")))))
+    ]
+    total = got[("infergw_phase_duration_seconds_sum", tuple(sorted((*base, ("phase", "total")))))]
+    assert count == 2 and abs(total - 0.004) < 1e-12
+    assert got[("infergw_requests_total", base)] == 1
+
+
+def test_separate_gateways_do_not_share_state() -> None:
+    a, b = GatewayMetrics(), GatewayMetrics()
+    a.observe("m", "b", "rest", "OK", (TimingEntry("total", 1.0),))
+    assert "infergw_requests_total" in a.render().decode()
+    assert 'model="m"' not in b.render().decode()
