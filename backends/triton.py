@@ -1,10 +1,9 @@
 """Triton Inference Server over the Open Inference Protocol gRPC API.
 
-The fast path: when the request arrived as a serialized ``ModelInferRequest`` it is
-sent to Triton as those exact bytes, and when the frontend can pass Triton's
-serialized response on as is (``ctx.accepts_raw``), it is returned undecoded.
-W3C trace context from ``ctx.headers`` travels as gRPC metadata, which Triton's
-OpenTelemetry mode continues.
+Everything but the channel is the shared OIP gRPC client (``oip_grpc``): the
+fast path that forwards a request's original bytes and returns Triton's response
+undecoded when the frontend can send it on, W3C trace context as gRPC metadata
+(which Triton's OpenTelemetry mode continues), and errors mapped once.
 
 Config::
 
@@ -19,44 +18,11 @@ from typing import Any
 
 import grpc
 
-from infergw.backends.grpc_errors import map_rpc_error
-from infergw.gateway.core.backend import BackendBase
-from infergw.gateway.core.context import RequestContext
+from infergw.backends.oip_grpc import CHANNEL_OPTIONS, OipGrpcBackend
 from infergw.gateway.core.errors import InvalidArgument
-from infergw.gateway.core.types import (
-    Duration,
-    InferRequest,
-    InferResponse,
-    ModelMetadata,
-    ModelStatistics,
-    RawMessage,
-    TensorSpec,
-)
-from infergw.gateway.frontends import oip_proto
-from infergw.proto import grpc_service_pb2 as pb
-
-SERVICE = "/inference.GRPCInferenceService/"
-MAX_MESSAGE = 1 << 30
-CHANNEL_OPTIONS = (
-    ("grpc.max_send_message_length", MAX_MESSAGE),
-    ("grpc.max_receive_message_length", MAX_MESSAGE),
-    ("grpc.keepalive_time_ms", 30_000),
-    ("grpc.http2.max_pings_without_data", 0),
-)
-HEALTH_TIMEOUT_S = 2.0
 
 
-def _identity(payload: bytes) -> bytes:
-    return payload
-
-
-class TritonBackend(BackendBase):
-    def __init__(self, name: str, url: str) -> None:
-        self.name = name
-        self.url = url
-        self._channel: grpc.aio.Channel | None = None
-        self._rpcs: dict[str, Any] = {}
-
+class TritonBackend(OipGrpcBackend):
     @classmethod
     def from_config(cls, name: str, options: Mapping[str, Any]) -> TritonBackend:
         url = options.get("url")
@@ -69,113 +35,5 @@ class TritonBackend(BackendBase):
             raise InvalidArgument(f"backend {name!r}: unknown options {sorted(unknown)}")
         return cls(name, url)
 
-    def _unary(self, method: str, serializer: Any, deserializer: Any) -> Any:
-        rpc = self._rpcs.get(method)
-        if rpc is None:
-            if self._channel is None:
-                # Created lazily: a grpc.aio channel belongs to the running event loop.
-                self._channel = grpc.aio.insecure_channel(self.url, options=CHANNEL_OPTIONS)
-            rpc = self._rpcs[method] = self._channel.unary_unary(
-                SERVICE + method, request_serializer=serializer, response_deserializer=deserializer
-            )
-        return rpc
-
-    async def _call(
-        self, method: str, request: Any, response_cls: Any, timeout_s: float | None
-    ) -> Any:
-        rpc = self._unary(method, type(request).SerializeToString, response_cls.FromString)
-        try:
-            return await rpc(request, timeout=timeout_s)
-        except grpc.aio.AioRpcError as exc:
-            raise map_rpc_error(exc, self.name) from exc
-
-    async def infer(self, request: InferRequest, ctx: RequestContext) -> InferResponse:
-        rpc = self._unary("ModelInfer", _identity, _identity)
-        try:
-            payload: bytes = await rpc(
-                oip_proto.encode_request(request),
-                timeout=ctx.remaining(),
-                metadata=tuple(ctx.headers.items()) or None,
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise map_rpc_error(exc, self.name) from exc
-        if ctx.accepts_raw == oip_proto.ENCODING:
-            return InferResponse(
-                model=request.model,
-                outputs=(),
-                id=request.id,
-                raw=RawMessage(oip_proto.ENCODING, payload),
-            )
-        return oip_proto.response_from_proto(pb.ModelInferResponse.FromString(payload))
-
-    async def ready(self) -> bool:
-        try:
-            reply = await self._call(
-                "ServerReady", pb.ServerReadyRequest(), pb.ServerReadyResponse, HEALTH_TIMEOUT_S
-            )
-        except Exception:
-            return False
-        return bool(reply.ready)
-
-    async def model_ready(self, model: str, version: str = "") -> bool:
-        try:
-            reply = await self._call(
-                "ModelReady",
-                pb.ModelReadyRequest(name=model, version=version),
-                pb.ModelReadyResponse,
-                HEALTH_TIMEOUT_S,
-            )
-        except Exception:
-            return False
-        return bool(reply.ready)
-
-    async def model_metadata(self, model: str, version: str = "") -> ModelMetadata:
-        reply = await self._call(
-            "ModelMetadata",
-            pb.ModelMetadataRequest(name=model, version=version),
-            pb.ModelMetadataResponse,
-            HEALTH_TIMEOUT_S,
-        )
-        return ModelMetadata(
-            name=reply.name,
-            versions=tuple(reply.versions),
-            platform=reply.platform,
-            inputs=tuple(TensorSpec(t.name, t.datatype, tuple(t.shape)) for t in reply.inputs),
-            outputs=tuple(TensorSpec(t.name, t.datatype, tuple(t.shape)) for t in reply.outputs),
-        )
-
-    async def model_statistics(self, model: str, version: str = "") -> list[ModelStatistics]:
-        reply = await self._call(
-            "ModelStatistics",
-            pb.ModelStatisticsRequest(name=model, version=version),
-            pb.ModelStatisticsResponse,
-            HEALTH_TIMEOUT_S,
-        )
-        return [_statistics(s) for s in reply.model_stats]
-
-    async def close(self) -> None:
-        if self._channel is not None:
-            await self._channel.close()
-            self._channel = None
-            self._rpcs.clear()
-
-
-def _statistics(s: pb.ModelStatistics) -> ModelStatistics:
-    st = s.inference_stats
-
-    def dur(d: pb.StatisticDuration) -> Duration:
-        return Duration(count=d.count, ns=d.ns)
-
-    return ModelStatistics(
-        name=s.name,
-        version=s.version,
-        last_inference_ms=s.last_inference,
-        inference_count=s.inference_count,
-        execution_count=s.execution_count,
-        success=dur(st.success),
-        fail=dur(st.fail),
-        queue=dur(st.queue),
-        compute_input=dur(st.compute_input),
-        compute_infer=dur(st.compute_infer),
-        compute_output=dur(st.compute_output),
-    )
+    def _open_channel(self) -> grpc.aio.Channel:
+        return grpc.aio.insecure_channel(self.url, options=CHANNEL_OPTIONS)

@@ -1,0 +1,192 @@
+"""The shared client side of every backend that speaks Open Inference Protocol gRPC.
+
+Triton and our Cloud Run container both serve ``inference.GRPCInferenceService``;
+they differ only in how the channel is made, what metadata goes with a call and
+what the trailers say. ``OipGrpcBackend`` is the rest, once:
+
+- the fast path: a request that arrived as a serialized ``ModelInferRequest`` is sent
+  as those exact bytes, and when the frontend can pass the serialized response on
+  (``ctx.accepts_raw``) it is returned undecoded;
+- ``ctx.headers`` (W3C trace context) travel as gRPC metadata, the deadline as the
+  call's timeout;
+- gRPC errors are mapped once, by ``map_rpc_error``.
+
+Subclasses implement ``_open_channel`` and may override ``_metadata`` and
+``_on_trailers``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+from infergw.backends.grpc_errors import map_rpc_error
+from infergw.gateway.core.backend import BackendBase
+from infergw.gateway.core.context import RequestContext
+from infergw.gateway.core.types import (
+    Duration,
+    InferRequest,
+    InferResponse,
+    ModelMetadata,
+    ModelStatistics,
+    RawMessage,
+    TensorSpec,
+)
+from infergw.gateway.frontends import oip_proto
+from infergw.proto import grpc_service_pb2 as pb
+
+SERVICE = "/inference.GRPCInferenceService/"
+MAX_MESSAGE = 1 << 30
+CHANNEL_OPTIONS = (
+    ("grpc.max_send_message_length", MAX_MESSAGE),
+    ("grpc.max_receive_message_length", MAX_MESSAGE),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.http2.max_pings_without_data", 0),
+)
+HEALTH_TIMEOUT_S = 2.0
+
+Metadata = tuple[tuple[str, str], ...]
+
+
+def _identity(payload: bytes) -> bytes:
+    return payload
+
+
+class OipGrpcBackend(BackendBase):
+    native_deadline = True  # ctx.remaining() becomes the gRPC deadline; expiry cancels the call
+    reads_trailers = False  # subclasses that report timing in trailers set True (_on_trailers)
+
+    def __init__(self, name: str, url: str) -> None:
+        self.name = name
+        self.url = url
+        self._channel: grpc.aio.Channel | None = None
+        self._rpcs: dict[str, Any] = {}
+
+    # -- what subclasses vary ------------------------------------------------------------
+    def _open_channel(self) -> grpc.aio.Channel:
+        """A new channel to ``self.url`` (called on first use, inside the event loop)."""
+        raise NotImplementedError
+
+    async def _metadata(self, ctx: RequestContext | None) -> Metadata | None:
+        """Metadata for one call; by default the request's propagation headers."""
+        if ctx is None or not ctx.headers:
+            return None
+        return tuple(ctx.headers.items())
+
+    def _on_trailers(self, trailers: grpc.aio.Metadata | None, ctx: RequestContext) -> None:
+        """Read the backend's trailing metadata of a ModelInfer call (success or error)."""
+
+    # -- the shared client ---------------------------------------------------------------
+    def _unary(self, method: str, serializer: Any, deserializer: Any) -> Any:
+        rpc = self._rpcs.get(method)
+        if rpc is None:
+            if self._channel is None:
+                # Created lazily: a grpc.aio channel belongs to the running event loop.
+                self._channel = self._open_channel()
+            rpc = self._rpcs[method] = self._channel.unary_unary(
+                SERVICE + method, request_serializer=serializer, response_deserializer=deserializer
+            )
+        return rpc
+
+    async def _call(
+        self, method: str, request: Any, response_cls: Any, timeout_s: float | None
+    ) -> Any:
+        rpc = self._unary(method, type(request).SerializeToString, response_cls.FromString)
+        try:
+            return await rpc(request, timeout=timeout_s, metadata=await self._metadata(None))
+        except grpc.aio.AioRpcError as exc:
+            raise map_rpc_error(exc, self.name) from exc
+
+    async def infer(self, request: InferRequest, ctx: RequestContext) -> InferResponse:
+        rpc = self._unary("ModelInfer", _identity, _identity)
+        metadata = await self._metadata(ctx)
+        call = rpc(oip_proto.encode_request(request), timeout=ctx.remaining(), metadata=metadata)
+        try:
+            reply: bytes = await call
+        except grpc.aio.AioRpcError as exc:
+            if self.reads_trailers:
+                self._on_trailers(exc.trailing_metadata(), ctx)
+            raise map_rpc_error(exc, self.name) from exc
+        if self.reads_trailers:  # an await per request otherwise spent for nothing
+            self._on_trailers(await call.trailing_metadata(), ctx)
+        if ctx.accepts_raw == oip_proto.ENCODING:
+            return InferResponse(
+                model=request.model,
+                outputs=(),
+                id=request.id,
+                raw=RawMessage(oip_proto.ENCODING, reply),
+            )
+        return oip_proto.response_from_proto(pb.ModelInferResponse.FromString(reply))
+
+    async def ready(self) -> bool:
+        try:
+            reply = await self._call(
+                "ServerReady", pb.ServerReadyRequest(), pb.ServerReadyResponse, HEALTH_TIMEOUT_S
+            )
+        except Exception:
+            return False
+        return bool(reply.ready)
+
+    async def model_ready(self, model: str, version: str = "") -> bool:
+        try:
+            reply = await self._call(
+                "ModelReady",
+                pb.ModelReadyRequest(name=model, version=version),
+                pb.ModelReadyResponse,
+                HEALTH_TIMEOUT_S,
+            )
+        except Exception:
+            return False
+        return bool(reply.ready)
+
+    async def model_metadata(self, model: str, version: str = "") -> ModelMetadata:
+        reply = await self._call(
+            "ModelMetadata",
+            pb.ModelMetadataRequest(name=model, version=version),
+            pb.ModelMetadataResponse,
+            HEALTH_TIMEOUT_S,
+        )
+        return ModelMetadata(
+            name=reply.name,
+            versions=tuple(reply.versions),
+            platform=reply.platform,
+            inputs=tuple(TensorSpec(t.name, t.datatype, tuple(t.shape)) for t in reply.inputs),
+            outputs=tuple(TensorSpec(t.name, t.datatype, tuple(t.shape)) for t in reply.outputs),
+        )
+
+    async def model_statistics(self, model: str, version: str = "") -> list[ModelStatistics]:
+        reply = await self._call(
+            "ModelStatistics",
+            pb.ModelStatisticsRequest(name=model, version=version),
+            pb.ModelStatisticsResponse,
+            HEALTH_TIMEOUT_S,
+        )
+        return [_statistics(s) for s in reply.model_stats]
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None
+            self._rpcs.clear()
+
+
+def _statistics(s: pb.ModelStatistics) -> ModelStatistics:
+    st = s.inference_stats
+
+    def dur(d: pb.StatisticDuration) -> Duration:
+        return Duration(count=d.count, ns=d.ns)
+
+    return ModelStatistics(
+        name=s.name,
+        version=s.version,
+        last_inference_ms=s.last_inference,
+        inference_count=s.inference_count,
+        execution_count=s.execution_count,
+        success=dur(st.success),
+        fail=dur(st.fail),
+        queue=dur(st.queue),
+        compute_input=dur(st.compute_input),
+        compute_infer=dur(st.compute_infer),
+        compute_output=dur(st.compute_output),
+    )
