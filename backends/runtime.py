@@ -4,8 +4,10 @@ This is what runs *inside* our SageMaker and Cloud Run containers: the container
 an ordinary infergw frontend in front of this backend. Models load on first use
 (or eagerly with ``preload``); calls run in a worker thread so the event loop stays
 free. It reports ``compute`` per request, and ``coldstart`` once: on the first
-request served after the process started, with the time from process start to
-the moment the models were ready — the initialisation that request waited for.
+request, with the time from process start to the moment the models were ready —
+the initialisation that request waited for. Only if it arrived within
+``COLDSTART_WINDOW_S`` of readiness: an instance started ahead of demand
+(``min_instances``, pre-warming) made nobody wait, and reports nothing.
 
 Config::
 
@@ -44,6 +46,9 @@ def process_age_ms() -> float:
         return 0.0
 
 
+COLDSTART_WINDOW_S = 1.0
+
+
 class RuntimeBackend(BackendBase):
     def __init__(self, name: str, models: Sequence[str] | None = None) -> None:
         self.name = name
@@ -51,6 +56,7 @@ class RuntimeBackend(BackendBase):
         self._models: dict[str, Model] = {}
         self._lock = asyncio.Lock()
         self._init_ms: float | None = None  # reported once, on the first request
+        self._ready_at = 0.0
 
     @classmethod
     def from_config(cls, name: str, options: Mapping[str, Any]) -> RuntimeBackend:
@@ -67,6 +73,7 @@ class RuntimeBackend(BackendBase):
         for model in self.allowed:
             self._models.setdefault(model, load_model(model))
         self._init_ms = process_age_ms()
+        self._ready_at = time.monotonic()
 
     async def _model(self, name: str) -> Model:
         model = self._models.get(name)
@@ -82,7 +89,8 @@ class RuntimeBackend(BackendBase):
     async def infer(self, request: InferRequest, ctx: RequestContext) -> InferResponse:
         model = await self._model(request.model)
         if self._init_ms is not None:
-            ctx.timings.add("coldstart", self._init_ms)
+            if time.monotonic() - self._ready_at <= COLDSTART_WINDOW_S:
+                ctx.timings.add("coldstart", self._init_ms)
             self._init_ms = None
         arrays = {t.name: tensor_to_numpy(t) for t in request.inputs}
         t0 = time.perf_counter()
