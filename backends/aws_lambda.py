@@ -1,0 +1,459 @@
+"""AWS Lambda through the real Invoke API (aiobotocore: SigV4, RequestResponse, LogType=Tail).
+
+The event is the OIP-shaped JSON our handler (``deploy/lambda/handler.py``) reads.
+What Lambda reports is turned into the timing vocabulary: the REPORT line in the
+log tail gives ``compute`` (Duration) and ``coldstart`` (Init Duration, cold invokes
+only); Billed Duration and memory go into the response parameters for cost. When
+the event would exceed the 6 MB synchronous limit, inputs travel through S3
+(``offload``); outputs the function put in S3 are fetched and deleted, and no
+object of the request survives it, failed or not.
+
+Config (credentials come from the standard AWS chain, never from here)::
+
+    backends:
+      lambda:
+        kind: lambda
+        function_name: infergw-models        # or functions: {minilm: fn-a, yolo: fn-b}
+        region: us-east-1
+        endpoint_url: http://127.0.0.1:9001  # the local stand-in; absent = real AWS
+        s3_bucket: my-offload-bucket         # enables offload; absent = 413 on big events
+        s3_prefix: infergw/
+        s3_endpoint_url: http://127.0.0.1:9002
+        offload_threshold_bytes: 6225920     # default: 6 MB minus 64 KiB headroom
+        retry_throttled: true                # 429 -> full-jitter backoff within the deadline
+        max_retries: 3
+        read_timeout_s: 900
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import json
+import random
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from infergw.backends._s3_offload import OffloadSession
+from infergw.gateway.core.backend import BackendBase
+from infergw.gateway.core.context import RequestContext
+from infergw.gateway.core.datatypes import validate_tensor
+from infergw.gateway.core.errors import (
+    BackendError,
+    DeadlineExceeded,
+    InferGWError,
+    InvalidArgument,
+    ModelNotFound,
+    PayloadTooLarge,
+    QueueFull,
+    Unavailable,
+)
+from infergw.gateway.core.types import (
+    InferRequest,
+    InferResponse,
+    ModelMetadata,
+    Tensor,
+    TensorSpec,
+)
+
+INVOKE_LIMIT_BYTES = 6_291_456
+DEFAULT_THRESHOLD = INVOKE_LIMIT_BYTES - 64 * 1024
+BACKOFF_BASE_S, BACKOFF_CAP_S = 0.05, 2.0
+METADATA_TIMEOUT_S = 120.0
+# The handler's own "your input is wrong" errors: the client's fault, not the backend's.
+INPUT_ERROR_TYPES = frozenset({"InvalidArgument", "ModelInputError"})
+OPTIONS = frozenset(
+    {
+        "function_name",
+        "functions",
+        "region",
+        "endpoint_url",
+        "s3_bucket",
+        "s3_prefix",
+        "s3_endpoint_url",
+        "offload_threshold_bytes",
+        "retry_throttled",
+        "max_retries",
+        "read_timeout_s",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class LambdaReport:
+    request_id: str
+    duration_ms: float
+    billed_ms: float
+    memory_mb: int
+    max_memory_mb: int
+    init_ms: float | None = None
+
+
+_REPORT_FIELD = re.compile(r"^\s*([A-Za-z ]+):\s*(\S+)")
+
+
+def parse_report(log: str) -> LambdaReport | None:
+    """The last REPORT line of a Lambda log tail (tab-separated ``Key: value unit``)."""
+    lines = [ln for ln in log.splitlines() if ln.startswith("REPORT RequestId:")]
+    if not lines:
+        return None
+    fields: dict[str, str] = {}
+    for part in lines[-1][len("REPORT ") :].split("\t"):
+        m = _REPORT_FIELD.match(part)
+        if m:
+            fields[m.group(1).strip()] = m.group(2)
+    try:
+        return LambdaReport(
+            request_id=fields["RequestId"],
+            duration_ms=float(fields["Duration"]),
+            billed_ms=float(fields["Billed Duration"]),
+            memory_mb=int(fields["Memory Size"]),
+            max_memory_mb=int(fields["Max Memory Used"]),
+            init_ms=float(fields["Init Duration"]) if "Init Duration" in fields else None,
+        )
+    except (KeyError, ValueError):
+        return None
+
+
+def _b64_len(n: int) -> int:
+    return 4 * ((n + 2) // 3)
+
+
+def _throttled(exc: BaseException) -> bool:
+    response = getattr(exc, "response", None)
+    return isinstance(response, dict) and (
+        response.get("Error", {}).get("Code") == "TooManyRequestsException"
+    )
+
+
+def map_aws_error(exc: BaseException, backend: str) -> InferGWError:
+    """botocore/aiohttp/timeouts -> the gateway's tree. The one place this happens."""
+    from botocore import exceptions as bx
+
+    where = f"backend {backend!r}"
+    if isinstance(exc, TimeoutError | bx.ReadTimeoutError):
+        return DeadlineExceeded(f"{where}: AWS did not answer within the deadline")
+    if isinstance(exc, bx.NoCredentialsError | bx.PartialCredentialsError):
+        return Unavailable(f"{where}: no AWS credentials found in the standard chain")
+    if isinstance(exc, bx.ClientError):
+        error = exc.response.get("Error", {})
+        code, message = error.get("Code", "?"), error.get("Message", "")
+        op = exc.operation_name
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        if code == "TooManyRequestsException" or status == 429:
+            headers = exc.response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+            try:
+                retry_after = max(0.0, float(headers.get("retry-after", "1")))
+            except ValueError:
+                retry_after = 1.0
+            return QueueFull(f"{where}: Lambda throttled the invoke ({message})", retry_after)
+        if code == "RequestEntityTooLargeException" or status == 413:
+            return PayloadTooLarge(f"{where}: Lambda invoke payload", None, INVOKE_LIMIT_BYTES)
+        if status >= 500 or status in (401, 403, 404) or code == "NoSuchBucket":
+            # 403/404: credentials, permissions or the function/bucket name: config, not request
+            return Unavailable(f"{where}: {op} failed: {code}: {message}")
+        return BackendError(f"{where}: {op} failed: {code}: {message}")
+    if isinstance(exc, bx.BotoCoreError | OSError) or type(exc).__module__.startswith("aiohttp"):
+        return Unavailable(f"{where}: cannot reach AWS: {exc}")
+    return BackendError(f"{where}: unexpected {type(exc).__name__}")
+
+
+class LambdaBackend(BackendBase):
+    def __init__(
+        self,
+        name: str,
+        *,
+        function_name: str | None = None,
+        functions: Mapping[str, str] | None = None,
+        region: str = "us-east-1",
+        endpoint_url: str | None = None,
+        s3_bucket: str | None = None,
+        s3_prefix: str = "infergw/",
+        s3_endpoint_url: str | None = None,
+        offload_threshold_bytes: int = DEFAULT_THRESHOLD,
+        retry_throttled: bool = False,
+        max_retries: int = 3,
+        read_timeout_s: float = 900.0,
+    ) -> None:
+        self.name = name
+        self.function_name = function_name
+        self.functions = dict(functions or {})
+        self.region = region
+        self.endpoint_url = endpoint_url
+        self.s3_bucket = s3_bucket
+        self.s3_prefix = s3_prefix
+        self.s3_endpoint_url = s3_endpoint_url
+        self.offload_threshold = offload_threshold_bytes
+        self.retry_throttled = retry_throttled
+        self.max_retries = max_retries
+        self.read_timeout_s = read_timeout_s
+        self._clients: dict[str, Any] = {}
+        self._stack: contextlib.AsyncExitStack | None = None
+        self._lock: asyncio.Lock | None = None
+
+    @classmethod
+    def from_config(cls, name: str, options: Mapping[str, Any]) -> LambdaBackend:
+        unknown = set(options) - OPTIONS
+        if unknown:
+            raise InvalidArgument(f"backend {name!r}: unknown options {sorted(unknown)}")
+        if not options.get("function_name") and not options.get("functions"):
+            raise InvalidArgument(f"backend {name!r}: 'function_name' or 'functions' is required")
+        if "functions" in options and not isinstance(options["functions"], Mapping):
+            raise InvalidArgument(f"backend {name!r}: 'functions' maps model -> function name")
+        prefix = str(options.get("s3_prefix", "infergw/"))
+        if prefix and not prefix.endswith("/"):
+            prefix += "/"
+        return cls(
+            name,
+            function_name=options.get("function_name"),
+            functions=options.get("functions"),
+            region=str(options.get("region", "us-east-1")),
+            endpoint_url=options.get("endpoint_url"),
+            s3_bucket=options.get("s3_bucket"),
+            s3_prefix=prefix,
+            s3_endpoint_url=options.get("s3_endpoint_url"),
+            offload_threshold_bytes=int(options.get("offload_threshold_bytes", DEFAULT_THRESHOLD)),
+            retry_throttled=bool(options.get("retry_throttled", False)),
+            max_retries=int(options.get("max_retries", 3)),
+            read_timeout_s=float(options.get("read_timeout_s", 900.0)),
+        )
+
+    async def _client(self, service: str) -> Any:
+        """One aiobotocore client per service, created lazily in the running loop."""
+        if service in self._clients:
+            return self._clients[service]
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            if service not in self._clients:
+                from aiobotocore.config import AioConfig
+                from aiobotocore.session import get_session
+
+                if self._stack is None:
+                    self._stack = contextlib.AsyncExitStack()
+                # Lambda: no botocore retries, throttling is retried here within the deadline.
+                attempts = 1 if service == "lambda" else 2
+                config = AioConfig(
+                    retries={"mode": "standard", "total_max_attempts": attempts},
+                    connect_timeout=5,
+                    read_timeout=self.read_timeout_s,
+                    max_pool_connections=64,
+                )
+                endpoint = self.endpoint_url if service == "lambda" else self.s3_endpoint_url
+                creator = get_session().create_client(
+                    service, region_name=self.region, endpoint_url=endpoint, config=config
+                )
+                self._clients[service] = await self._stack.enter_async_context(creator)
+        return self._clients[service]
+
+    def _function(self, model: str) -> str:
+        function = self.functions.get(model, self.function_name)
+        if not function:
+            raise ModelNotFound(model)
+        return function
+
+    async def infer(self, request: InferRequest, ctx: RequestContext) -> InferResponse:
+        function = self._function(request.model)
+        offload: OffloadSession | None = None
+        failed = True
+        try:
+            if self.s3_bucket:
+                offload = OffloadSession(await self._client("s3"), self.s3_bucket, self.s3_prefix)
+            event = await self._event(request, offload)
+            reply = await self._invoke(function, event, ctx)
+            response = await self._response(request, function, reply, offload, ctx)
+            failed = False
+            return response
+        except InferGWError:
+            raise
+        except Exception as exc:
+            raise map_aws_error(exc, self.name) from exc
+        finally:
+            if offload is not None and (offload.created or failed):
+                # Shielded: a cancelled request (deadline) still removes its objects.
+                await asyncio.shield(offload.cleanup(failed))
+            if offload is not None and offload.calls:
+                ctx.timings.add("offload", offload.elapsed_ms, f"backend={self.name}")
+
+    async def _event(self, request: InferRequest, offload: OffloadSession | None) -> bytes:
+        inputs: list[dict[str, Any]] = [
+            {"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in request.inputs
+        ]
+        size = sum(_b64_len(len(t.data)) for t in request.inputs)
+        # Largest inputs go to S3 first, until what is left fits inline.
+        order = sorted(range(len(inputs)), key=lambda i: -len(request.inputs[i].data))
+        for i in order:
+            tensor = request.inputs[i]
+            if offload is not None and size > self.offload_threshold:
+                inputs[i]["s3"] = await offload.put_input(tensor.name, tensor.data)
+                size -= _b64_len(len(tensor.data))
+            else:
+                inputs[i]["data_b64"] = base64.b64encode(tensor.data).decode("ascii")
+        event: dict[str, Any] = {"model": request.model, "id": request.id, "inputs": inputs}
+        if request.outputs:
+            event["outputs"] = [{"name": o.name} for o in request.outputs]
+        if offload is not None:
+            event["output_s3"] = offload.output_target
+        return json.dumps(event).encode()
+
+    async def _invoke(self, function: str, event: bytes, ctx: RequestContext) -> dict[str, Any]:
+        client = await self._client("lambda")
+        attempt = 0
+        waited = 0.0
+        while True:
+            try:
+                async with asyncio.timeout(ctx.remaining()):
+                    reply: dict[str, Any] = await client.invoke(
+                        FunctionName=function,
+                        InvocationType="RequestResponse",
+                        LogType="Tail",
+                        Payload=event,
+                    )
+                    reply["Body"] = await reply["Payload"].read()
+            except Exception as exc:
+                if not (self.retry_throttled and _throttled(exc)) or attempt >= self.max_retries:
+                    raise
+                delay = random.uniform(0.0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2**attempt))
+                remaining = ctx.remaining()
+                if remaining is not None and delay >= remaining:
+                    raise
+                attempt += 1
+                t0 = time.perf_counter()
+                await asyncio.sleep(delay)
+                waited += (time.perf_counter() - t0) * 1000.0
+                continue
+            if attempt:
+                # Waiting out throttling is waiting for admission to the backend's capacity.
+                ctx.timings.add("queue", waited, f"backend={self.name};throttled={attempt}")
+            reply["ThrottledRetries"] = attempt
+            return reply
+
+    async def _response(
+        self,
+        request: InferRequest,
+        function: str,
+        reply: dict[str, Any],
+        offload: OffloadSession | None,
+        ctx: RequestContext,
+    ) -> InferResponse:
+        report = parse_report(_decode_log(reply.get("LogResult")))
+        params: dict[str, str | int | float] = {}
+        if report is not None:
+            ctx.timings.add("compute", report.duration_ms, f"backend={self.name}")
+            if report.init_ms is not None:
+                ctx.timings.add("coldstart", report.init_ms, f"backend={self.name}")
+            params.update(
+                {
+                    "lambda.request_id": report.request_id,
+                    "lambda.duration_ms": report.duration_ms,
+                    "lambda.billed_ms": report.billed_ms,
+                    "lambda.memory_mb": report.memory_mb,
+                    "lambda.max_memory_mb": report.max_memory_mb,
+                }
+            )
+        if reply["ThrottledRetries"]:
+            params["lambda.throttled_retries"] = reply["ThrottledRetries"]
+        body = _json(reply["Body"], function)
+        if reply.get("FunctionError"):
+            raise _function_error(function, body)
+        outputs = []
+        for item in body.get("outputs") or []:
+            outputs.append(await self._output(item, offload))
+        return InferResponse(
+            model=request.model,
+            version=str(body.get("model_version", "")),
+            id=str(body.get("id", request.id)),
+            outputs=tuple(outputs),
+            parameters=params,
+        )
+
+    async def _output(self, item: Any, offload: OffloadSession | None) -> Tensor:
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise BackendError("function returned a malformed output entry")
+        name = item["name"]
+        if "s3" in item:
+            if offload is None:
+                raise BackendError(f"function returned output {name!r} via S3, not configured")
+            data = await offload.get_output(offload.check_output_ref(item["s3"], name))
+        else:
+            try:
+                data = base64.b64decode(str(item.get("data_b64", "")), validate=True)
+            except binascii.Error as exc:
+                raise BackendError(f"function returned output {name!r} with bad base64") from exc
+        try:
+            tensor = Tensor(name, str(item["datatype"]), tuple(item["shape"]), data)
+            validate_tensor(tensor)
+        except (KeyError, TypeError, InvalidArgument) as exc:
+            raise BackendError(f"function returned a malformed output {name!r}: {exc}") from exc
+        return tensor
+
+    async def ready(self) -> bool:
+        return True  # serverless: there is nothing to be ready; invokes start environments
+
+    async def model_ready(self, model: str, version: str = "") -> bool:
+        return model in self.functions or bool(self.function_name)
+
+    async def model_metadata(self, model: str, version: str = "") -> ModelMetadata:
+        function = self._function(model)
+        event = json.dumps({"action": "metadata", "model": model}).encode()
+        try:
+            ctx = RequestContext(protocol="internal")
+            ctx.with_timeout(METADATA_TIMEOUT_S)  # may pay a cold start, but not forever
+            reply = await self._invoke(function, event, ctx)
+        except Exception as exc:
+            raise map_aws_error(exc, self.name) from exc
+        body = _json(reply["Body"], function)
+        if reply.get("FunctionError"):
+            raise _function_error(function, body)
+
+        def specs(items: Any) -> tuple[TensorSpec, ...]:
+            return tuple(TensorSpec(s["name"], s["datatype"], tuple(s["shape"])) for s in items)
+
+        return ModelMetadata(
+            model,
+            ("1",),
+            str(body.get("platform", "")),
+            specs(body["inputs"]),
+            specs(body["outputs"]),
+        )
+
+    async def close(self) -> None:
+        stack, self._stack = self._stack, None
+        self._clients.clear()
+        if stack is not None:
+            await stack.aclose()
+
+
+def _decode_log(value: Any) -> str:
+    if not isinstance(value, str):
+        return ""
+    try:
+        return base64.b64decode(value).decode("utf-8", errors="replace")
+    except (binascii.Error, ValueError):
+        return ""
+
+
+def _json(payload: bytes, function: str) -> dict[str, Any]:
+    try:
+        body = json.loads(payload)
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        raise BackendError(f"Lambda function {function!r} returned a response that is not JSON")
+    return body
+
+
+def _function_error(function: str, body: Mapping[str, Any]) -> InferGWError:
+    """X-Amz-Function-Error: the function's own message, which is what the user needs."""
+    error_type = str(body.get("errorType", "Error"))
+    message = str(body.get("errorMessage", "no message"))
+    if error_type in INPUT_ERROR_TYPES:
+        return InvalidArgument(message)
+    if error_type == "Sandbox.Timedout" or "Task timed out after" in message:
+        return DeadlineExceeded(f"Lambda function {function!r}: {message}")
+    return BackendError(f"Lambda function {function!r} failed ({error_type}): {message}")

@@ -1,0 +1,168 @@
+"""A real S3 server for the local stack: moto's standalone server as a subprocess.
+
+It binds 127.0.0.1 on a free port, runs in its own process group (so stopping it
+never leaves a child behind) and is stopped on exit, also when start-up fails.
+Use it as a sync or async context manager::
+
+    async with MotoS3(buckets=["infergw-offload"]) as s3:
+        s3.endpoint  # http://127.0.0.1:PORT
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+
+START_TIMEOUT_S = 30.0
+STOP_GRACE_S = 5.0
+PORT_ATTEMPTS = 3
+DEFAULT_REGION = "us-east-1"
+
+
+class S3StartError(RuntimeError):
+    """moto_server exited or did not answer in time."""
+
+
+def _moto_command() -> list[str]:
+    # The venv's own script first: a moto_server on PATH may belong to another Python.
+    local = Path(sys.executable).with_name("moto_server")
+    if local.exists():
+        return [str(local)]
+    found = shutil.which("moto_server")
+    return [found] if found else [sys.executable, "-m", "moto.server"]
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class MotoS3:
+    def __init__(self, buckets: Sequence[str] = (), host: str = "127.0.0.1") -> None:
+        self.host = host
+        self.buckets = tuple(buckets)
+        self.port = 0
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        if self._proc is None:
+            raise RuntimeError("MotoS3 is not running")
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self) -> str:
+        last: Exception | None = None
+        for _ in range(PORT_ATTEMPTS):  # a free port can be taken between probe and bind
+            try:
+                self._launch(_free_port(self.host))
+                self._create_buckets()
+                return self.endpoint
+            except S3StartError as exc:
+                last = exc
+                self.stop()
+            except BaseException:
+                self.stop()  # e.g. a bad bucket name: never leave the server behind
+                raise
+        raise S3StartError(f"moto_server did not start: {last}")
+
+    def _launch(self, port: int) -> None:
+        self.port = port
+        env = {**os.environ, "MOTO_ALLOW_NONEXISTENT_REGION": "true"}
+        self._proc = subprocess.Popen(
+            [*_moto_command(), "-H", self.host, "-p", str(port)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise S3StartError(f"exited with {self._proc.returncode}")
+            try:
+                with urllib.request.urlopen(f"{self.endpoint}/moto-api/", timeout=1.0):
+                    return
+            except urllib.error.HTTPError:
+                return  # it answered: that is all readiness means here
+            except OSError:
+                time.sleep(0.05)
+        raise S3StartError(f"no answer on port {port} within {START_TIMEOUT_S}s")
+
+    def _create_buckets(self) -> None:
+        if not self.buckets:
+            return
+        import boto3  # a dependency of moto itself
+
+        # moto routes by the SigV4 scope, so requests are signed; any key pair will do.
+        client = boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name=DEFAULT_REGION,
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
+        try:
+            for bucket in self.buckets:
+                client.create_bucket(Bucket=bucket)
+        finally:
+            client.close()
+
+    def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(STOP_GRACE_S)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+    def __enter__(self) -> MotoS3:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    async def __aenter__(self) -> MotoS3:
+        try:
+            await asyncio.to_thread(self.start)
+        except BaseException:
+            await asyncio.to_thread(self.stop)
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await asyncio.to_thread(self.stop)
