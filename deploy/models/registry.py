@@ -7,6 +7,8 @@ from functools import partial
 
 from infergw.deploy.models.base import Model, UnknownModelError
 from infergw.deploy.models.identity import Identity
+from infergw.deploy.models.mobilenet import MobileNet
+from infergw.deploy.models.yolo import Yolo
 
 
 def _minilm() -> Model:
@@ -19,6 +21,8 @@ MODELS: dict[str, Callable[[], Model]] = {
     "identity": partial(Identity, "identity", "FP32"),
     "identity_int64": partial(Identity, "identity_int64", "INT64"),
     "minilm": _minilm,
+    "mobilenet": MobileNet,  # random weights (numpy only, cheap to import)
+    "yolo": Yolo,  # random weights (numpy only, cheap to import)
 }
 
 

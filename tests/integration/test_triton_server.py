@@ -26,6 +26,8 @@ MODELS = {
     "identity": ([("input", "FP32", [-1, -1])], [("output", "FP32", [-1, -1])]),
     "identity_int64": ([("input", "INT64", [-1, -1])], [("output", "INT64", [-1, -1])]),
     "minilm": ([("text", "BYTES", [-1])], [("embedding", "FP32", [-1, 384])]),
+    "mobilenet": ([("image", "FP32", [-1, 224, 224, 3])], [("probs", "FP32", [-1, 1000])]),
+    "yolo": ([("images", "FP32", [1, 3, 640, 640])], [("output", "FP32", [1, 25200, 85])]),
 }
 SENTENCES = ["A man is eating food.", "The quick brown fox jumps over the lazy dog.", ""]
 
@@ -165,6 +167,44 @@ def test_minilm_equals_numpy_runtime(
     ):
         assert out is not None and out.shape == (len(SENTENCES), 384)
         np.testing.assert_allclose(out, expected, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("model", "name", "shape", "output"),
+    [
+        ("mobilenet", "image", (2, 224, 224, 3), "probs"),
+        ("yolo", "images", (1, 3, 640, 640), "output"),
+    ],
+)
+def test_vision_models_equal_numpy_runtime(
+    model: str,
+    name: str,
+    shape: tuple[int, ...],
+    output: str,
+    grpc_client: tgrpc.InferenceServerClient,
+    http_client: thttp.InferenceServerClient,
+) -> None:
+    """Random weights from a fixed seed: the Triton instance computes what a local load does."""
+    data = np.random.default_rng(2).random(shape, dtype=np.float32)
+    expected = load_model(model).infer({name: data})[output]
+    g_in = tgrpc.InferInput(name, list(shape), "FP32")
+    g_in.set_data_from_numpy(data)
+    h_in = thttp.InferInput(name, list(shape), "FP32")
+    h_in.set_data_from_numpy(data, binary_data=True)
+    for out in (
+        grpc_client.infer(model, [g_in]).as_numpy(output),
+        http_client.infer(model, [h_in]).as_numpy(output),
+    ):
+        assert out is not None and out.dtype == np.float32 and out.shape == expected.shape
+        np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_vision_wrong_shape_is_rejected(grpc_client: tgrpc.InferenceServerClient) -> None:
+    nchw = tgrpc.InferInput("image", [1, 3, 224, 224], "FP32")  # Triton checks fixed dims
+    nchw.set_data_from_numpy(np.zeros((1, 3, 224, 224), dtype=np.float32))
+    with pytest.raises(InferenceServerException, match=r"(?i)shape") as err:
+        grpc_client.infer("mobilenet", [nchw])
+    assert err.value.status() == "StatusCode.INVALID_ARGUMENT"
 
 
 def test_bad_input_is_invalid_argument_and_model_keeps_serving(
