@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="local stack, a short benchmark, a report; then exit")
     demo.add_argument("--out", default="out/demo", help="report directory (default out/demo)")
-    demo.add_argument("--requests", type=int, default=200, help="requests per model/protocol")
+    demo.add_argument("--requests", type=int, default=100, help="warm requests per row")
     demo.set_defaults(func=cmd_demo)
     return parser
 

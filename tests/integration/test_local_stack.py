@@ -1,0 +1,113 @@
+"""The whole local stack: every example model on every backend through one gateway."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import numpy as np
+import pytest
+
+from infergw.clients import GrpcClient, HttpClient
+from infergw.deploy.local.stack import BUCKET, LocalStack
+
+pytestmark = pytest.mark.integration
+SERVERLESS = ("lambda", "sagemaker", "cloudrun")
+RNG = np.random.default_rng(7)
+INPUTS: dict[str, dict[str, np.ndarray]] = {
+    "identity": {"input": RNG.random((2, 16), np.float32)},
+    "identity_int64": {"input": np.arange(6, dtype=np.int64).reshape(1, 6)},
+    "minilm": {"text": np.array([b"serverless or container?", b"it depends"], np.object_)},
+    "mobilenet": {"image": RNG.random((1, 224, 224, 3), np.float32)},
+}
+
+
+class StackThread:
+    """A LocalStack on its own event loop, so tests drive it with sync clients."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.stack = LocalStack({"grpc_port": 0, "http_port": 0, "metrics_port": 0})
+
+    def run(self, coro: Any, timeout: float = 180.0) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def close(self) -> None:
+        try:
+            self.run(self.stack.stop())
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(10)
+            self.loop.close()
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[StackThread]:
+    st = StackThread()
+    try:
+        st.run(st.stack.start())
+        yield st
+    finally:
+        st.close()
+
+
+@pytest.fixture(scope="module")
+def client(stack: StackThread) -> Iterator[GrpcClient]:
+    with GrpcClient(stack.stack.endpoints()["gateway"]["grpc"], timeout=120) as c:
+        yield c
+
+
+def test_ready_file_document_lists_every_backend(stack: StackThread) -> None:
+    info = stack.stack.endpoints()
+    assert set(info["backends"]) == {"triton", *SERVERLESS}
+    assert info["s3"]["bucket"] == BUCKET
+
+
+@pytest.mark.parametrize("backend", SERVERLESS)
+@pytest.mark.parametrize("model", sorted(INPUTS))
+def test_every_model_on_every_backend_matches_triton(client: GrpcClient, model, backend) -> None:  # type: ignore[no-untyped-def]
+    reference = client.infer(model, INPUTS[model])  # default route: Triton
+    assert reference.timing.backend_attempts == 1
+    result = client.infer(model, INPUTS[model], backend=backend)
+    assert f"backend={backend}" in {e.description.split(";")[0] for e in result.timing.entries}
+    assert "compute" in result.timing.server  # reported by the function/container itself
+    for name, expected in reference.outputs.items():
+        if expected.dtype == np.object_:
+            assert result.outputs[name].tolist() == expected.tolist()
+        else:
+            np.testing.assert_allclose(result.outputs[name], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_yolo_through_lambda_travels_via_s3_and_leaves_nothing(stack: StackThread) -> None:
+    images = RNG.random((1, 3, 640, 640), np.float32)  # 4.9 MB in, 8.6 MB out
+    with GrpcClient(stack.stack.endpoints()["gateway"]["grpc"], timeout=120) as c:
+        via_lambda = c.infer("yolo", {"images": images}, backend="lambda")
+        direct = c.infer("yolo", {"images": images})
+    assert via_lambda.outputs["output"].shape == (1, 25200, 85)
+    np.testing.assert_allclose(via_lambda.outputs["output"], direct.outputs["output"], rtol=1e-5)
+    assert via_lambda.timing.server["offload"] > 0
+    s3 = boto3.client("s3", endpoint_url=stack.stack.endpoints()["s3"]["endpoint"])
+    assert s3.list_objects_v2(Bucket=BUCKET).get("KeyCount", 0) == 0
+
+
+@pytest.mark.parametrize("backend", SERVERLESS)
+def test_first_request_after_scale_to_zero_is_a_cold_start(
+    stack: StackThread, backend: str
+) -> None:
+    x = {"input": np.ones((1, 4), np.float32)}
+    stack.run(stack.stack.scale_to_zero())
+    with HttpClient(stack.stack.endpoints()["gateway"]["http"], binary=True, timeout=120) as c:
+        cold = c.infer("identity", x, backend=backend)
+        warm = c.infer("identity", x, backend=backend)
+    assert cold.timing.server["coldstart"] > 0
+    assert "coldstart" not in warm.timing.server
+    # the split adds up: protocol is what remains of end-to-end
+    t = cold.timing
+    assert t.protocol_ms == pytest.approx(
+        t.end_to_end_ms - sum(t.server.get(p, 0.0) for p in ("queue", "coldstart", "compute"))
+    )
