@@ -30,7 +30,11 @@ integration: install
 	$(PY) -m pytest -q tests/integration
 
 bench: install
+	# nginx is the C gRPC proxy the gateway is compared against; h2load a second client.
+	command -v nginx >/dev/null && command -v h2load >/dev/null || \
+		(apt-get update -qq && apt-get install -y -qq --no-install-recommends nginx-light nghttp2-client)
 	$(PY) bench/gateway_overhead.py
+	$(PY) bench/backends.py
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -186,3 +186,26 @@ def _call_raw(address: str, payload: bytes) -> grpc.RpcError:
         with pytest.raises(grpc.RpcError) as info:
             rpc(payload, timeout=10)
     return info.value  # type: ignore[return-value]
+
+
+def test_grpc_health_follows_backends_and_reflection_lists_services(gateway: GatewayThread) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    with grpc.insecure_channel(gateway.grpc) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for service in ("", "inference.GRPCInferenceService"):
+            reply = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        requests = [
+            reflection_pb2.ServerReflectionRequest(list_services=""),
+            reflection_pb2.ServerReflectionRequest(
+                file_containing_symbol="inference.GRPCInferenceService"
+            ),
+        ]
+        replies = list(stub.ServerReflectionInfo(iter(requests), timeout=5))
+    names = {s.name for s in replies[0].list_services_response.service}
+    assert {"inference.GRPCInferenceService", "grpc.health.v1.Health"} <= names
+    files = replies[1].file_descriptor_response.file_descriptor_proto
+    assert files and b"ModelInfer" in files[0]
