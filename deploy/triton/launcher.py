@@ -368,6 +368,20 @@ def _stop_group(proc: subprocess.Popen[bytes]) -> None:
     # The pgid cannot have been reused while any member of the group is still alive.
     _signal_group(pgid, signal.SIGKILL)
     proc.wait()
+    # Orphaned stubs are reaped by init a moment later; return only once they are gone.
+    deadline = time.monotonic() + STOP_GRACE_S
+    while _group_exists(pgid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def _group_exists(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _remove_shm_regions(prefix: str) -> None:
