@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from infergw.clients import GrpcClient
+from infergw.clients import GrpcClient, InferGWError
 from infergw.deploy.local.cloudrun_standin import scale_to_zero as cloudrun_scale_to_zero
 from infergw.deploy.local.demo import SENTENCES, local_stack_process
 
@@ -98,16 +98,20 @@ def main() -> int:
     parser.add_argument("--cold", type=int, default=3, help="cold starts per serverless cell")
     parser.add_argument("--out", type=Path, default=Path("out/bench"))
     args = parser.parse_args()
-    results: dict[str, Any] = {"warm": {}, "cold": {}, "machine": platform.uname()._asdict()}
+    results: dict[str, Any] = {"warm": {}, "cold": {}, "errors": {}}
+    results["machine"] = platform.uname()._asdict()
     with tempfile.TemporaryDirectory() as tmp, local_stack_process(Path(tmp)) as info:
         client = GrpcClient(info["gateway"]["grpc"], timeout=120)
         try:
             for model in WORKLOADS:
                 for backend in BACKENDS:
                     key = f"{model}/{backend}"
-                    results["warm"][key] = warm(client, model, backend, args.requests)
-                    if backend != "triton":
-                        results["cold"][key] = cold(info, client, model, backend, args.cold)
+                    try:
+                        results["warm"][key] = warm(client, model, backend, args.requests)
+                        if backend != "triton":
+                            results["cold"][key] = cold(info, client, model, backend, args.cold)
+                    except InferGWError as exc:  # e.g. yolo's 4.9 MB over SageMaker's 4 MB
+                        results["errors"][key] = f"{type(exc).__name__}: {exc.message}"
                     print(f"measured {key}", flush=True)
         finally:
             client.close()
@@ -128,6 +132,8 @@ def format_report(results: dict[str, Any]) -> str:
             f"{key:20} {w['p50']:8.2f} {w['p95']:8.2f} {w['p99']:8.2f} {w['queue']:7.2f} "
             f"{_ms(w['offload']):>8} {_ms(w['compute']):>8} {w['protocol']:9.2f}"
         )
+    for key, error in results["errors"].items():
+        lines.append(f"{key:20} not served: {error}")
     lines += ["", "time to first prediction after scale-to-zero (ms; median of runs)"]
     lines.append(f"{'model/backend':20} {'first':>8} {'init':>8} {'inference':>10}")
     for key, runs in results["cold"].items():
