@@ -1,12 +1,13 @@
-"""Gateway overhead: direct Triton vs nginx (C gRPC proxy) vs infergw, on the same machine.
+"""Gateway overhead: direct Triton vs nginx vs a grpc.aio passthrough vs infergw, one machine.
 
     .venv/bin/python bench/gateway_overhead.py [--rounds R] [--requests N] [--duration S]
                                                [--out out/bench]
 
-Starts Triton, nginx and the gateway (each its own process group), measures the three
-targets interleaved in rounds with one client, prints a table of medians over rounds
-next to the issue's targets, writes every raw figure as JSON, and stops everything,
-also on Ctrl-C, SIGTERM and errors. See bench/README.md for what each figure means.
+Starts Triton, nginx, the grpc.aio passthrough (``aio-floor``) and the gateway (each its
+own process group), measures the four targets interleaved in rounds with one client,
+prints a table of medians over rounds next to the issue's targets, writes every raw figure
+as JSON, and stops everything, also on Ctrl-C, SIGTERM and errors. See bench/README.md
+for what each figure means.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from grpc_load import SyncClient
 
 from infergw.deploy.triton.launcher import TritonServer
 
-TARGETS = ("direct", "nginx", "gateway")
+TARGETS = ("direct", "nginx", "aio-floor", "gateway")
 TINY_COLUMNS = 16
 LARGE_COLUMNS = 1310720  # 1 x 1310720 FP32 = 5 MiB
 IDLE_BEFORE_RSS_S = 2.0
@@ -107,6 +108,13 @@ def added_p50(rounds: dict[str, list[list[float]]], target: str) -> float:
     return statistics.median(
         percentile(t, 50) - percentile(d, 50)
         for t, d in zip(rounds[target], rounds["direct"], strict=True)
+    )
+
+
+def paired_p50_diff(rounds: dict[str, list[list[float]]], a: str, b: str) -> float:
+    """Median over rounds of (a added p50 - b added p50), i.e. of a p50 - b p50 per round."""
+    return statistics.median(
+        percentile(x, 50) - percentile(y, 50) for x, y in zip(rounds[a], rounds[b], strict=True)
     )
 
 
@@ -228,6 +236,14 @@ def summarize(results: Results) -> dict[str, Any]:
     out["rps_ratio"] = ratio(gateway["rps"], direct["rps"])
     out["h2load_rps_ratio"] = ratio(gateway["h2load_rps"], direct["h2load_rps"])
     out["rss_mib"] = results.rss_mib.get("idle_after_warmup")
+    # Derived, not verdicts: how much of the gateway's overhead is the grpc.aio floor.
+    out["gateway_minus_floor_tiny_added_p50_ms"] = paired_p50_diff(
+        results.tiny_ms, "gateway", "aio-floor"
+    )
+    out["gateway_minus_floor_large_added_p50_ms"] = paired_p50_diff(
+        results.large_ms, "gateway", "aio-floor"
+    )
+    out["floor_rps_ratio"] = ratio(out["targets"]["aio-floor"]["rps"], direct["rps"])
     out["verdicts"] = {key: limit.verdict(out[key]) for key, limit in LIMITS.items()}
     return out
 
@@ -247,7 +263,7 @@ def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
 
 def render_table(summary: dict[str, Any], args: Any) -> str:
     t = summary["targets"]
-    head = f"{'':28}{'direct':>12}{'nginx':>12}{'gateway':>12}"
+    head = f"{'':28}" + "".join(f"{n:>12}" for n in TARGETS)
     rows = [
         f"gateway overhead: medians over {args.rounds} rounds; {args.requests} tiny + "
         f"{args.large_requests} x 5 MB sequential requests and {args.duration:g} s at "
@@ -270,7 +286,7 @@ def render_table(summary: dict[str, Any], args: Any) -> str:
     row("failed requests", "errors", "d")
     if t["direct"]["h2load_rps"] is not None:
         row("throughput h2load (rps)", "h2load_rps", ".0f")
-    for proc in ("client", "triton", "nginx", "gateway"):
+    for proc in ("client", "triton", "nginx", "aio-floor", "gateway"):
         cells = "".join(f"{t[n]['cpu_us_per_request'][proc]:>12.0f}" for n in TARGETS)
         rows.append(f"{'  CPU us/req, ' + proc:28}{cells}")
     rows += ["", f"{'figure':34}{'measured':>10}{'target':>9}{'goal':>8}  verdict"]
@@ -293,6 +309,17 @@ def render_table(summary: dict[str, Any], args: Any) -> str:
     if summary["h2load_rps_ratio"] is not None:
         h2 = _fmt(_pct(summary["h2load_rps_ratio"]), ".0f", "%")
         rows.append(f"{'  (h2load: gateway/direct)':34}{h2:>10}")
+    rows += ["", "derived (not verdicts): gateway's own logic vs the grpc.aio floor"]
+    derived = {
+        "tiny added p50, gateway - aio-floor": _fmt(
+            summary["gateway_minus_floor_tiny_added_p50_ms"], "+.3f", " ms"
+        ),
+        "5 MB added p50, gateway - aio-floor": _fmt(
+            summary["gateway_minus_floor_large_added_p50_ms"], "+.2f", " ms"
+        ),
+        "throughput, aio-floor/direct": _fmt(_pct(summary["floor_rps_ratio"]), ".0f", "%"),
+    }
+    rows += [f"{label:37}{value:>10}" for label, value in derived.items()]
     return "\n".join(rows)
 
 
@@ -361,7 +388,7 @@ def shielded(stop: Callable[[], None]) -> Callable[[], None]:
 
 
 def run(args: Any, nginx_bin: str, h2load_bin: str | None, groups: list[int]) -> dict[str, Any]:
-    """Start the three servers, measure, stop them; ``groups`` collects their pgids."""
+    """Start the four servers, measure, stop them; ``groups`` collects their pgids."""
     results = Results()
     with contextlib.ExitStack() as stack:
         print("starting tritonserver ...", flush=True)
@@ -371,18 +398,31 @@ def run(args: Any, nginx_bin: str, h2load_bin: str | None, groups: list[int]) ->
         groups.append(triton.pid or 0)
         args.triton_http = endpoints.http
 
-        print("starting nginx and the gateway ...", flush=True)
+        print("starting nginx, the aio passthrough and the gateway ...", flush=True)
         listen = f"127.0.0.1:{servers.free_ports(1)[0]}"
         nginx = servers.NginxGrpcProxy(nginx_bin, listen, endpoints.grpc, registry=groups)
         stack.callback(shielded(nginx.stop))
         nginx_addr = nginx.start()
+        floor = servers.AioPassthrough(endpoints.grpc, registry=groups)
+        stack.callback(shielded(floor.stop))
+        floor_addr = floor.start()
         gateway = servers.GatewayProcess(endpoints.grpc, registry=groups)
         stack.callback(shielded(gateway.stop))
         gateway_addr = gateway.start()
 
-        addresses = {"direct": endpoints.grpc, "nginx": nginx_addr, "gateway": gateway_addr}
+        addresses = {
+            "direct": endpoints.grpc,
+            "nginx": nginx_addr,
+            "aio-floor": floor_addr,
+            "gateway": gateway_addr,
+        }
         print(f"targets: {addresses}", flush=True)
-        args.pgids = {"triton": groups[0], "nginx": nginx.pid, "gateway": gateway.pid}
+        args.pgids = {
+            "triton": groups[0],
+            "nginx": nginx.pid,
+            "aio-floor": floor.pid,
+            "gateway": gateway.pid,
+        }
         clients = {name: SyncClient(addr) for name, addr in addresses.items()}
         for client in clients.values():
             stack.callback(client.close)

@@ -1,4 +1,4 @@
-"""Processes the overhead benchmark starts: nginx as a C gRPC proxy, and the gateway CLI.
+"""Processes the overhead benchmark starts: nginx, the grpc.aio passthrough, the gateway CLI.
 
 Each runs in its own process group (``start_new_session``) with its log in a private temp
 dir, so stopping it reaps the whole group and Ctrl-C in the terminal reaches only the
@@ -16,12 +16,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import grpc
 
 SERVER_READY = "/inference.GRPCInferenceService/ServerReady"
+MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
 STOP_GRACE_S = 10.0
 NGINX_INSTALL_HINT = "apt-get install -y --no-install-recommends nginx-light"
 
@@ -41,20 +42,46 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
         return ports
 
 
+def server_ready_probe(channel: grpc.Channel) -> bool:
+    """OIP ``ServerReady`` answers ``ready: true``."""
+    ready = channel.unary_unary(SERVER_READY)  # raw bytes in and out
+    with contextlib.suppress(grpc.RpcError):
+        # ServerReadyResponse{ready: true} is field 1, varint 1: b"\x08\x01".
+        return ready(b"", timeout=1.0) == b"\x08\x01"
+    return False
+
+
+def model_infer_probe(channel: grpc.Channel) -> bool:
+    """An empty ``ModelInfer`` got an answer from upstream through the proxy.
+
+    For a proxy that implements nothing but ModelInfer: Triton rejects the empty request
+    (no model name) with a non-transport status, which the proxy passes back; UNAVAILABLE
+    or a deadline means the proxy or its upstream is not there yet.
+    """
+    infer = channel.unary_unary(MODEL_INFER)
+    try:
+        infer(b"", timeout=1.0)
+    except grpc.RpcError as err:
+        code = err.code()
+        return code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+    return True
+
+
 def wait_grpc_ready(
-    address: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: float = 60.0
+    address: str,
+    proc: subprocess.Popen[bytes],
+    log: Path,
+    timeout_s: float = 60.0,
+    probe: Callable[[grpc.Channel], bool] = server_ready_probe,
 ) -> None:
-    """Poll OIP ``ServerReady`` on ``address`` until it answers ``ready: true``."""
+    """Poll ``probe`` (default: OIP ``ServerReady``) on ``address`` until it says ready."""
     deadline = time.monotonic() + timeout_s
     with grpc.insecure_channel(address) as channel:
-        ready = channel.unary_unary(SERVER_READY)  # raw bytes in and out
         while True:
             if proc.poll() is not None:
                 raise StartError(f"{proc.args[0]} exited with {proc.returncode}:\n{tail(log)}")
-            with contextlib.suppress(grpc.RpcError):
-                # ServerReadyResponse{ready: true} is field 1, varint 1: b"\x08\x01".
-                if ready(b"", timeout=1.0) == b"\x08\x01":
-                    return
+            if probe(channel):
+                return
             if time.monotonic() > deadline:
                 raise StartError(f"{address} not ready after {timeout_s:.0f} s:\n{tail(log)}")
             time.sleep(0.05)
@@ -230,6 +257,24 @@ class GatewayProcess(ManagedProcess):
         self.grpc = f"127.0.0.1:{grpc_port}"
         assert self.proc is not None
         wait_grpc_ready(self.grpc, self.proc, self.log)
+        return self.grpc
+
+
+class AioPassthrough(ManagedProcess):
+    """``bench/aio_passthrough.py``: the grpc.aio floor, a bytes-only Python gRPC proxy."""
+
+    def __init__(self, upstream: str, registry: list[int] | None = None) -> None:
+        super().__init__("aio_passthrough", registry)
+        self.upstream = upstream
+        self.grpc = ""
+
+    def start(self) -> str:
+        self.grpc = f"127.0.0.1:{free_ports(1)[0]}"
+        script = Path(__file__).resolve().parent / "aio_passthrough.py"
+        args = [sys.executable, str(script), "--listen", self.grpc, "--upstream", self.upstream]
+        self.spawn(args, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        assert self.proc is not None
+        wait_grpc_ready(self.grpc, self.proc, self.log, probe=model_infer_probe)
         return self.grpc
 
 

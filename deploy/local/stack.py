@@ -40,6 +40,10 @@ EXAMPLE_MODELS = tuple(MODELS)  # identity, identity_int64, minilm, mobilenet, y
 BACKENDS = ("triton", "lambda", "sagemaker", "cloudrun")
 BUCKET = "infergw-offload"
 READY_TIMEOUT_S = 120.0
+# Every model process (Triton's stubs, functions, containers) gets the same BLAS
+# threading, as the launcher gives Triton: comparisons between backends stay fair and
+# several model processes do not oversubscribe the cores.
+ONE_BLAS_THREAD = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 # The stand-ins check that requests are SigV4-signed, so botocore needs some credentials;
 # these are used only when the environment provides none.
 LOCAL_AWS_ENV = {
@@ -87,7 +91,7 @@ class LocalStack:
 
     async def start(self) -> None:
         try:
-            for key, value in LOCAL_AWS_ENV.items():
+            for key, value in {**LOCAL_AWS_ENV, **ONE_BLAS_THREAD}.items():
                 os.environ.setdefault(key, value)
             triton_started = asyncio.create_task(asyncio.to_thread(self.triton.start))
             serverless = await self._start_serverless()
