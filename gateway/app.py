@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
-from types import TracebackType
 
 from aiohttp import web
 
@@ -20,6 +19,7 @@ from infergw.gateway.core.metrics import GatewayMetrics
 from infergw.gateway.core.router import Router
 from infergw.gateway.core.service import InferenceService
 from infergw.gateway.frontends.grpc import GrpcFrontend
+from infergw.gateway.lifecycle import AsyncService
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ def create_metrics_app(metrics: GatewayMetrics) -> web.Application:
     return app
 
 
-class Gateway:
+class Gateway(AsyncService):
     def __init__(self, config: GatewayConfig, router: Router | None = None) -> None:
         self.config = config
         self.router = router or Router.from_config(config)
@@ -77,18 +77,6 @@ class Gateway:
         while self._runners:
             await self._runners.pop().cleanup()
         await self.router.close()
-
-    async def __aenter__(self) -> Gateway:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
 
 def _display(host: str) -> str:

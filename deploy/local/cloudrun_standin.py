@@ -31,12 +31,12 @@ import contextlib
 import json
 import sys
 from collections.abc import Mapping, Sequence
-from types import TracebackType
 from typing import Any
 
 import grpc
 
 from infergw.deploy.local.instances import Instance, InstancePool, InstanceStartError, Throttled
+from infergw.gateway.lifecycle import AsyncService
 
 SERVICE = "/inference.GRPCInferenceService/"
 ADMIN = "/infergw.local.CloudRunAdmin/"
@@ -78,7 +78,7 @@ def _identity(payload: bytes) -> bytes:
     return payload
 
 
-class CloudRunStandIn:
+class CloudRunStandIn(AsyncService):
     """``async with CloudRunStandIn() as run: client.connect(run.endpoint)``."""
 
     def __init__(
@@ -154,18 +154,6 @@ class CloudRunStandIn:
 
     def stats(self) -> dict[str, int]:
         return self.pool.stats()
-
-    async def __aenter__(self) -> CloudRunStandIn:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     # -- forwarding ------------------------------------------------------------------
     async def forward(

@@ -35,13 +35,13 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
 from infergw.deploy.local.instances import InstancePool, InstanceStartError, Throttled
+from infergw.gateway.lifecycle import AsyncService
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ async def _end(process: asyncio.subprocess.Process) -> None:
         await process.wait()
 
 
-class LambdaStandIn:
+class LambdaStandIn(AsyncService):
     def __init__(
         self,
         functions: Sequence[FunctionConfig],
@@ -186,18 +186,6 @@ class LambdaStandIn:
         pools, self.pools = list(self.pools.values()), {}
         for pool in pools:
             await pool.close()
-
-    async def __aenter__(self) -> LambdaStandIn:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     def _lookup(self, request: web.Request) -> FunctionConfig | web.Response:
         name, qualifier = _function_name(request.match_info["name"])

@@ -37,7 +37,6 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import aiohttp
@@ -50,6 +49,7 @@ from infergw.deploy.local.instances import (
     Throttled,
 )
 from infergw.deploy.sagemaker import wire
+from infergw.gateway.lifecycle import AsyncService
 
 SERVERLESS_MAX_PAYLOAD = 4 * 1024 * 1024  # 4 MB, InvokeEndpoint on serverless endpoints
 INVOCATION_TIMEOUT_S = 60.0  # the container must answer within 60 s
@@ -97,7 +97,7 @@ class ServerlessEndpoint:
             raise ValueError(f"{self.name}: MemorySizeInMB must be 1024-6144 in 1024 steps")
 
 
-class SageMakerStandIn:
+class SageMakerStandIn(AsyncService):
     def __init__(
         self,
         endpoints: Iterable[ServerlessEndpoint],
@@ -159,15 +159,6 @@ class SageMakerStandIn:
         if self._session is not None:
             await self._session.close()
             self._session = None
-
-    async def __aenter__(self) -> SageMakerStandIn:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
 
     # -- InvokeEndpoint ------------------------------------------------------------------
 

@@ -22,7 +22,6 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from infergw.deploy.local.cloudrun_standin import CloudRunStandIn
@@ -33,6 +32,7 @@ from infergw.deploy.models.registry import MODELS
 from infergw.deploy.triton.launcher import TritonServer
 from infergw.gateway.app import Gateway
 from infergw.gateway.core.config import GatewayConfig, parse_config
+from infergw.gateway.lifecycle import AsyncService
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def local_config(
     )
 
 
-class LocalStack:
+class LocalStack(AsyncService):
     def __init__(
         self,
         listen: Mapping[str, Any] | None = None,
@@ -190,18 +190,6 @@ class LocalStack:
         if self.s3 is not None:
             info["s3"] = {"endpoint": self.s3.endpoint, "bucket": BUCKET}
         return info
-
-    async def __aenter__(self) -> LocalStack:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
 
 async def run_local_stack(
