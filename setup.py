@@ -8,6 +8,7 @@ protobuf's default pool, because tritonclient registers the same
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from setuptools import setup
@@ -22,21 +23,33 @@ PRIVATE_POOL = "__import__('infergw.proto._pool', fromlist=['POOL']).POOL"
 def generate_protos() -> None:
     from grpc_tools import protoc  # build-time dependency only
 
-    for source in sorted(PROTO_DIR.glob("*.proto")):
+    well_known = Path(protoc.__file__).parent / "_proto"  # google/protobuf/*.proto
+    sources = sorted(PROTO_DIR.rglob("*.proto"))
+    # Files in subfolders import each other as "sub/x.proto"; protoc then emits
+    # "from sub import x_pb2", which must become "from infergw.proto.sub import x_pb2".
+    subpackages = sorted(
+        {s.relative_to(PROTO_DIR).parts[0] for s in sources if s.parent != PROTO_DIR}
+    )
+    local_import = re.compile(rf"^from ({'|'.join(subpackages) or '(?!)'})\b", re.M)
+    for source in sources:
         args = [
             "grpc_tools.protoc",
             f"-I{PROTO_DIR}",
+            f"-I{well_known}",
             f"--python_out={PROTO_DIR}",
             f"--pyi_out={PROTO_DIR}",
             str(source),
         ]
         if protoc.main(args) != 0:
             raise RuntimeError(f"protoc failed for {source.name}")
-        module = PROTO_DIR / f"{source.stem}_pb2.py"
-        text = module.read_text()
-        if DEFAULT_POOL not in text:
-            raise RuntimeError(f"unexpected protoc output in {module.name}")
-        module.write_text(text.replace(DEFAULT_POOL, PRIVATE_POOL))
+        for suffix in (".py", ".pyi"):
+            module = source.with_name(f"{source.stem}_pb2{suffix}")
+            text = local_import.sub(r"from infergw.proto.\1", module.read_text())
+            if suffix == ".py":
+                if DEFAULT_POOL not in text:
+                    raise RuntimeError(f"unexpected protoc output in {module.name}")
+                text = text.replace(DEFAULT_POOL, PRIVATE_POOL)
+            module.write_text(text)
 
 
 class BuildPyWithProtos(build_py):
@@ -49,6 +62,7 @@ PACKAGES = {
     "infergw.gateway": "gateway",
     "infergw.gateway.core": "gateway/core",
     "infergw.gateway.frontends": "gateway/frontends",
+    "infergw.gateway.sidecar": "gateway/sidecar",
     "infergw.backends": "backends",
     "infergw.clients": "clients",
     "infergw.loadgen": "loadgen",
@@ -60,6 +74,7 @@ PACKAGES = {
     "infergw.deploy.sagemaker": "deploy/sagemaker",
     "infergw.deploy.cloudrun": "deploy/cloudrun",
     "infergw.proto": "proto",
+    "infergw.proto.tfs": "proto/tfs",
 }
 
 setup(packages=list(PACKAGES), package_dir=PACKAGES, cmdclass={"build_py": BuildPyWithProtos})

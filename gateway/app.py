@@ -19,6 +19,7 @@ from infergw.gateway.core.metrics import GatewayMetrics
 from infergw.gateway.core.router import Router
 from infergw.gateway.core.service import InferenceService
 from infergw.gateway.frontends.grpc import GrpcFrontend
+from infergw.gateway.frontends.tfserving import add_tfserving_service
 from infergw.gateway.lifecycle import AsyncService
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ class Gateway(AsyncService):
         listen: ListenConfig = self.config.listen
         try:
             self._grpc = GrpcFrontend(self.service, self.config.limits.max_message_bytes)
+            add_tfserving_service(self._grpc, self.service)  # same port as OIP
             port = self._grpc.add_port(f"{listen.host}:{listen.grpc_port}")
             self.addresses["grpc"] = f"{_display(listen.host)}:{port}"
             await self._grpc.start()

@@ -250,10 +250,7 @@ class GrpcFrontend:
         self.server.add_generic_rpc_handlers((generic_handler(OipServicer(service)),))
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        _register_reflection_descriptors()
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server, pool=POOL
-        )
+        self._reflected = [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME]
         self._health_task: asyncio.Task[None] | None = None
 
     def add_port(self, address: str) -> int:
@@ -262,7 +259,14 @@ class GrpcFrontend:
             raise OSError(f"cannot bind gRPC to {address}")
         return port
 
+    def add_service(self, handler: grpc.GenericRpcHandler, service_name: str) -> None:
+        """Serve another gRPC service on the same port (listed by reflection too)."""
+        self.server.add_generic_rpc_handlers((handler,))
+        self._reflected.append(service_name)
+
     async def start(self) -> None:
+        _register_reflection_descriptors()
+        reflection.enable_server_reflection(tuple(self._reflected), self.server, pool=POOL)
         await self.server.start()
         self._health_task = asyncio.create_task(self._follow_readiness())
 
