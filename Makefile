@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml setup.py proto/*.proto
+$(STAMP): pyproject.toml setup.py $(wildcard proto/*.proto proto/*/*.proto)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -U pip setuptools wheel
 	$(PY) -m pip install -q -e '.[local,otel,test,tfserving]'
@@ -42,4 +42,4 @@ lint: install
 	$(VENV)/bin/mypy gateway backends clients loadgen deploy
 
 clean:
-	rm -rf $(VENV) build *.egg-info proto/*_pb2.py proto/*_pb2.pyi
+	rm -rf $(VENV) build *.egg-info proto/*_pb2.py* proto/*/*_pb2.py*
