@@ -1,0 +1,229 @@
+"""What a run's requests would cost per million on each serving option.
+
+The formulas are the providers' published ones, applied to the durations the run
+measured; the prices live in ``prices.json`` (dated, with sources) so a user can
+override them without touching code. Every result says which duration it billed
+(``basis``) because the cost is only as good as that number.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+SERVERLESS_KINDS = ("lambda", "sagemaker", "cloudrun")
+MILLION = 1_000_000
+GIB = 1024**3
+
+
+class CostError(ValueError):
+    """A cost cannot be computed: unknown backend kind, missing prices or no durations."""
+
+
+def load_prices(path: Path | None = None) -> dict[str, Any]:
+    """The packaged prices, with ``path`` (a user file) merged over them key by key."""
+    packaged = json.loads(resources.files("infergw.loadgen").joinpath("prices.json").read_text())
+    if path is None:
+        return packaged
+    try:
+        override = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CostError(f"prices file {path}: {exc}") from exc
+    if not isinstance(override, dict):
+        raise CostError(f"prices file {path}: expected a JSON object")
+    return _merge(packaged, override)
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def cost_per_million(
+    run: dict[str, Any],
+    backend_kind: str,
+    prices: dict[str, Any] | None = None,
+    memory_mb: int | None = None,
+) -> dict[str, Any]:
+    """USD per 1M requests for ``run``'s measured durations on ``backend_kind``.
+
+    ``backend_kind`` is ``lambda``, ``sagemaker``, ``cloudrun``, a node alias
+    (``triton``, ``runtime``, ``node``) or ``node:INSTANCE``. Returns
+    ``{"kind", "usd_per_million", "components", "basis", "billed_ms", "memory_mb",
+    "read_on", "source"}``; raises ``CostError`` when it cannot be priced.
+    """
+    prices = load_prices() if prices is None else prices
+    kind = backend_kind.strip().lower()
+    if kind in SERVERLESS_KINDS:
+        section = _section(prices, kind)
+        return {"lambda": _lambda, "sagemaker": _sagemaker, "cloudrun": _cloudrun}[kind](
+            run, section, memory_mb
+        )
+    return _node(run, kind, _section(prices, "nodes"))
+
+
+def _section(prices: dict[str, Any], name: str) -> dict[str, Any]:
+    section = prices.get(name)
+    if not isinstance(section, dict):
+        known = [k for k in (*SERVERLESS_KINDS, "nodes") if isinstance(prices.get(k), dict)]
+        raise CostError(f"no prices for {name!r} (prices cover: {', '.join(known) or 'nothing'})")
+    return section
+
+
+def _price(section: dict[str, Any], key: str, kind: str) -> Any:
+    if key not in section:
+        raise CostError(f"prices for {kind!r} lack {key!r}")
+    return section[key]
+
+
+# --- measured durations ---------------------------------------------------------
+
+
+def _phase_ms(run: dict[str, Any], phase: str) -> float | None:
+    """A phase's typical duration: its mean when the runner recorded one, else its p50."""
+    entry = (run.get("split_ms") or {}).get(phase)
+    if not isinstance(entry, dict):
+        return None
+    value = entry.get("mean", entry.get("p50"))
+    return float(value) if value is not None else None
+
+
+def billed_duration_ms(run: dict[str, Any], include_coldstart: bool = True) -> tuple[float, str]:
+    """The per-request duration a serverless platform bills, and where it came from.
+
+    Preference: the backend-reported compute (+ coldstart share) from Server-Timing;
+    for cold runs without a split, the cold samples; otherwise the backend round trip
+    (end-to-end minus the client/gateway phases), which overestimates the bill.
+    """
+    compute = _phase_ms(run, "compute")
+    if compute is not None:
+        cold = (_phase_ms(run, "coldstart") or 0.0) if include_coldstart else 0.0
+        return compute + cold, "compute+coldstart" if cold else "compute"
+    samples = run.get("cold") or []
+    if samples:
+        key = ("init_ms", "inference_ms") if include_coldstart else ("inference_ms",)
+        total = sum(sum(float(s.get(k) or 0.0) for k in key) for s in samples)
+        return total / len(samples), "cold samples"
+    latency = run.get("latency_ms") or {}
+    e2e = latency.get("mean", latency.get("p50"))
+    if e2e is None:
+        raise CostError(f"run {run.get('label')!r} has no measured duration to bill")
+    outside = sum(_phase_ms(run, p) or 0.0 for p in ("protocol", "queue"))
+    return max(float(e2e) - outside, 0.0), "backend round trip (no compute split)"
+
+
+def _round_up(ms: float, granularity_ms: float) -> float:
+    return math.ceil(ms / granularity_ms - 1e-9) * granularity_ms if ms > 0 else granularity_ms
+
+
+def _result(
+    kind: str,
+    components: dict[str, float],
+    basis: str,
+    section: dict[str, Any],
+    billed_ms: float | None = None,
+    memory_mb: int | None = None,
+) -> dict[str, Any]:
+    return {
+        "kind": kind,
+        "usd_per_million": sum(components.values()),
+        "components": components,
+        "basis": basis,
+        "billed_ms": billed_ms,
+        "memory_mb": memory_mb,
+        "read_on": section.get("read_on"),
+        "source": section.get("source"),
+    }
+
+
+# --- the formulas ----------------------------------------------------------------
+
+
+def _lambda(run: dict[str, Any], p: dict[str, Any], memory_mb: int | None) -> dict[str, Any]:
+    """GB-s at the configured memory over the billed duration, plus the request charge."""
+    memory = int(memory_mb or _price(p, "default_memory_mb", "lambda"))
+    arch = p.get("architecture", "x86_64")
+    rates = _price(p, "gb_second_usd", "lambda")
+    if arch not in rates:
+        raise CostError(f"lambda prices have no GB-second rate for architecture {arch!r}")
+    ms, basis = billed_duration_ms(run, bool(p.get("bills_coldstart", True)))
+    billed = _round_up(ms, float(p.get("billing_granularity_ms", 1)))
+    compute = memory / 1024 * billed / 1000 * float(rates[arch]) * MILLION
+    requests = float(_price(p, "request_usd_per_million", "lambda"))
+    return _result("lambda", {"compute": compute, "requests": requests}, basis, p, billed, memory)
+
+
+def _sagemaker(run: dict[str, Any], p: dict[str, Any], memory_mb: int | None) -> dict[str, Any]:
+    """Per-second price of the memory size over the billed duration, plus data processed."""
+    memory = int(memory_mb or _price(p, "default_memory_mb", "sagemaker"))
+    table = _price(p, "usd_per_second_by_memory_mb", "sagemaker")
+    if str(memory) not in table:
+        sizes = ", ".join(sorted(table, key=int))
+        raise CostError(f"sagemaker serverless has no price for {memory} MB (sizes: {sizes})")
+    ms, basis = billed_duration_ms(run, bool(p.get("bills_coldstart", True)))
+    billed = _round_up(ms, float(p.get("billing_granularity_ms", 1)))
+    compute = billed / 1000 * float(table[str(memory)]) * MILLION
+    sizes_b = run.get("bytes") or {}
+    per_request = float(sizes_b.get("sent_per_request") or 0.0) + float(
+        sizes_b.get("received_per_request") or 0.0
+    )
+    data = per_request / GIB * float(p.get("data_processed_usd_per_gb", 0.0)) * MILLION
+    return _result("sagemaker", {"compute": compute, "data": data}, basis, p, billed, memory)
+
+
+def _cloudrun(run: dict[str, Any], p: dict[str, Any], memory_mb: int | None) -> dict[str, Any]:
+    """vCPU-s + GiB-s over the billed time (rounded up to 100 ms), plus the request charge."""
+    memory = int(memory_mb or _price(p, "default_memory_mb", "cloudrun"))
+    vcpu = float(_price(p, "vcpu", "cloudrun"))
+    concurrency = max(float(p.get("concurrency", 1)), 1.0)
+    ms, basis = billed_duration_ms(run, bool(p.get("bills_coldstart", True)))
+    billed = _round_up(ms, float(p.get("billing_granularity_ms", 100)))
+    seconds = billed / 1000 / concurrency
+    cpu = vcpu * seconds * float(_price(p, "vcpu_second_usd", "cloudrun")) * MILLION
+    mem = memory / 1024 * seconds * float(_price(p, "gib_second_usd", "cloudrun")) * MILLION
+    requests = float(_price(p, "request_usd_per_million", "cloudrun"))
+    components = {"cpu": cpu, "memory": mem, "requests": requests}
+    return _result("cloudrun", components, basis, p, billed, memory)
+
+
+def _node(run: dict[str, Any], kind: str, p: dict[str, Any]) -> dict[str, Any]:
+    """An always-on node: its hourly price spread over the throughput the run achieved."""
+    hourly = _price(p, "hourly_usd", "nodes")
+    instance = kind.split(":", 1)[1] if kind.startswith("node:") else kind
+    instance = (p.get("aliases") or {}).get(instance, instance)
+    if instance not in hourly:
+        known = sorted({*SERVERLESS_KINDS, *hourly, *(p.get("aliases") or {})})
+        raise CostError(f"no prices for backend kind {kind!r} (known: {', '.join(known)})")
+    rps = float(run.get("achieved_rps") or 0.0)
+    if rps <= 0:
+        raise CostError(f"run {run.get('label')!r} achieved no throughput to spread a node over")
+    compute = float(hourly[instance]) / (rps * 3600) * MILLION
+    basis = f"{instance} at {rps:.1f} req/s achieved"
+    return _result(f"node:{instance}", {"instance": compute}, basis, p)
+
+
+def annotate_costs(
+    result: dict[str, Any],
+    backend_kind: str,
+    prices: dict[str, Any] | None = None,
+    memory_mb: int | None = None,
+) -> None:
+    """Store ``cost_per_million`` in each run as ``run["cost"]`` (or ``{"error": ...}``).
+
+    The report reads ``run["cost"]``, so the runner calls this once with the prices the
+    user chose; a run that cannot be priced keeps the reason instead of failing the report.
+    """
+    prices = load_prices() if prices is None else prices
+    for run in result.get("runs") or []:
+        try:
+            run["cost"] = cost_per_million(run, backend_kind, prices, memory_mb)
+        except CostError as exc:
+            run["cost"] = {"kind": backend_kind, "error": str(exc)}
