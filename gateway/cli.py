@@ -109,6 +109,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="out/demo", help="report directory (default out/demo)")
     demo.add_argument("--requests", type=int, default=100, help="warm requests per row")
     demo.set_defaults(func=cmd_demo)
+
+    # Subcommands that live with their subsystem (argparse only; heavy imports are lazy).
+    from infergw.gateway.sidecar.cli import register as register_sidecar
+    from infergw.loadgen.cli import register as register_bench
+
+    register_bench(sub)
+    register_sidecar(sub)
     return parser
 
 

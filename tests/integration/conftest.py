@@ -24,38 +24,63 @@ T = TypeVar("T")
 pytestmark = pytest.mark.integration
 
 
-class GatewayThread:
-    """A ``Gateway`` on a private event loop in a daemon thread."""
+class ServiceThread:
+    """Something with async ``start()``/``stop()`` on a private event loop in a daemon thread.
 
-    def __init__(self, config: GatewayConfig) -> None:
+    Gateways, sidecars and the local stack run this way so that tests can drive them
+    with unmodified, synchronous clients (tritonclient, TF Serving stubs) as users do.
+    """
+
+    def __init__(self, service: Any, start: bool = True) -> None:
+        self.service = service
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        self.gateway = Gateway(config)
-        self.run(self.gateway.start())
+        if start:
+            try:
+                self.run(service.start())
+            except BaseException:
+                self.close()
+                raise
 
-    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 60.0) -> T:
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 180.0) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     @property
     def grpc(self) -> str:
-        return self.gateway.addresses["grpc"]
+        return str(self.service.addresses["grpc"])
 
     @property
     def http(self) -> str:
-        return self.gateway.addresses["http"]
+        return str(self.service.addresses["http"])
 
     @property
     def metrics(self) -> str:
-        return self.gateway.addresses["metrics"]
+        return str(self.service.addresses["metrics"])
 
     def close(self) -> None:
         try:
-            self.run(self.gateway.stop())
+            self.run(self.service.stop())
         finally:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join(10)
             self.loop.close()
+
+
+class GatewayThread(ServiceThread):
+    def __init__(self, config: GatewayConfig) -> None:
+        self.gateway = Gateway(config)
+        super().__init__(self.gateway)
+
+
+class StackThread(ServiceThread):
+    """The whole local stack (started by the caller, as its start-up is long)."""
+
+    def __init__(self) -> None:
+        from infergw.deploy.local.stack import LocalStack
+
+        self.stack = LocalStack({"grpc_port": 0, "http_port": 0, "metrics_port": 0})
+        super().__init__(self.stack, start=False)
 
 
 def free_ports_config(triton: TritonEndpoints, **listen: Any) -> GatewayConfig:

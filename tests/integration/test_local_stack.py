@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
-import threading
 from collections.abc import Iterator
-from typing import Any
 
 import boto3
 import numpy as np
 import pytest
 
 from infergw.clients import GrpcClient, HttpClient
-from infergw.deploy.local.stack import BUCKET, LocalStack
+from infergw.deploy.local.stack import BUCKET
+from tests.integration.conftest import StackThread
 
 pytestmark = pytest.mark.integration
 SERVERLESS = ("lambda", "sagemaker", "cloudrun")
@@ -23,27 +21,6 @@ INPUTS: dict[str, dict[str, np.ndarray]] = {
     "minilm": {"text": np.array([b"serverless or container?", b"it depends"], np.object_)},
     "mobilenet": {"image": RNG.random((1, 224, 224, 3), np.float32)},
 }
-
-
-class StackThread:
-    """A LocalStack on its own event loop, so tests drive it with sync clients."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.stack = LocalStack({"grpc_port": 0, "http_port": 0, "metrics_port": 0})
-
-    def run(self, coro: Any, timeout: float = 180.0) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def close(self) -> None:
-        try:
-            self.run(self.stack.stop())
-        finally:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self.thread.join(10)
-            self.loop.close()
 
 
 @pytest.fixture(scope="module")

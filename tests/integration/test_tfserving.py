@@ -294,3 +294,35 @@ def test_reflection_lists_the_tf_serving_service(gateway) -> None:  # type: igno
         (reply,) = stub.ServerReflectionInfo(iter([request]), timeout=5)
     names = {s.name for s in reply.list_services_response.service}
     assert {"tensorflow.serving.PredictionService", "inference.GRPCInferenceService"} <= names
+
+
+@pytest.fixture(scope="module")
+def tfs_sidecar(gateway: GatewayThread) -> Iterator[Any]:
+    """``infergw sidecar --protocol tfserving`` in front of the gateway's TF Serving frontend."""
+    from infergw.gateway.sidecar.app import Sidecar, SidecarConfig
+    from tests.integration.conftest import ServiceThread
+
+    ports = {"host": "127.0.0.1", "grpc_port": 0, "http_port": 0, "metrics_port": 0}
+    side = ServiceThread(
+        Sidecar(SidecarConfig(upstream=gateway.grpc, protocol="tfserving", **ports))
+    )
+    try:
+        yield side
+    finally:
+        side.close()
+
+
+@pytest.mark.parametrize(("model", "name", "out", "array"), CASES)
+def test_predict_through_a_sidecar_matches_the_gateway(
+    tfs_sidecar, stub, model, name, out, array
+) -> None:  # type: ignore[no-untyped-def]
+    request = predict_request(model, {name: array})
+    with grpc.insecure_channel(tfs_sidecar.grpc) as channel:
+        via = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        reply, call = via.Predict.with_call(request, timeout=30)
+    direct = stub.Predict(request, timeout=30)
+    np.testing.assert_array_equal(
+        tf.make_ndarray(reply.outputs[out]), tf.make_ndarray(direct.outputs[out])
+    )
+    trailer = [v for k, v in call.trailing_metadata() if k == "server-timing"]
+    assert len(trailer) == 2  # the gateway's split, then the sidecar's own entries

@@ -1,0 +1,167 @@
+"""Assemble a running sidecar: gRPC proxy + health, optional REST proxy, metrics endpoint.
+
+``Sidecar`` is an async context manager; ports may be 0 (the bound ports are in
+``sidecar.addresses`` afterwards)::
+
+    async with Sidecar(SidecarConfig(upstream="127.0.0.1:9001")) as sidecar:
+        print(sidecar.addresses["grpc"])
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from types import TracebackType
+
+import grpc
+from aiohttp import web
+from grpc_health.v1 import health, health_pb2_grpc
+
+from infergw.gateway.app import create_metrics_app
+from infergw.gateway.sidecar.grpc_proxy import GrpcProxy
+from infergw.gateway.sidecar.health import UpstreamHealth
+from infergw.gateway.sidecar.http_proxy import HttpProxy
+from infergw.gateway.sidecar.methods import PROTOCOLS
+from infergw.gateway.sidecar.metrics import SidecarMetrics
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+# gRPC's own receive limit sits this far above ours, so that our check (which names the
+# limit and leaves a server-timing trailer) answers for most oversized messages.
+GRPC_LIMIT_SLACK = 1024 * 1024
+UNLIMITED = -1
+# Reconnect to a restarted upstream within ~2 s (gRPC's default backoff grows to 120 s),
+# e.g. when the sidecar starts before the server next to it.
+UPSTREAM_CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.max_send_message_length", UNLIMITED),
+    ("grpc.max_receive_message_length", UNLIMITED),
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+    ("grpc.use_local_subchannel_pool", 1),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SidecarConfig:
+    upstream: str  # HOST:PORT of the upstream's gRPC endpoint
+    protocol: str = "oip"  # oip | tfserving
+    http_upstream: str | None = None  # HOST:PORT of the upstream's OIP REST endpoint
+    host: str = "0.0.0.0"
+    grpc_port: int = 8001
+    http_port: int = 8000
+    metrics_port: int = 8002
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    health_interval_s: float = 2.0
+    health_model: str | None = None  # tfserving: the model whose status means "ready"
+
+    def __post_init__(self) -> None:
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {PROTOCOLS}, not {self.protocol!r}")
+        if self.max_message_bytes <= 0:
+            raise ValueError("max_message_bytes must be positive")
+
+
+class Sidecar:
+    def __init__(self, config: SidecarConfig) -> None:
+        self.config = config
+        self.metrics = SidecarMetrics()
+        self.addresses: dict[str, str] = {}
+        self.health: UpstreamHealth | None = None
+        self._channel: grpc.aio.Channel | None = None
+        self._server: grpc.aio.Server | None = None
+        self._http: HttpProxy | None = None
+        self._runners: list[web.AppRunner] = []
+
+    async def start(self) -> None:
+        try:
+            await self._start_grpc()
+            if self.config.http_upstream:
+                self._http = HttpProxy(
+                    self.config.http_upstream, self.metrics, self.config.max_message_bytes
+                )
+                await self._http.start()
+                self.addresses["http"] = await self._serve(
+                    self._http.app(), self.config.http_port, handler_cancellation=True
+                )
+            self.addresses["metrics"] = await self._serve(
+                create_metrics_app(self.metrics.gateway), self.config.metrics_port
+            )
+        except BaseException:
+            await self.stop()
+            raise
+        log.info("infergw sidecar listening: %s -> %s", self.addresses, self.config.upstream)
+
+    async def _start_grpc(self) -> None:
+        config = self.config
+        self._channel = grpc.aio.insecure_channel(config.upstream, options=UPSTREAM_CHANNEL_OPTIONS)
+        server = self._server = grpc.aio.server(
+            options=(
+                ("grpc.max_receive_message_length", config.max_message_bytes + GRPC_LIMIT_SLACK),
+                ("grpc.max_send_message_length", UNLIMITED),
+                ("grpc.so_reuseport", 0),
+            )
+        )
+        # Health first: handlers are consulted in order, and the proxy takes any method.
+        servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+        proxy = GrpcProxy(self._channel, config.upstream, self.metrics, config.max_message_bytes)
+        server.add_generic_rpc_handlers((proxy,))
+        port = server.add_insecure_port(f"{config.host}:{config.grpc_port}")
+        if port == 0:
+            raise OSError(f"cannot bind gRPC to {config.host}:{config.grpc_port}")
+        self.addresses["grpc"] = f"{_display(config.host)}:{port}"
+        self.health = UpstreamHealth(
+            self._channel, config.protocol, servicer, config.health_interval_s, config.health_model
+        )
+        await server.start()
+        await self.health.start()
+
+    async def _serve(
+        self, app: web.Application, port: int, handler_cancellation: bool = False
+    ) -> str:
+        runner = web.AppRunner(
+            app,
+            access_log=None,
+            handle_signals=False,
+            handler_cancellation=handler_cancellation,  # a client gone cancels upstream
+            auto_decompress=False,  # bodies are forwarded as sent, compressed or not
+        )
+        await runner.setup()
+        self._runners.append(runner)
+        site = web.TCPSite(runner, self.config.host, port, reuse_address=True)
+        await site.start()
+        return f"{_display(self.config.host)}:{runner.addresses[-1][1]}"
+
+    async def stop(self) -> None:
+        if self.health is not None:
+            await self.health.stop()
+            self.health = None
+        if self._server is not None:
+            await self._server.stop(1.0)
+            self._server = None
+        while self._runners:
+            await self._runners.pop().cleanup()
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None
+
+    async def __aenter__(self) -> Sidecar:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+
+def _display(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "") else host

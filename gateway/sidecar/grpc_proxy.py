@@ -1,0 +1,338 @@
+"""The gRPC half of the sidecar: one generic handler forwarding every method as bytes.
+
+Requests and replies are never decoded (no (de)serializers on either side), so what
+the upstream receives is byte-for-byte what the client sent and vice versa. Per call
+the sidecar passes on: invocation metadata minus transport headers, the deadline
+(``time_remaining``), cancellation (a client cancel cancels the upstream call), the
+upstream's initial metadata, status code, details and trailing metadata. It adds the
+``server-timing`` trailer (``total``; ``backend`` = the upstream call from start to
+status; ``decode`` = reading the model name, for inference methods), a SERVER span
+continuing the client's ``traceparent`` with a CLIENT span injected upstream, and
+metrics.
+
+Errors of its own: the upstream unreachable -> UNAVAILABLE naming the upstream; a
+message over ``max_message_bytes`` -> RESOURCE_EXHAUSTED naming the limit. Every other
+status is the upstream's, unchanged (a dropped upstream connection gives what gRPC
+gives a direct client: UNAVAILABLE).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any, NoReturn
+
+import grpc
+
+from infergw.gateway.core import tracing
+from infergw.gateway.core.errors import PayloadTooLarge
+from infergw.gateway.core.timing import Timings, format_server_timing
+from infergw.gateway.sidecar import methods
+from infergw.gateway.sidecar.metrics import SidecarMetrics
+from infergw.gateway.sidecar.spans import TRACE_KEYS, proxy_spans
+from infergw.gateway.sidecar.wire import WireError, find_string
+
+log = logging.getLogger(__name__)
+
+TIMING_KEY = "server-timing"
+# Metadata the transport sets itself on each hop; everything else travels on.
+HOP_BY_HOP = frozenset(
+    {
+        "user-agent",
+        "te",
+        "content-type",
+        "grpc-accept-encoding",
+        "grpc-encoding",
+        "grpc-timeout",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+MAX_CACHED_METHODS = 1024  # unknown method names come from clients: bound the cache
+
+Metadata = tuple[tuple[str, str | bytes], ...]
+_NOOP: AbstractContextManager[object] = nullcontext()
+
+
+def forward_metadata(metadata: Sequence[tuple[str, str | bytes]] | None) -> Metadata:
+    """The client's metadata minus pseudo and hop-by-hop headers."""
+    return tuple((k, v) for k, v in metadata or () if k not in HOP_BY_HOP and not k.startswith(":"))
+
+
+def is_connect_failure(exc: grpc.aio.AioRpcError) -> bool:
+    """The upstream could not be reached at all (vs. a status the upstream sent)."""
+    details = exc.details() or ""
+    return exc.code() == grpc.StatusCode.UNAVAILABLE and "failed to connect" in details
+
+
+class _Rpc:
+    """One forwarded call's bookkeeping: timings, model, spans, metrics, trailer."""
+
+    __slots__ = ("context", "inference", "metadata", "method", "model", "proxy", "timings")
+
+    def __init__(self, proxy: GrpcProxy, method: str, context: grpc.aio.ServicerContext) -> None:
+        self.proxy = proxy
+        self.method = method
+        self.inference = methods.INFERENCE.get(method)
+        self.context = context
+        self.timings = Timings()
+        self.model: str | None = None
+        self.metadata = forward_metadata(context.invocation_metadata())
+
+    def timeout(self) -> float | None:
+        return self.context.time_remaining()
+
+    def check_size(self, message: bytes) -> None:
+        limit = self.proxy.max_message_bytes
+        if len(message) > limit:
+            raise PayloadTooLarge("request message", len(message), limit)
+
+    def peek_model(self, message: bytes) -> None:
+        """Read the model name for metrics labels (a few us, whatever the size)."""
+        if self.inference is None or self.model is not None:
+            return
+        t0 = time.perf_counter()
+        try:
+            self.model = find_string(message, self.inference.model_path) or ""
+        except WireError:
+            self.model = ""  # malformed: the upstream will say so; we only lose the label
+        self.timings.add_since("decode", t0)
+
+    def spans(self) -> AbstractContextManager[object]:
+        """SERVER + CLIENT span; with tracing on, the upstream gets the CLIENT's context."""
+        if not tracing.enabled():
+            return _NOOP
+        carrier = {k: v for k, v in self.metadata if k in TRACE_KEYS and isinstance(v, str)}
+        name = methods.short_name(self.method)
+        service, _, rpc_method = name.partition("/")
+        attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": rpc_method}
+        injected: dict[str, str] = {}
+        spans = proxy_spans(name, carrier, attributes, self.model, injected)
+        if injected:
+            kept = tuple((k, v) for k, v in self.metadata if k not in TRACE_KEYS)
+            self.metadata = kept + tuple(injected.items())
+        return spans
+
+    def finish(self, status: str) -> str:
+        """Record ``total`` and metrics; returns the ``server-timing`` value."""
+        timings = self.timings
+        timings.add("total", timings.elapsed_ms())
+        entries = timings.entries
+        metrics = self.proxy.metrics
+        metrics.observe_call(self.method, status)
+        if self.inference is not None:
+            protocol = "grpc-stream" if methods.cardinality(self.method).server_streams else "grpc"
+            metrics.observe_inference(self.model, protocol, status, entries)
+        return format_server_timing(entries)
+
+    def succeed(self, trailing: Sequence[tuple[str, str | bytes]]) -> None:
+        self.context.set_trailing_metadata((*trailing, (TIMING_KEY, self.finish("OK"))))
+
+    async def fail(self, exc: grpc.aio.AioRpcError) -> NoReturn:
+        """Answer with the upstream's status, details and trailers (plus ours)."""
+        code, details = exc.code(), exc.details() or ""
+        if is_connect_failure(exc):
+            details = f"infergw sidecar: upstream {self.proxy.upstream} is unreachable: {details}"
+        trailing = (*(exc.trailing_metadata() or ()), (TIMING_KEY, self.finish(code.name)))
+        await self.context.abort(code, details, trailing)
+        raise AssertionError("abort() returned")  # pragma: no cover
+
+    async def reject(self, exc: PayloadTooLarge) -> NoReturn:
+        trailing = ((TIMING_KEY, self.finish("RESOURCE_EXHAUSTED")),)
+        await self.context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, exc.message, trailing)
+        raise AssertionError("abort() returned")  # pragma: no cover
+
+    async def pass_initial_metadata(self, call: grpc.aio.Call) -> None:
+        initial = await call.initial_metadata()
+        if initial:
+            await self.context.send_initial_metadata(tuple(initial))
+
+
+class _RequestPump:
+    """Feeds a client stream upstream, checking sizes and reading the model name."""
+
+    def __init__(self, rpc: _Rpc, requests: AsyncIterator[bytes]) -> None:
+        self.rpc = rpc
+        self.requests = requests
+        self.too_large: PayloadTooLarge | None = None
+        self.call: grpc.aio.Call | None = None
+
+    async def messages(self) -> AsyncIterator[bytes]:
+        async for message in self.requests:
+            try:
+                self.rpc.check_size(message)
+            except PayloadTooLarge as exc:
+                self.too_large = exc
+                if self.call is not None:
+                    self.call.cancel()
+                return
+            self.rpc.peek_model(message)
+            yield message
+
+
+class GrpcProxy(grpc.GenericRpcHandler):
+    """Forwards any method to ``channel``; see the module docstring for what passes."""
+
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        upstream: str,
+        metrics: SidecarMetrics,
+        max_message_bytes: int,
+    ) -> None:
+        self.channel = channel
+        self.upstream = upstream
+        self.metrics = metrics
+        self.max_message_bytes = max_message_bytes
+        self._handlers: dict[str, grpc.RpcMethodHandler] = {}
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+        method: str = handler_call_details.method
+        handler = self._handlers.get(method)
+        if handler is None:
+            handler = self._make(method)
+            if len(self._handlers) < MAX_CACHED_METHODS:
+                self._handlers[method] = handler
+        return handler
+
+    def _make(self, method: str) -> grpc.RpcMethodHandler:
+        kind = methods.cardinality(method)
+        channel = self.channel
+        if kind is methods.Cardinality.UNARY_UNARY:
+            stub_uu = channel.unary_unary(method)
+
+            async def unary_unary(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+                return await self._unary_unary(stub_uu, method, request, context)
+
+            return grpc.unary_unary_rpc_method_handler(unary_unary)
+        if kind is methods.Cardinality.UNARY_STREAM:
+            stub_us = channel.unary_stream(method)
+
+            async def unary_stream(request: bytes, context: grpc.aio.ServicerContext) -> None:
+                await self._streaming(stub_us, method, request, context)
+
+            return grpc.unary_stream_rpc_method_handler(unary_stream)
+        if kind is methods.Cardinality.STREAM_UNARY:
+            stub_su = channel.stream_unary(method)
+
+            async def stream_unary(requests: Any, context: grpc.aio.ServicerContext) -> bytes:
+                return await self._stream_unary(stub_su, method, requests, context)
+
+            return grpc.stream_unary_rpc_method_handler(stream_unary)
+        stub_ss = channel.stream_stream(method)
+
+        async def stream_stream(requests: Any, context: grpc.aio.ServicerContext) -> None:
+            await self._streaming(stub_ss, method, requests, context)
+
+        return grpc.stream_stream_rpc_method_handler(stream_stream)
+
+    # -- the four cardinalities ---------------------------------------------------------
+    async def _unary_unary(
+        self,
+        stub: grpc.aio.UnaryUnaryMultiCallable,
+        method: str,
+        request: bytes,
+        context: grpc.aio.ServicerContext,
+    ) -> bytes:
+        rpc = _Rpc(self, method, context)
+        try:
+            rpc.check_size(request)
+        except PayloadTooLarge as exc:
+            await rpc.reject(exc)
+        rpc.peek_model(request)
+        with rpc.spans():
+            t0 = time.perf_counter()
+            call = stub(request, timeout=rpc.timeout(), metadata=rpc.metadata)
+            try:
+                reply: bytes = await call
+            except grpc.aio.AioRpcError as exc:
+                rpc.timings.add_since("backend", t0)
+                await rpc.fail(exc)
+            except asyncio.CancelledError:
+                call.cancel()
+                rpc.finish("CANCELLED")
+                raise
+            rpc.timings.add_since("backend", t0)
+            await rpc.pass_initial_metadata(call)
+            rpc.succeed(await call.trailing_metadata())
+        return reply
+
+    async def _stream_unary(
+        self,
+        stub: grpc.aio.StreamUnaryMultiCallable,
+        method: str,
+        requests: AsyncIterator[bytes],
+        context: grpc.aio.ServicerContext,
+    ) -> bytes:
+        rpc = _Rpc(self, method, context)
+        pump = _RequestPump(rpc, requests)
+        with rpc.spans():
+            t0 = time.perf_counter()
+            call = pump.call = stub(pump.messages(), timeout=rpc.timeout(), metadata=rpc.metadata)
+            try:
+                reply: bytes = await call
+            except grpc.aio.AioRpcError as exc:
+                rpc.timings.add_since("backend", t0)
+                await rpc.fail(exc)
+            except asyncio.CancelledError:
+                call.cancel()
+                if pump.too_large is not None:
+                    await rpc.reject(pump.too_large)
+                rpc.finish("CANCELLED")
+                raise
+            rpc.timings.add_since("backend", t0)
+            await rpc.pass_initial_metadata(call)
+            rpc.succeed(await call.trailing_metadata())
+        return reply
+
+    async def _streaming(
+        self,
+        stub: Callable[..., Any],
+        method: str,
+        request: bytes | AsyncIterator[bytes],
+        context: grpc.aio.ServicerContext,
+    ) -> None:
+        """Unary-stream and stream-stream: relay replies as they come (``context.write``)."""
+        rpc = _Rpc(self, method, context)
+        pump: _RequestPump | None = None
+        if isinstance(request, bytes):
+            try:
+                rpc.check_size(request)
+            except PayloadTooLarge as exc:
+                await rpc.reject(exc)
+            rpc.peek_model(request)
+            outgoing: Any = request
+        else:
+            pump = _RequestPump(rpc, request)
+            outgoing = pump.messages()
+        with rpc.spans():
+            t0 = time.perf_counter()
+            call = stub(outgoing, timeout=rpc.timeout(), metadata=rpc.metadata)
+            if pump is not None:
+                pump.call = call
+            first = True
+            try:
+                async for reply in call:
+                    if first:  # initial metadata has arrived with (or before) the first reply
+                        first = False
+                        await rpc.pass_initial_metadata(call)
+                    await context.write(reply)
+            except grpc.aio.AioRpcError as exc:
+                rpc.timings.add_since("backend", t0)
+                await rpc.fail(exc)
+            except asyncio.CancelledError:
+                call.cancel()
+                if pump is not None and pump.too_large is not None:
+                    await rpc.reject(pump.too_large)
+                rpc.finish("CANCELLED")
+                raise
+            rpc.timings.add_since("backend", t0)
+            if pump is not None and pump.too_large is not None:
+                await rpc.reject(pump.too_large)
+            rpc.succeed(await call.trailing_metadata())

@@ -1,0 +1,170 @@
+"""Running ``infergw bench``: check the settings, run the scenario, write the result.
+
+Ctrl-C sets a stop flag the loops check: the current run ends early, requests in
+flight get two seconds to finish, and whatever was measured is written as usual
+(``"interrupted": true``). A second Ctrl-C aborts at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from infergw.loadgen.progress import Progress
+
+SCHEMA = "infergw.bench/1"
+
+
+class UsageError(ValueError):
+    """A bad combination of options: reported as ``error: ...`` with exit status 2."""
+
+
+def validate(s: argparse.Namespace) -> None:
+    """Fill scenario defaults and reject combinations that cannot mean anything."""
+    from infergw.loadgen import payloads, standins
+
+    s.model = s.model or "identity"
+    if s.stack_ready_file and not s.target:
+        info = standins.read_ready_file(s.stack_ready_file)
+        gateway = info["gateway"]
+        s.target = gateway["grpc"] if s.protocol == "grpc" else gateway["http"]
+        if s.scenario == "protocol":
+            s.target, s.http_target = gateway["grpc"], s.http_target or gateway["http"]
+    if not s.target:
+        s.target = s.http_target if s.protocol != "grpc" and s.http_target else None
+    if not s.target:
+        raise UsageError("--target HOST:PORT is required (or --stack-ready-file)")
+    for name in ("duration", "rate", "timeout", "slo_ms"):
+        value = getattr(s, name)
+        if value is not None and value <= 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be > 0")
+    for name in ("requests", "concurrency", "repeats", "max_outstanding"):
+        value = getattr(s, name)
+        if value is not None and value < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 1")
+    if s.warmup is not None and s.warmup < 0:
+        raise UsageError("--warmup must be >= 0")
+    if s.scenario in ("scale", "trace") and s.concurrency is not None:
+        raise UsageError(f"{s.scenario} is open loop: use --rate, not --concurrency")
+    if s.scenario in ("concurrency", "protocol", "cold") and s.rate is not None:
+        raise UsageError(f"{s.scenario} is closed loop: --rate does not apply")
+    if s.scenario == "cold":
+        if s.concurrency is not None:
+            raise UsageError("cold sends one request per cold start: --concurrency does not apply")
+        serverless = s.backend in standins.SERVERLESS
+        if not ((s.stack_ready_file and serverless) or s.cold_wait is not None):
+            raise UsageError(
+                "cold needs --stack-ready-file with --backend lambda|sagemaker|cloudrun "
+                "(the stand-ins scale to zero on request) or --cold-wait SECONDS"
+            )
+    if s.scenario == "protocol":
+        _validate_protocol(s, payloads)
+    if s.scenario == "trace" and s.trace_csv and not Path(s.trace_csv).is_file():
+        raise UsageError(f"--trace-csv {s.trace_csv}: no such file")
+    if s.scenario == "scale" and (s.ramp_from < 0 or s.ramp_to <= 0 or s.hold < 0):
+        raise UsageError("--ramp-from must be >= 0, --ramp-to > 0, --hold >= 0")
+
+
+def _validate_protocol(s: argparse.Namespace, payloads: Any) -> None:
+    if s.model != "identity":
+        raise UsageError("the protocol sweep sizes the identity model's input: --model identity")
+    s.sizes = s.sizes or ",".join(payloads.DEFAULT_SWEEP)
+    try:
+        for size in s.sizes.split(","):
+            payloads.parse_size(size)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    protocols = [p.strip() for p in s.protocols.split(",")]
+    unknown = set(protocols) - {"grpc", "rest", "rest-binary"}
+    if unknown or not protocols:
+        raise UsageError(f"--protocols: unknown {sorted(unknown)}; use grpc,rest,rest-binary")
+    if any(p != "grpc" for p in protocols) and not s.http_target:
+        raise UsageError(
+            "the protocol scenario sends gRPC to --target and REST to --http-target: "
+            "give --http-target HOST:PORT (or --protocols grpc)"
+        )
+
+
+async def run_scenario(s: argparse.Namespace, progress: Progress) -> tuple[list[Any], bool]:
+    from infergw.loadgen.scenarios import SCENARIOS, Context
+
+    ctx = Context(asyncio.Event(), progress, [])
+    loop = asyncio.get_running_loop()
+
+    def on_sigint() -> None:
+        print("\nstopping: writing what was measured (Ctrl-C again to abort)", file=sys.stderr)
+        ctx.stop.set()
+        loop.remove_signal_handler(signal.SIGINT)  # the next one raises KeyboardInterrupt
+
+    loop.add_signal_handler(signal.SIGINT, on_sigint)
+    try:
+        await SCENARIOS[s.scenario](s, ctx)
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
+        progress.close()
+    return ctx.runs, ctx.stop.is_set()
+
+
+def build_result(
+    s: argparse.Namespace, runs: list[Any], started: dt.datetime, elapsed: float
+) -> dict[str, Any]:
+    settings = {k: v for k, v in vars(s).items() if not callable(v) and k != "command"}
+    return {
+        "schema": SCHEMA,
+        "scenario": s.scenario,
+        "target": s.target,
+        "http_target": s.http_target,
+        "protocol": s.protocol,
+        "model": s.model,
+        "backend": s.backend,
+        "started_at": started.isoformat(timespec="seconds"),
+        "duration_s": elapsed,
+        "settings": json.loads(json.dumps(settings, default=str)),
+        "runs": runs,
+    }
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        validate(args)
+    except (UsageError, ValueError) as exc:
+        print(f"infergw bench: error: {exc}", file=sys.stderr)
+        return 2
+    progress = Progress(args.progress)
+    started = dt.datetime.now(dt.UTC)
+    t0 = time.perf_counter()
+    try:
+        runs, interrupted = asyncio.run(run_scenario(args, progress))
+    except ValueError as exc:  # e.g. a stand-in that cannot scale to zero
+        print(f"infergw bench: error: {exc}", file=sys.stderr)
+        return 2
+    result = build_result(args, runs, started, time.perf_counter() - t0)
+    if interrupted:
+        result["interrupted"] = True
+    emit(result, Path(args.out) if args.out else None)
+    return 130 if interrupted else 0
+
+
+def emit(result: dict[str, Any], out: Path | None) -> None:
+    """The terminal table, and the files when ``out`` is given (the report module's job)."""
+    try:
+        from infergw.loadgen.report import format_table, write_reports
+    except ImportError:  # the report module is optional at run time: keep the JSON at least
+        print(json.dumps(result["runs"], indent=1, default=str)[:4000])
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "result.json").write_text(json.dumps(result, indent=2))
+            print(f"wrote {out / 'result.json'} (report module unavailable)", file=sys.stderr)
+        return
+    print(format_table(result))
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        write_reports(result, out)
+        print(f"wrote {out}/result.json, result.csv, report.html", file=sys.stderr)

@@ -1,0 +1,172 @@
+"""Everything one run measures, in constant memory per second of run time.
+
+``Recorder.record`` is the per-request hot path: one histogram update for the
+end-to-end latency, a few counter increments, and, only when the server sent a
+Server-Timing breakdown, one parse and a histogram update per phase.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from typing import Any
+
+from infergw.clients.timing import NOT_PROTOCOL
+from infergw.loadgen.histogram import Histogram
+from infergw.loadgen.timeseries import TimeSeries
+
+# What a sender returns: (error code or None when OK, raw Server-Timing or None, bytes received).
+Outcome = tuple[str | None, str | None, int]
+
+SPLIT_PHASES = ("protocol", "queue", "backend_queue", "coldstart", "compute", "offload")
+_QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"')
+LATE_S = 0.001  # a send dispatched more than this after its intended time is "late"
+
+
+class Recorder:
+    """Counters, HDR histograms and per-second windows of one run."""
+
+    def __init__(
+        self, start: float, warmup_s: float = 0.0, sent_bytes: int = 0, window_s: float = 1.0
+    ) -> None:
+        self.start = start
+        self.measure_from = start + warmup_s
+        self.warmup_s = warmup_s
+        self.sent_bytes = sent_bytes
+        self.latency = Histogram()
+        self.phases: dict[str, Histogram] = {}
+        self.errors: Counter[str] = Counter()
+        self.timeseries = TimeSeries(start, window_s)
+        self.ok = 0
+        self.arrivals = 0  # measured arrivals (open loop), warm-up excluded
+        self.late = 0
+        self.dropped = 0
+        self.warmup_excluded = 0
+        self.unfinished = 0
+        self.received_bytes = 0
+        self.last_done = start
+        self.send_end: float | None = None  # when sending stopped (set by the runner)
+
+    def arrival(self, intended: float) -> None:
+        self.timeseries.at(intended).offered += 1
+        if intended >= self.measure_from:
+            self.arrivals += 1
+
+    def drop(self, intended: float) -> None:
+        self.timeseries.at(intended).dropped += 1
+        if intended >= self.measure_from:
+            self.dropped += 1
+
+    def record(self, intended: float, sent: float, done: float, outcome: Outcome) -> None:
+        """One completed request. Latency runs from the intended send time, or from the
+        actual one when the scheduler sent up to half a millisecond early."""
+        error, timing, received = outcome
+        latency_ms = (done - min(intended, sent)) * 1000.0
+        window = self.timeseries.at(done)
+        if error is None:
+            window.ok += 1
+            window.latency.record_ms(latency_ms)
+        else:
+            window.errors += 1
+        if done > self.last_done:
+            self.last_done = done
+        if intended < self.measure_from:
+            self.warmup_excluded += 1
+            return
+        if sent - intended > LATE_S:
+            self.late += 1
+        self.received_bytes += received
+        if error is not None:
+            self.errors[error] += 1
+            return
+        self.ok += 1
+        self.latency.record_ms(latency_ms)
+        if timing:
+            self._split((done - sent) * 1000.0, timing)
+
+    def _split(self, service_ms: float, header: str) -> None:
+        """Server-Timing phases plus protocol = service time minus the non-protocol phases."""
+        server = phase_totals(header)
+        protocol = service_ms - sum(server[p] for p in NOT_PROTOCOL if p in server)
+        # Negative only with parallel attempts (hedging); the histogram floors it at 0.
+        self._phase("protocol").record_ms(protocol)
+        for phase in SPLIT_PHASES[1:]:
+            if phase in server:
+                self._phase(phase).record_ms(server[phase])
+
+    def _phase(self, name: str) -> Histogram:
+        hist = self.phases.get(name)
+        if hist is None:
+            hist = self.phases[name] = Histogram()
+        return hist
+
+    @property
+    def completed(self) -> int:
+        return self.ok + sum(self.errors.values())
+
+    def run_dict(
+        self, label: str, mode: str, params: dict[str, Any], offered: bool
+    ) -> dict[str, Any]:
+        """This run in the result schema (``runs[i]``); ``offered``: open loop."""
+        send_end = self.send_end if self.send_end is not None else self.last_done
+        window_s = max(send_end - self.measure_from, 1e-9)
+        busy_s = max(window_s, self.last_done - self.measure_from)
+        out: dict[str, Any] = {
+            "label": label,
+            "params": params,
+            "mode": mode,
+            "offered_rps": (self.arrivals / window_s) if offered else None,
+            "achieved_rps": self.ok / busy_s if self.ok else 0.0,
+            "requests": self.completed,
+            "ok": self.ok,
+            "errors": dict(self.errors),
+            "late_sends": self.late,
+            "dropped": self.dropped,
+            "warmup_excluded": self.warmup_excluded,
+            "unfinished": self.unfinished,
+            "warmup_s": self.warmup_s,
+            "measured_s": window_s,
+            "latency_ms": self.latency.summary(),
+            "split_ms": {
+                phase: _p50_p95(self.phases[phase])
+                for phase in SPLIT_PHASES
+                if phase in self.phases
+            },
+            "server_stats": None,
+            "bytes": {
+                "sent_per_request": float(self.sent_bytes),
+                "received_per_request": self.received_bytes / self.completed
+                if self.completed
+                else 0.0,
+            },
+            "timeseries": [w.as_dict() for w in self.timeseries.windows()],
+        }
+        return out
+
+
+def phase_totals(header: str) -> dict[str, float]:
+    """Phase -> ms summed over entries. A fast path for the plain ``name;dur=X`` items
+    the gateway sends: 3-4x cheaper than ``core.timing.parse_server_timing``, whose
+    results it matches (descriptions are not needed here)."""
+    totals: dict[str, float] = {}
+    if '"' in header:  # quoted descriptions may hide commas and semicolons: drop them
+        header = _QUOTED.sub('""', header)
+    for item in header.split(","):
+        name, _, params = item.partition(";")
+        start = params.find("dur=")
+        if start < 0 or (start > 0 and params[start - 1] not in "; "):
+            continue
+        end = params.find(";", start)
+        try:
+            dur = float(params[start + 4 : end] if end >= 0 else params[start + 4 :])
+        except ValueError:
+            continue
+        name = name.strip()
+        totals[name] = totals.get(name, 0.0) + dur
+    return totals
+
+
+def _p50_p95(hist: Histogram) -> dict[str, float]:
+    p50, p95 = hist.percentiles((50, 95))
+    return {"p50": p50, "p95": p95} if not math.isnan(p50) else {}

@@ -1,0 +1,332 @@
+"""The scenarios, named after the published serverless-inference experiments.
+
+Each takes the parsed settings and a ``Context`` and returns the result's ``runs``.
+They share one measuring step (``Context.measure``): open a sender, run a loop with
+server statistics fetched around the measurement window, close the sender.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import Callable, Coroutine, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from infergw.loadgen import payloads, schedules, standins
+from infergw.loadgen.progress import Progress
+from infergw.loadgen.recorder import Recorder
+from infergw.loadgen.runner import closed_loop, open_loop
+from infergw.loadgen.server_stats import StatsWindow
+from infergw.loadgen.targets import make_sender
+from infergw.loadgen.timeseries import Window, steady_state
+
+Run = dict[str, Any]
+Scenario = Callable[[Any, "Context"], Coroutine[Any, Any, list[Run]]]
+DEFAULT_LEVELS = (1, 2, 4, 8, 16, 32, 64)
+
+
+@dataclass
+class Context:
+    """What every scenario needs besides its settings."""
+
+    stop: asyncio.Event
+    progress: Progress
+    runs: list[Run]  # filled as runs finish, so Ctrl-C keeps what was measured
+    last_windows: list[Window] = field(default_factory=list)  # of the last run
+
+    @property
+    def stopped(self) -> bool:
+        return self.stop.is_set()
+
+    async def measure(
+        self,
+        s: Any,
+        label: str,
+        params: dict[str, Any],
+        *,
+        inputs: dict[str, np.ndarray],
+        protocol: str | None = None,
+        schedule: Iterable[float] | None = None,
+        concurrency: int | None = None,
+        duration_s: float | None = None,
+        requests: int | None = None,
+        warmup_s: float = 0.0,
+    ) -> Run:
+        """One run: open loop when ``schedule`` is given, else closed with ``concurrency``."""
+        protocol = protocol or s.protocol
+        address = address_for(s, protocol)
+        sender = make_sender(
+            protocol, address, s.model, inputs, backend=s.backend, timeout_s=s.timeout
+        )
+        stats = StatsWindow(protocol, address, s.model, enabled=not s.no_server_stats)
+        await sender.open()
+        try:
+            if schedule is not None:
+                rec = await open_loop(
+                    sender,
+                    schedule,
+                    duration_s=duration_s,
+                    max_requests=requests,
+                    warmup_s=warmup_s,
+                    max_outstanding=s.max_outstanding,
+                    drain_s=s.timeout,
+                    stop=self.stop,
+                    on_measure_start=stats.begin,
+                    progress=self.progress,
+                )
+            else:
+                rec = await closed_loop(
+                    sender,
+                    concurrency=concurrency or 1,
+                    duration_s=duration_s,
+                    max_requests=requests,
+                    warmup_s=warmup_s,
+                    stop=self.stop,
+                    on_measure_start=stats.begin,
+                    progress=self.progress,
+                )
+        finally:
+            await sender.close()
+        mode = "open" if schedule is not None else "closed"
+        run = rec.run_dict(label, mode, {"protocol": protocol, **params}, offered=mode == "open")
+        run["server_stats"] = await stats.end()
+        self.last_windows = rec.timeseries.windows()
+        self.runs.append(run)
+        return run
+
+
+def address_for(s: Any, protocol: str) -> str:
+    """gRPC goes to ``--target``; REST to ``--http-target`` when given, else ``--target``."""
+    if protocol != "grpc" and s.http_target:
+        return str(s.http_target)
+    return str(s.target)
+
+
+def inputs_for(s: Any) -> dict[str, np.ndarray]:
+    return payloads.model_inputs(s.model, s.seed, s.payload_bytes)
+
+
+def arrivals(s: Any, rate: float) -> Iterator[float]:
+    if s.arrival == "poisson":
+        return schedules.poisson(rate, s.seed)
+    return schedules.constant(rate)
+
+
+def bounds(s: Any, default_duration: float) -> tuple[float | None, int | None]:
+    """(duration, requests) for one run: ``--requests`` wins, else ``--duration``."""
+    if s.requests is not None:
+        return None, s.requests
+    return (s.duration if s.duration is not None else default_duration), None
+
+
+# --- scenarios -----------------------------------------------------------------------
+
+
+async def warm(s: Any, ctx: Context) -> list[Run]:
+    """Pre-warmed, fixed concurrency (default 40) or a fixed open-loop rate."""
+    duration, requests = bounds(s, 10.0)
+    ctx.progress.stage(0, 1, "warm")
+    params: dict[str, Any] = {"payload_bytes": None}
+    inputs = inputs_for(s)
+    params["payload_bytes"] = int(sum(a.nbytes for a in inputs.values()))
+    if s.rate is not None:
+        await ctx.measure(
+            s,
+            "warm",
+            {**params, "rate": s.rate},
+            inputs=inputs,
+            schedule=arrivals(s, s.rate),
+            duration_s=duration,
+            requests=requests,
+            warmup_s=_warmup(s, 2.0),
+        )
+    else:
+        concurrency = s.concurrency or 40
+        await ctx.measure(
+            s,
+            "warm",
+            {**params, "concurrency": concurrency},
+            inputs=inputs,
+            concurrency=concurrency,
+            duration_s=duration,
+            requests=requests,
+            warmup_s=_warmup(s, 2.0),
+        )
+    return ctx.runs
+
+
+async def cold(s: Any, ctx: Context) -> list[Run]:
+    """Time to first prediction after scale-to-zero, split into init and inference."""
+    info = standins.read_ready_file(s.stack_ready_file) if s.stack_ready_file else None
+    inputs = inputs_for(s)
+    address = address_for(s, s.protocol)
+    sender = make_sender(
+        s.protocol, address, s.model, inputs, backend=s.backend, timeout_s=s.timeout
+    )
+    repeats = s.requests or s.repeats
+    rec = Recorder(time.perf_counter(), 0.0, sender.sent_bytes)
+    firsts: list[dict[str, float]] = []
+    await sender.open()
+    try:
+        for i in range(repeats):
+            if ctx.stopped:
+                break
+            ctx.progress.stage(i, repeats, f"cold start {i + 1}/{repeats}")
+            await standins.force_cold(info, s.backend, s.model, s.cold_wait)
+            t0 = time.perf_counter()
+            outcome = await sender.send()
+            done = time.perf_counter()
+            rec.record(t0, t0, done, outcome)
+            error, timing, _ = outcome
+            if error is None:
+                firsts.append(_cold_split((done - t0) * 1000.0, timing))
+    finally:
+        await sender.close()
+        rec.send_end = time.perf_counter()
+    params = {"repeats": repeats, "backend": s.backend, "cold_wait_s": s.cold_wait}
+    run = rec.run_dict("cold", "closed", {"protocol": s.protocol, **params}, offered=False)
+    run["cold"] = firsts
+    ctx.runs.append(run)
+    return ctx.runs
+
+
+def _cold_split(first_ms: float, timing: str | None) -> dict[str, float]:
+    from infergw.gateway.core.timing import parse_server_timing
+
+    init = sum(e.duration_ms for e in parse_server_timing(timing or "") if e.name == "coldstart")
+    return {"first_ms": first_ms, "init_ms": init, "inference_ms": first_ms - init}
+
+
+async def scale(s: Any, ctx: Context) -> list[Run]:
+    """Open-loop ramp (default 1 -> 100 QPS), then a hold; time to steady state."""
+    peak = s.rate if s.rate is not None else s.ramp_to
+    ramp_s = s.duration if s.duration is not None else 60.0
+    ramp = schedules.ramp(s.ramp_from, peak, ramp_s, poisson=s.arrival == "poisson", seed=s.seed)
+    hold = (ramp_s + t for t in arrivals(s, peak)) if s.hold > 0 else iter(())
+    total_s = ramp_s + s.hold
+    ctx.progress.stage(0, 1, f"ramp {s.ramp_from:g} -> {peak:g} rps")
+    run = await ctx.measure(
+        s,
+        "scale",
+        {"ramp_from": s.ramp_from, "ramp_to": peak, "ramp_s": ramp_s, "hold_s": s.hold},
+        inputs=inputs_for(s),
+        schedule=itertools.chain(ramp, hold),
+        duration_s=total_s,
+        requests=s.requests,
+    )
+    run["steady_state_s"] = steady_state(ctx.last_windows, s.slo_ms, max(1, round(s.steady_window)))
+    run["params"]["steady_window_s"] = s.steady_window
+    return ctx.runs
+
+
+async def protocol(s: Any, ctx: Context) -> list[Run]:
+    """Payload sweep on ``identity``: gRPC vs REST JSON vs REST binary."""
+    protocols = [p.strip() for p in s.protocols.split(",")]
+    sizes = [x.strip() for x in s.sizes.split(",")]
+    duration, requests = (s.duration, None) if s.duration is not None else (None, s.requests or 20)
+    cells = [(size, p) for size in sizes for p in protocols]
+    for i, (size, proto) in enumerate(cells):
+        if ctx.stopped:
+            break
+        nbytes = payloads.parse_size(size)
+        ctx.progress.stage(i, len(cells), f"{payloads.size_label(size)} over {proto}")
+        inputs = payloads.model_inputs("identity", s.seed, nbytes)
+        await ctx.measure(
+            s,
+            f"{payloads.size_label(size)} {proto}",
+            {"payload_bytes": int(inputs["input"].nbytes), "size": size},
+            inputs=inputs,
+            protocol=proto,
+            concurrency=s.concurrency or 1,
+            duration_s=duration,
+            requests=requests,
+            warmup_s=_warmup(s, 0.5),
+        )
+    return ctx.runs
+
+
+async def concurrency(s: Any, ctx: Context) -> list[Run]:
+    """Closed loop at 1, 2, 4, ... 64 in flight: the latency/throughput curve."""
+    levels = _levels(s)
+    duration, requests = bounds(s, 5.0)
+    inputs = inputs_for(s)
+    for i, level in enumerate(levels):
+        if ctx.stopped:
+            break
+        ctx.progress.stage(i, len(levels), f"concurrency {level}")
+        await ctx.measure(
+            s,
+            f"concurrency {level}",
+            {"concurrency": level},
+            inputs=inputs,
+            concurrency=level,
+            duration_s=duration,
+            requests=requests,
+            warmup_s=_warmup(s, 1.0),
+        )
+    return ctx.runs
+
+
+def _levels(s: Any) -> list[int]:
+    if s.levels:
+        return [int(x) for x in s.levels.split(",")]
+    if s.concurrency:
+        return [c for c in (2**i for i in range(16)) if c < s.concurrency] + [s.concurrency]
+    return list(DEFAULT_LEVELS)
+
+
+async def trace(s: Any, ctx: Context) -> list[Run]:
+    """Replay ``--trace-csv`` or a generated bursty trace (on/off or MMPP), open loop."""
+    schedule, params, length = trace_schedule(s)
+    duration = s.duration if s.duration is not None else length
+    ctx.progress.stage(0, 1, f"trace {params['trace']}")
+    await ctx.measure(
+        s,
+        f"trace {params['trace']}",
+        params,
+        inputs=inputs_for(s),
+        schedule=schedule,
+        duration_s=duration,
+        requests=s.requests,
+        warmup_s=_warmup(s, 0.0),
+    )
+    return ctx.runs
+
+
+def trace_schedule(s: Any) -> tuple[Iterator[float], dict[str, Any], float]:
+    """(offsets, params describing them, natural length in seconds)."""
+    if s.trace_csv:
+        offsets = list(schedules.trace_csv(s.trace_csv, s.trace_unit, s.trace_speedup))
+        params = {"trace": "csv", "path": str(s.trace_csv), "arrivals": len(offsets)}
+        return iter(offsets), params, offsets[-1] + 1e-3
+    length = s.duration if s.duration is not None else 60.0
+    period = s.diurnal_period or length
+    common = {"diurnal_amplitude": s.diurnal_amplitude, "diurnal_period_s": period, "seed": s.seed}
+    if s.trace_kind == "onoff":
+        on_rate = s.rate if s.rate is not None else s.on_rate
+        gen = schedules.onoff(on_rate, s.mean_on, s.mean_off, **common)
+        params = {"trace": "onoff", "on_rate": on_rate, "mean_on_s": s.mean_on}
+        params |= {"mean_off_s": s.mean_off, **common}
+        return gen, params, length
+    rates = [float(x) for x in s.mmpp_rates.split(",")]
+    dwell = [float(x) for x in s.mmpp_dwell.split(",")]
+    gen = schedules.mmpp(rates, dwell, **common)
+    return gen, {"trace": "mmpp", "rates": rates, "mean_dwell_s": dwell, **common}, length
+
+
+def _warmup(s: Any, default: float) -> float:
+    return float(s.warmup) if s.warmup is not None else default
+
+
+SCENARIOS: dict[str, Scenario] = {
+    "warm": warm,
+    "cold": cold,
+    "scale": scale,
+    "protocol": protocol,
+    "concurrency": concurrency,
+    "trace": trace,
+}

@@ -1,0 +1,44 @@
+"""The recorder's accounting and its fast Server-Timing reader."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from infergw.gateway.core.timing import TimingEntry, format_server_timing, parse_server_timing
+from infergw.loadgen.recorder import Recorder, phase_totals
+
+
+def test_fast_reader_matches_the_core_parser() -> None:
+    rng = random.Random(0)
+    names = ["queue", "backend", "compute", "total", "coldstart", "backend_queue"]
+    descs = ["", "backend=lambda;attempt=2", 'odd, "quoted"', "token"]
+    for _ in range(500):
+        entries = [
+            TimingEntry(rng.choice(names), round(rng.random() * 100, 3), rng.choice(descs))
+            for _ in range(rng.randint(1, 6))
+        ]
+        header = format_server_timing(entries)
+        expected: dict[str, float] = {}
+        for name, dur, _ in parse_server_timing(header):
+            expected[name] = expected.get(name, 0.0) + dur
+        assert phase_totals(header) == pytest.approx(expected)
+
+
+def test_latency_from_intended_time_warmup_late_and_split() -> None:
+    rec = Recorder(start=100.0, warmup_s=1.0, sent_bytes=10)
+    rec.record(100.5, 100.5, 100.6, (None, None, 5))  # warm-up: excluded
+    rec.record(101.0, 101.5, 101.6, (None, "queue;dur=20, compute;dur=30", 5))  # late by 0.5 s
+    rec.record(102.0, 101.9995, 102.01, (None, None, 5))  # sent 0.5 ms early
+    rec.record(102.0, 102.0, 102.2, ("UNAVAILABLE", None, 0))
+    assert rec.warmup_excluded == 1 and rec.late == 1 and rec.ok == 2
+    assert rec.errors == {"UNAVAILABLE": 1}
+    assert rec.latency.max_ms == pytest.approx(600.0)  # from the intended time, not 100 ms
+    assert rec.latency.min_ms == pytest.approx(10.5)  # from the actual (early) send
+    # protocol = service time (100 ms) minus queue and compute
+    assert rec.phases["protocol"].percentile(50) == pytest.approx(50.0, rel=1e-3)
+    run = rec.run_dict("r", "closed", {}, offered=False)
+    assert run["requests"] == 3 and run["offered_rps"] is None
+    assert set(run["split_ms"]) == {"protocol", "queue", "compute"}
+    assert run["bytes"] == {"sent_per_request": 10.0, "received_per_request": pytest.approx(10 / 3)}
