@@ -52,7 +52,7 @@ class Gateway(AsyncService):
             self._grpc = GrpcFrontend(self.service, self.config.limits.max_message_bytes)
             add_tfserving_service(self._grpc, self.service)  # same port as OIP
             port = self._grpc.add_port(f"{listen.host}:{listen.grpc_port}")
-            self.addresses["grpc"] = f"{_display(listen.host)}:{port}"
+            self.addresses["grpc"] = f"{display_host(listen.host)}:{port}"
             await self._grpc.start()
             rest = create_rest_app(self.service)
             self.addresses["http"] = await self._serve(rest, listen.host, listen.http_port)
@@ -70,7 +70,7 @@ class Gateway(AsyncService):
         site = web.TCPSite(runner, host, port, reuse_address=True)
         await site.start()
         bound = runner.addresses[-1][1]  # the port actually bound (port 0 = a free one)
-        return f"{_display(host)}:{bound}"
+        return f"{display_host(host)}:{bound}"
 
     async def stop(self) -> None:
         if self._grpc is not None:
@@ -81,7 +81,8 @@ class Gateway(AsyncService):
         await self.router.close()
 
 
-def _display(host: str) -> str:
+def display_host(host: str) -> str:
+    """The address to tell clients for a bind address (a wildcard is reached via loopback)."""
     return "127.0.0.1" if host in ("0.0.0.0", "") else host
 
 

@@ -23,6 +23,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 from infergw.gateway.core.errors import InferGWError, QueueFull
 from infergw.gateway.core.service import InferenceService
 from infergw.gateway.core.timing import Timings, format_server_timing
+from infergw.gateway.core.types import InferRequest, InferResponse
 from infergw.gateway.frontends import oip_proto
 from infergw.proto import grpc_service_pb2 as pb
 from infergw.proto._pool import POOL
@@ -43,60 +44,21 @@ class OipServicer:
 
     # -- inference ---------------------------------------------------------------
     async def model_infer(self, payload: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        timings = Timings()
-        headers = {
-            k.lower(): v for k, v in context.invocation_metadata() or () if isinstance(v, str)
-        }
-        ctx = self.service.new_context("grpc", headers, context.time_remaining(), timings)
-        ctx.accepts_raw = oip_proto.ENCODING
-        model, status = "", "CANCELLED"
-        try:
-            # Phases are timed with perf_counter pairs, not context managers: this is
-            # the per-request hot path and every microsecond here is gateway overhead.
-            decode_t0 = timings.started
-            try:
-                self.service.check_size(len(payload))
-                request = oip_proto.request_from_proto(oip_proto.parse_request(payload), payload)
-                model = request.model
-                self.service.validate(request)
-            finally:
-                timings.add_since("decode", decode_t0)
-            with self.service.server_span(model, ctx):
-                response = await self.service.infer(request, ctx)
-                encode_t0 = time.perf_counter()
-                body = oip_proto.encode_response(response)
-                timings.add_since("encode", encode_t0)
-            status = "OK"
-        except InferGWError as exc:
-            status = exc.grpc_code
-            trailer = [
-                ("server-timing", format_server_timing(self.service.finish(model, ctx, status)))
-            ]
-            if isinstance(exc, QueueFull):
-                trailer.append(("retry-after", str(math.ceil(exc.retry_after_s))))
-            await context.abort(grpc.StatusCode[exc.grpc_code], exc.message, tuple(trailer))
-        except Exception:
-            status = "INTERNAL"
-            log.exception("unexpected error in ModelInfer for model %r", model)
-            trailer = format_server_timing(self.service.finish(model, ctx, status))
-            await context.abort(
-                grpc.StatusCode.INTERNAL, "internal error", (("server-timing", trailer),)
-            )
-        finally:
-            if status == "CANCELLED":  # the client went away; still count it
-                self.service.finish(model, ctx, status)
-        context.set_trailing_metadata(
-            (("server-timing", format_server_timing(self.service.finish(model, ctx, status))),)
+        return await serve_infer(
+            self.service,
+            context,
+            payload,
+            protocol="grpc",
+            encoding=oip_proto.ENCODING,
+            decode=_decode_oip,
+            encode=_encode_oip,
         )
-        return body
 
     async def model_stream_infer(
         self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         """Each request is answered in order; errors go in ``error_message``, as Triton does."""
-        headers = {
-            k.lower(): v for k, v in context.invocation_metadata() or () if isinstance(v, str)
-        }
+        headers = invocation_headers(context)
         async for payload in requests:
             ctx = self.service.new_context("grpc-stream", headers)
             model, status = "", "OK"
@@ -173,6 +135,81 @@ class OipServicer:
                 continue
             reply.models.add(name=name, state="READY" if ready else "UNAVAILABLE")
         return reply
+
+
+def invocation_headers(context: grpc.aio.ServicerContext) -> dict[str, str]:
+    """The call's text metadata, keys lower-cased (what ``new_context`` reads)."""
+    return {k.lower(): v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
+
+
+def _decode_oip(payload: bytes) -> InferRequest:
+    return oip_proto.request_from_proto(oip_proto.parse_request(payload), payload)
+
+
+def _encode_oip(response: InferResponse, request: InferRequest) -> bytes:
+    return oip_proto.encode_response(response)
+
+
+async def serve_infer(
+    service: InferenceService,
+    context: grpc.aio.ServicerContext,
+    payload: bytes,
+    *,
+    protocol: str,
+    encoding: str,
+    decode: Callable[[bytes], InferRequest],
+    encode: Callable[[InferResponse, InferRequest], bytes],
+) -> bytes:
+    """One unary inference RPC, raw request bytes in, raw response bytes out.
+
+    The lifecycle every gRPC inference frontend shares (OIP ModelInfer, TF Serving
+    Predict): the client's deadline and trace context, decode + validate, the routed
+    call, encode, and the ``server-timing`` trailer on every outcome — errors mapped
+    once to their gRPC status (QueueFull adds ``retry-after``), a cancelled call still
+    counted. ``encoding`` names the raw form a backend may hand back untouched.
+    Phases are timed with perf_counter pairs, not context managers: this is the
+    per-request hot path and every microsecond here is gateway overhead.
+    """
+    timings = Timings()
+    ctx = service.new_context(
+        protocol, invocation_headers(context), context.time_remaining(), timings
+    )
+    ctx.accepts_raw = encoding
+    model, status = "", "CANCELLED"
+    try:
+        try:
+            service.check_size(len(payload))
+            request = decode(payload)
+            model = request.model
+            service.validate(request)
+        finally:
+            timings.add_since("decode", timings.started)
+        with service.server_span(model, ctx):
+            response = await service.infer(request, ctx)
+            encode_t0 = time.perf_counter()
+            body = encode(response, request)
+            timings.add_since("encode", encode_t0)
+        status = "OK"
+    except InferGWError as exc:
+        status = exc.grpc_code
+        trailer = [("server-timing", format_server_timing(service.finish(model, ctx, status)))]
+        if isinstance(exc, QueueFull):
+            trailer.append(("retry-after", str(math.ceil(exc.retry_after_s))))
+        await context.abort(grpc.StatusCode[exc.grpc_code], exc.message, tuple(trailer))
+    except Exception:
+        status = "INTERNAL"
+        log.exception("unexpected error in %s inference for model %r", protocol, model)
+        trailer_value = format_server_timing(service.finish(model, ctx, status))
+        await context.abort(
+            grpc.StatusCode.INTERNAL, "internal error", (("server-timing", trailer_value),)
+        )
+    finally:
+        if status == "CANCELLED":  # the client went away; still count it
+            service.finish(model, ctx, status)
+    context.set_trailing_metadata(
+        (("server-timing", format_server_timing(service.finish(model, ctx, status))),)
+    )
+    return body
 
 
 def _pinned(context: grpc.aio.ServicerContext) -> str | None:

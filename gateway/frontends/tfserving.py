@@ -14,19 +14,16 @@ UNIMPLEMENTED. Nothing here imports TensorFlow.
 from __future__ import annotations
 
 import logging
-import math
-import time
 from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
 
-from infergw.gateway.core.errors import InferGWError, InvalidArgument, QueueFull, Unimplemented
+from infergw.gateway.core.errors import InferGWError, InvalidArgument, Unimplemented
 from infergw.gateway.core.service import PIN_HEADER, InferenceService
-from infergw.gateway.core.timing import Timings, format_server_timing
 from infergw.gateway.core.types import InferRequest, InferResponse
 from infergw.gateway.frontends import tfserving_codec as codec
-from infergw.gateway.frontends.grpc import GrpcFrontend
+from infergw.gateway.frontends.grpc import GrpcFrontend, invocation_headers, serve_infer
 from infergw.proto.tfs import get_model_metadata_pb2 as meta_pb
 from infergw.proto.tfs import predict_pb2, prediction_service_pb2
 
@@ -42,10 +39,6 @@ def _identity(payload: bytes) -> bytes:
     return payload
 
 
-def _headers(context: grpc.aio.ServicerContext) -> dict[str, str]:
-    return {k.lower(): v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
-
-
 def check_signature(name: str) -> None:
     if name not in ("", codec.DEFAULT_SIGNATURE):
         raise InvalidArgument(
@@ -58,7 +51,6 @@ class TfServingServicer:
         self.service = service
 
     def _decode(self, payload: bytes) -> InferRequest:
-        self.service.check_size(len(payload))
         try:
             msg = predict_pb2.PredictRequest.FromString(payload)
         except DecodeError as exc:
@@ -67,49 +59,16 @@ class TfServingServicer:
         return codec.request_from_proto(msg, self.service.limits.max_message_bytes, payload)
 
     async def predict(self, payload: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        """Mirrors OIP ModelInfer: perf_counter pairs on the hot path, one finish per call."""
-        timings = Timings()
-        ctx = self.service.new_context(
-            PROTOCOL, _headers(context), context.time_remaining(), timings
+        """The same lifecycle as OIP ModelInfer (``serve_infer``), TF Serving's messages."""
+        return await serve_infer(
+            self.service,
+            context,
+            payload,
+            protocol=PROTOCOL,
+            encoding=codec.ENCODING,
+            decode=self._decode,
+            encode=_encode,
         )
-        ctx.accepts_raw = codec.ENCODING
-        model, status = "", "CANCELLED"
-        try:
-            decode_t0 = timings.started
-            try:
-                request = self._decode(payload)
-                model = request.model
-                self.service.validate(request)
-            finally:
-                timings.add_since("decode", decode_t0)
-            with self.service.server_span(model, ctx):
-                response = await self.service.infer(request, ctx)
-                encode_t0 = time.perf_counter()
-                body = _encode(response, request)
-                timings.add_since("encode", encode_t0)
-            status = "OK"
-        except InferGWError as exc:
-            status = exc.grpc_code
-            trailer = [
-                ("server-timing", format_server_timing(self.service.finish(model, ctx, status)))
-            ]
-            if isinstance(exc, QueueFull):
-                trailer.append(("retry-after", str(math.ceil(exc.retry_after_s))))
-            await context.abort(grpc.StatusCode[exc.grpc_code], exc.message, tuple(trailer))
-        except Exception:
-            status = "INTERNAL"
-            log.exception("unexpected error in Predict for model %r", model)
-            trailer = format_server_timing(self.service.finish(model, ctx, status))
-            await context.abort(
-                grpc.StatusCode.INTERNAL, "internal error", (("server-timing", trailer),)
-            )
-        finally:
-            if status == "CANCELLED":  # the client went away; still count it
-                self.service.finish(model, ctx, status)
-        context.set_trailing_metadata(
-            (("server-timing", format_server_timing(self.service.finish(model, ctx, status))),)
-        )
-        return body
 
     async def get_model_metadata(
         self, request: meta_pb.GetModelMetadataRequest, context: grpc.aio.ServicerContext
@@ -125,7 +84,7 @@ class TfServingServicer:
         if not spec.name:
             raise InvalidArgument("model_spec.name is required")
         version = codec.version_from_spec(spec)
-        pinned = _headers(context).get(PIN_HEADER) or None
+        pinned = invocation_headers(context).get(PIN_HEADER) or None
         meta = await self.service.router.model_metadata(spec.name, version, pinned)
         return codec.metadata_to_proto(meta, version)
 

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from types import TracebackType
 
 import grpc
 from aiohttp import web
 from grpc_health.v1 import health, health_pb2_grpc
 
-from infergw.gateway.app import create_metrics_app
+from infergw.gateway.app import create_metrics_app, display_host
+from infergw.gateway.lifecycle import AsyncService
 from infergw.gateway.sidecar.grpc_proxy import GrpcProxy
 from infergw.gateway.sidecar.health import UpstreamHealth
 from infergw.gateway.sidecar.http_proxy import HttpProxy
@@ -63,7 +63,7 @@ class SidecarConfig:
             raise ValueError("max_message_bytes must be positive")
 
 
-class Sidecar:
+class Sidecar(AsyncService):
     def __init__(self, config: SidecarConfig) -> None:
         self.config = config
         self.metrics = SidecarMetrics()
@@ -111,7 +111,7 @@ class Sidecar:
         port = server.add_insecure_port(f"{config.host}:{config.grpc_port}")
         if port == 0:
             raise OSError(f"cannot bind gRPC to {config.host}:{config.grpc_port}")
-        self.addresses["grpc"] = f"{_display(config.host)}:{port}"
+        self.addresses["grpc"] = f"{display_host(config.host)}:{port}"
         self.health = UpstreamHealth(
             self._channel, config.protocol, servicer, config.health_interval_s, config.health_model
         )
@@ -132,7 +132,7 @@ class Sidecar:
         self._runners.append(runner)
         site = web.TCPSite(runner, self.config.host, port, reuse_address=True)
         await site.start()
-        return f"{_display(self.config.host)}:{runner.addresses[-1][1]}"
+        return f"{display_host(self.config.host)}:{runner.addresses[-1][1]}"
 
     async def stop(self) -> None:
         if self.health is not None:
@@ -149,19 +149,3 @@ class Sidecar:
         if self._channel is not None:
             await self._channel.close()
             self._channel = None
-
-    async def __aenter__(self) -> Sidecar:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
-
-
-def _display(host: str) -> str:
-    return "127.0.0.1" if host in ("0.0.0.0", "") else host
