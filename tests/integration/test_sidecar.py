@@ -428,12 +428,14 @@ def test_over_the_limit(sidecar: ServiceThread, grpc_pair: tuple[Any, Any]) -> N
 @pytest.fixture(scope="module")
 def fake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[FakeUpstream, ServiceThread]]:
     upstream = FakeUpstream(free_port(), tmp_path_factory.mktemp("fake") / "cancelled")
-    upstream.start()
-    side = sidecar_thread(upstream.address)
-    try:
-        yield upstream, side
+    try:  # the upstream is stopped even if the sidecar fails to start
+        upstream.start()
+        side = sidecar_thread(upstream.address)
+        try:
+            yield upstream, side
+        finally:
+            side.close()
     finally:
-        side.close()
         upstream.stop()
 
 
