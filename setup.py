@@ -59,6 +59,9 @@ class BuildPyWithProtos(build_py):
 
 
 PACKAGES = {
+    "infergw.vocab": "vocab",
+    "infergw.wire": "wire",
+    "infergw.models": "models",
     "infergw.gateway": "gateway",
     "infergw.gateway.core": "gateway/core",
     "infergw.gateway.frontends": "gateway/frontends",
@@ -67,7 +70,6 @@ PACKAGES = {
     "infergw.clients": "clients",
     "infergw.loadgen": "loadgen",
     "infergw.deploy": "deploy",
-    "infergw.deploy.models": "deploy/models",
     "infergw.deploy.triton": "deploy/triton",
     "infergw.deploy.local": "deploy/local",
     "infergw.deploy.lambda": "deploy/lambda",  # a keyword: import it with importlib

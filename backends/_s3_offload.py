@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
-from infergw.gateway.core.errors import BackendError
+from infergw.vocab.errors import BackendError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -42,8 +42,8 @@ from typing import Any
 from infergw.backends._s3_offload import OffloadSession
 from infergw.gateway.core.backend import BackendBase
 from infergw.gateway.core.context import RequestContext
-from infergw.gateway.core.datatypes import validate_tensor
-from infergw.gateway.core.errors import (
+from infergw.vocab.datatypes import validate_tensor
+from infergw.vocab.errors import (
     BackendError,
     DeadlineExceeded,
     InferGWError,
@@ -53,7 +53,7 @@ from infergw.gateway.core.errors import (
     QueueFull,
     Unavailable,
 )
-from infergw.gateway.core.types import (
+from infergw.vocab.types import (
     InferRequest,
     InferResponse,
     ModelMetadata,

@@ -36,8 +36,9 @@ import grpc
 
 from infergw.backends.oip_grpc import CHANNEL_OPTIONS, Metadata, OipGrpcBackend
 from infergw.gateway.core.context import RequestContext
-from infergw.gateway.core.errors import InvalidArgument, Unavailable
-from infergw.gateway.core.timing import BACKEND_REPORTED, parse_server_timing
+from infergw.vocab.errors import InvalidArgument, Unavailable
+from infergw.vocab.timing import BACKEND_REPORTED
+from infergw.wire.server_timing import parse_server_timing
 
 log = logging.getLogger(__name__)
 

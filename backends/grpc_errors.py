@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import grpc
 
-from infergw.gateway.core import errors
+from infergw.vocab import errors
 
 _BY_CODE: dict[grpc.StatusCode, type[errors.InferGWError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidArgument,

@@ -24,7 +24,8 @@ import grpc
 from infergw.backends.grpc_errors import map_rpc_error
 from infergw.gateway.core.backend import BackendBase
 from infergw.gateway.core.context import RequestContext
-from infergw.gateway.core.types import (
+from infergw.proto import grpc_service_pb2 as pb
+from infergw.vocab.types import (
     Duration,
     InferRequest,
     InferResponse,
@@ -33,8 +34,7 @@ from infergw.gateway.core.types import (
     RawMessage,
     TensorSpec,
 )
-from infergw.gateway.frontends import oip_proto
-from infergw.proto import grpc_service_pb2 as pb
+from infergw.wire import oip_proto
 
 SERVICE = "/inference.GRPCInferenceService/"
 MAX_MESSAGE = 1 << 30

@@ -1,4 +1,4 @@
-"""The example-model runtime (``infergw.deploy.models``) as an in-process backend.
+"""The example-model runtime (``infergw.models``) as an in-process backend.
 
 This is what runs *inside* our SageMaker and Cloud Run containers: the container is
 an ordinary infergw frontend in front of this backend. Models load on first use
@@ -25,13 +25,13 @@ from typing import Any
 
 import numpy as np
 
-from infergw.deploy.models.base import Model, ModelInputError, UnknownModelError
-from infergw.deploy.models.registry import MODELS, load_model
 from infergw.gateway.core.backend import BackendBase
 from infergw.gateway.core.context import RequestContext
-from infergw.gateway.core.datatypes import tensor_from_numpy, tensor_to_numpy
-from infergw.gateway.core.errors import BackendError, InvalidArgument, ModelNotFound
-from infergw.gateway.core.types import InferRequest, InferResponse, ModelMetadata, TensorSpec
+from infergw.models.base import Model, ModelInputError, UnknownModelError
+from infergw.models.registry import MODELS, load_model
+from infergw.vocab.datatypes import tensor_from_numpy, tensor_to_numpy
+from infergw.vocab.errors import BackendError, InvalidArgument, ModelNotFound
+from infergw.vocab.types import InferRequest, InferResponse, ModelMetadata, TensorSpec
 
 
 def process_age_ms() -> float:

@@ -2,7 +2,7 @@
 
 The request travels as OIP REST JSON, or (``binary: true``, the default) as the binary
 tensor extension in SageMaker-Triton's content type, with the model named in the
-JSON header (``deploy/sagemaker/wire.py``); our container (``deploy/sagemaker``)
+JSON header (``wire/sagemaker.py``); our container (``deploy/sagemaker``)
 answers in kind and reports ``compute`` (and ``coldstart`` after a scale from zero)
 in ``CustomAttributes``, which is all this backend adds to the timings: SageMaker
 itself reports neither.
@@ -33,10 +33,9 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from infergw.deploy.sagemaker import wire
 from infergw.gateway.core.backend import BackendBase
 from infergw.gateway.core.context import RequestContext
-from infergw.gateway.core.errors import (
+from infergw.vocab.errors import (
     BackendError,
     DeadlineExceeded,
     InferGWError,
@@ -48,9 +47,10 @@ from infergw.gateway.core.errors import (
     Unavailable,
     Unimplemented,
 )
-from infergw.gateway.core.timing import BACKEND_REPORTED
-from infergw.gateway.core.types import InferRequest, InferResponse, ModelMetadata
-from infergw.gateway.frontends.oip_json import decode_infer_response, encode_infer_request
+from infergw.vocab.timing import BACKEND_REPORTED
+from infergw.vocab.types import InferRequest, InferResponse, ModelMetadata
+from infergw.wire import sagemaker as wire
+from infergw.wire.oip_json import decode_infer_response, encode_infer_request
 
 SERVERLESS_MAX_PAYLOAD = 4 * 1024 * 1024  # InvokeEndpoint body limit on serverless endpoints
 MEMORY_SIZES_MB = range(1024, 6145, 1024)  # ServerlessConfig.MemorySizeInMB

@@ -27,11 +27,11 @@ from infergw.backends.grpc_errors import map_rpc_error
 from infergw.backends.oip_grpc import CHANNEL_OPTIONS, MAX_MESSAGE
 from infergw.gateway.core.backend import BackendBase
 from infergw.gateway.core.context import RequestContext
-from infergw.gateway.core.errors import BackendError, InferGWError, InvalidArgument
-from infergw.gateway.core.types import InferRequest, InferResponse, ModelMetadata, RawMessage
-from infergw.gateway.frontends import tfserving_codec as codec
 from infergw.proto.tfs import get_model_metadata_pb2 as meta_pb
 from infergw.proto.tfs import predict_pb2
+from infergw.vocab.errors import BackendError, InferGWError, InvalidArgument
+from infergw.vocab.types import InferRequest, InferResponse, ModelMetadata, RawMessage
+from infergw.wire import tfserving as codec
 
 SERVICE = "/tensorflow.serving.PredictionService/"
 HEALTH_TIMEOUT_S = 2.0

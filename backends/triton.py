@@ -19,7 +19,7 @@ from typing import Any
 import grpc
 
 from infergw.backends.oip_grpc import CHANNEL_OPTIONS, OipGrpcBackend
-from infergw.gateway.core.errors import InvalidArgument
+from infergw.vocab.errors import InvalidArgument
 
 
 class TritonBackend(OipGrpcBackend):

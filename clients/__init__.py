@@ -9,7 +9,7 @@ end-to-end time using the gateway's Server-Timing breakdown (design brief §2)::
         result = client.infer("identity", {"input": np.ones((1, 16), np.float32)})
         result.outputs["output"], result.timing.protocol_ms
 
-Failures raise the core exception tree (``infergw.gateway.core.errors``), re-exported
+Failures raise the core exception tree (``infergw.vocab.errors``), re-exported
 here: ``NotFound``, ``InvalidArgument``, ``Unavailable``, ``DeadlineExceeded``...
 """
 
@@ -17,7 +17,7 @@ from infergw.clients.grpc_client import AsyncGrpcClient, GrpcClient
 from infergw.clients.http_client import AsyncHttpClient, HttpClient
 from infergw.clients.timing import TimingBreakdown, TimingEntry
 from infergw.clients.types import InferResult, ServerMetadata
-from infergw.gateway.core.errors import (
+from infergw.vocab.errors import (
     BackendError,
     Cancelled,
     DeadlineExceeded,
@@ -31,7 +31,7 @@ from infergw.gateway.core.errors import (
     Unavailable,
     Unimplemented,
 )
-from infergw.gateway.core.types import ModelMetadata, ModelStatistics, TensorSpec
+from infergw.vocab.types import ModelMetadata, ModelStatistics, TensorSpec
 
 __all__ = [
     "AsyncGrpcClient",

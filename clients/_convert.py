@@ -16,9 +16,9 @@ from opentelemetry import propagate
 
 from infergw.clients.timing import TimingBreakdown
 from infergw.clients.types import InferResult, ServerMetadata
-from infergw.gateway.core.datatypes import tensor_from_numpy, tensor_to_numpy
-from infergw.gateway.core.errors import InvalidArgument
-from infergw.gateway.core.types import (
+from infergw.vocab.datatypes import tensor_from_numpy, tensor_to_numpy
+from infergw.vocab.errors import InvalidArgument
+from infergw.vocab.types import (
     Duration,
     InferRequest,
     InferResponse,

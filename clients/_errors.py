@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 import aiohttp
 import grpc
 
-from infergw.gateway.core.errors import (
+from infergw.vocab.errors import (
     Cancelled,
     DeadlineExceeded,
     InferGWError,

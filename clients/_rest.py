@@ -15,9 +15,9 @@ from urllib.parse import quote, urlsplit
 from infergw.clients import _convert
 from infergw.clients._errors import from_http
 from infergw.clients.types import InferResult
-from infergw.gateway.core.errors import BackendError
-from infergw.gateway.core.types import ParamValue
-from infergw.gateway.frontends.oip_json import (
+from infergw.vocab.errors import BackendError
+from infergw.vocab.types import ParamValue
+from infergw.wire.oip_json import (
     HEADER_LENGTH,
     decode_infer_response,
     encode_infer_request,

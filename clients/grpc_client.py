@@ -21,10 +21,10 @@ from google.protobuf.message import Message
 from infergw.clients import _convert
 from infergw.clients._errors import from_grpc
 from infergw.clients.types import InferResult, ServerMetadata
-from infergw.gateway.core.errors import NotFound
-from infergw.gateway.core.types import ModelMetadata, ModelStatistics, ParamValue
-from infergw.gateway.frontends import oip_proto
 from infergw.proto import grpc_service_pb2 as pb
+from infergw.vocab.errors import NotFound
+from infergw.vocab.types import ModelMetadata, ModelStatistics, ParamValue
+from infergw.wire import oip_proto
 
 __all__ = ["DEFAULT_CHANNEL_OPTIONS", "AsyncGrpcClient", "GrpcClient"]
 

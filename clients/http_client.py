@@ -23,7 +23,7 @@ from infergw.clients import _convert, _rest
 from infergw.clients._errors import from_transport
 from infergw.clients._rest import Call, Endpoint, Reply
 from infergw.clients.types import InferResult, ServerMetadata
-from infergw.gateway.core.types import ModelMetadata, ModelStatistics, ParamValue
+from infergw.vocab.types import ModelMetadata, ModelStatistics, ParamValue
 
 __all__ = ["AsyncHttpClient", "HttpClient"]
 

@@ -13,7 +13,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from infergw.gateway.core.timing import PHASES, TimingEntry, parse_server_timing
+from infergw.vocab.timing import PHASES, TimingEntry
+from infergw.wire.server_timing import parse_server_timing
 
 __all__ = ["NOT_PROTOCOL", "TimingBreakdown", "TimingEntry"]
 

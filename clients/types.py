@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from infergw.clients.timing import TimingBreakdown
-from infergw.gateway.core.types import EMPTY_PARAMS, Parameters
+from infergw.vocab.types import EMPTY_PARAMS, Parameters
 
 __all__ = ["InferResult", "ServerMetadata"]
 

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 
-from infergw.gateway.core.errors import InferGWError
+from infergw.vocab.errors import InferGWError
 
 
 def _add_listen_args(parser: argparse.ArgumentParser) -> None:

@@ -195,7 +195,7 @@ async def cold(s: Any, ctx: Context) -> list[Run]:
 
 
 def _cold_split(first_ms: float, timing: str | None) -> dict[str, float]:
-    from infergw.gateway.core.timing import parse_server_timing
+    from infergw.wire.server_timing import parse_server_timing
 
     init = sum(e.duration_ms for e in parse_server_timing(timing or "") if e.name == "coldstart")
     return {"first_ms": first_ms, "init_ms": init, "inference_ms": first_ms - init}

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from infergw.gateway.core.types import ModelStatistics
+from infergw.vocab.types import ModelStatistics
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ def _client(protocol: str, address: str) -> Any:
 
 async def fetch(protocol: str, address: str, model: str) -> ModelStatistics | None:
     """The model's cumulative statistics, or None when the endpoint has none."""
-    from infergw.gateway.core.errors import InferGWError
+    from infergw.vocab.errors import InferGWError
 
     client = _client(protocol, address)
     try:
@@ -47,7 +47,7 @@ async def fetch(protocol: str, address: str, model: str) -> ModelStatistics | No
 def _sum(stats: list[ModelStatistics]) -> ModelStatistics:
     if len(stats) == 1:
         return stats[0]
-    from infergw.gateway.core.types import Duration
+    from infergw.vocab.types import Duration
 
     def total(key: str) -> Duration:
         ds = [getattr(s, key) for s in stats]

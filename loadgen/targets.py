@@ -20,9 +20,9 @@ import grpc
 import grpc.aio
 import numpy as np
 
-from infergw.gateway.core.datatypes import tensor_from_numpy
-from infergw.gateway.core.types import InferRequest, RequestedOutput
 from infergw.loadgen.recorder import Outcome
+from infergw.vocab.datatypes import tensor_from_numpy
+from infergw.vocab.types import InferRequest, RequestedOutput
 
 PROTOCOLS = ("grpc", "rest", "rest-binary")
 MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
@@ -61,7 +61,7 @@ class GrpcSender:
         backend: str | None = None,
         timeout_s: float = 60.0,
     ) -> None:
-        from infergw.gateway.frontends import oip_proto
+        from infergw.wire import oip_proto
 
         self.address = address
         self.request = oip_proto.encode_request(infer_request(model, inputs))
@@ -111,7 +111,7 @@ class RestSender:
     ) -> None:
         from urllib.parse import quote
 
-        from infergw.gateway.frontends.oip_json import HEADER_LENGTH, encode_infer_request
+        from infergw.wire.oip_json import HEADER_LENGTH, encode_infer_request
 
         self.protocol = "rest-binary" if binary else "rest"
         origin = address if "://" in address else f"http://{address}"

@@ -8,8 +8,8 @@ from typing import Any
 
 from infergw.gateway.core.backend import BackendBase
 from infergw.gateway.core.context import RequestContext
-from infergw.gateway.core.errors import ModelNotFound
-from infergw.gateway.core.types import (
+from infergw.vocab.errors import ModelNotFound
+from infergw.vocab.types import (
     InferRequest,
     InferResponse,
     ModelMetadata,

@@ -30,10 +30,10 @@ from typing import Any
 
 import numpy as np
 
-from infergw.deploy.models import MODELS, Model, load_model
-from infergw.gateway.core.datatypes import tensor_from_numpy, tensor_to_numpy, validate_tensor
-from infergw.gateway.core.errors import InvalidArgument
-from infergw.gateway.core.types import Tensor
+from infergw.models import MODELS, Model, load_model
+from infergw.vocab.datatypes import tensor_from_numpy, tensor_to_numpy, validate_tensor
+from infergw.vocab.errors import InvalidArgument
+from infergw.vocab.types import Tensor
 
 MAX_RESPONSE_BYTES = 6_291_456  # Lambda's synchronous response limit
 RESPONSE_HEADROOM = 64 * 1024  # JSON structure around the base64 payloads

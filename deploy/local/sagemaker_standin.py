@@ -42,21 +42,22 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from infergw.deploy import sagemaker as sagemaker_deploy
 from infergw.deploy.local.instances import (
     Instance,
     InstancePool,
     InstanceStartError,
     Throttled,
 )
-from infergw.deploy.sagemaker import wire
 from infergw.gateway.lifecycle import AsyncService
+from infergw.wire import sagemaker as wire
 
 SERVERLESS_MAX_PAYLOAD = 4 * 1024 * 1024  # 4 MB, InvokeEndpoint on serverless endpoints
 INVOCATION_TIMEOUT_S = 60.0  # the container must answer within 60 s
 ACCOUNT = "123456789012"
 REGION = "us-east-1"
 ADMIN_PREFIX = "/_infergw"
-ENDPOINT_CONFIG = Path(wire.__file__).with_name("endpoint-config.json")
+ENDPOINT_CONFIG = Path(sagemaker_deploy.__file__).with_name("endpoint-config.json")
 FORWARDED = ("Content-Type", "Accept", wire.CUSTOM_ATTRIBUTES, wire.TARGET_MODEL)
 _SIGV4 = re.compile(
     r"^AWS4-HMAC-SHA256 Credential=[^/\s]+/\d{8}/[a-z0-9-]+/sagemaker/aws4_request,\s*"

@@ -28,11 +28,11 @@ from infergw.deploy.local.cloudrun_standin import CloudRunStandIn
 from infergw.deploy.local.lambda_standin import FunctionConfig, LambdaStandIn
 from infergw.deploy.local.s3 import MotoS3
 from infergw.deploy.local.sagemaker_standin import SageMakerStandIn, ServerlessEndpoint
-from infergw.deploy.models.registry import MODELS
 from infergw.deploy.triton.launcher import TritonServer
 from infergw.gateway.app import Gateway
 from infergw.gateway.core.config import GatewayConfig, parse_config
 from infergw.gateway.lifecycle import AsyncService
+from infergw.models.registry import MODELS
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 SageMaker starts the image as ``docker run <image> serve`` and talks to it only through
 those two routes. Bodies are OIP v2 REST JSON or the binary tensor extension in
-SageMaker-Triton's convention (``deploy/sagemaker/wire.py``); the example models run
+SageMaker-Triton's convention (``wire/sagemaker.py``); the example models run
 in-process through ``RuntimeBackend``, preloaded at start: ``/ping`` answers 503 until
 they are loaded, then 200.
 
@@ -38,12 +38,12 @@ from collections.abc import Sequence
 from aiohttp import web
 
 from infergw.backends.runtime import RuntimeBackend
-from infergw.deploy.sagemaker import wire
 from infergw.gateway.core.context import RequestContext
-from infergw.gateway.core.datatypes import validate_tensor
-from infergw.gateway.core.errors import InferGWError, InvalidArgument, PayloadTooLarge
-from infergw.gateway.core.types import InferRequest
-from infergw.gateway.frontends.oip_json import decode_infer_request, encode_infer_response
+from infergw.vocab.datatypes import validate_tensor
+from infergw.vocab.errors import InferGWError, InvalidArgument, PayloadTooLarge
+from infergw.vocab.types import InferRequest
+from infergw.wire import sagemaker as wire
+from infergw.wire.oip_json import decode_infer_request, encode_infer_response
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from infergw.deploy.models import Model, ModelInputError, load_model
+from infergw.models import Model, ModelInputError, load_model
 
 
 class TritonPythonModel:

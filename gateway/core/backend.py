@@ -16,8 +16,8 @@ from importlib.metadata import entry_points
 from typing import Any, Protocol, runtime_checkable
 
 from infergw.gateway.core.context import RequestContext
-from infergw.gateway.core.errors import InvalidArgument, Unimplemented
-from infergw.gateway.core.types import InferRequest, InferResponse, ModelMetadata, ModelStatistics
+from infergw.vocab.errors import InvalidArgument, Unimplemented
+from infergw.vocab.types import InferRequest, InferResponse, ModelMetadata, ModelStatistics
 
 ENTRY_POINT_GROUP = "infergw.backends"
 

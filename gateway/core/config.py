@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from infergw.gateway.core.errors import InvalidArgument
+from infergw.vocab.errors import InvalidArgument
 
 WILDCARD = "*"
 POLICY_KEYS = ("max_concurrency", "max_queue", "queue_timeout_ms", "timeout_ms")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from infergw.gateway.core.errors import DeadlineExceeded
-from infergw.gateway.core.timing import Timings
+from infergw.vocab.errors import DeadlineExceeded
+from infergw.vocab.timing import Timings
 
 
 @dataclass(slots=True)

@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from infergw.gateway.core.timing import TimingEntry
+from infergw.vocab.timing import TimingEntry
 
 # Sub-millisecond to a minute: gateway overheads and serverless cold starts alike.
 BUCKETS = (

@@ -22,8 +22,8 @@ from typing import Any
 from infergw.gateway.core import tracing
 from infergw.gateway.core.backend import Backend
 from infergw.gateway.core.context import RequestContext
-from infergw.gateway.core.errors import DeadlineExceeded, InferGWError, QueueFull
-from infergw.gateway.core.types import InferRequest, InferResponse
+from infergw.vocab.errors import DeadlineExceeded, InferGWError, QueueFull
+from infergw.vocab.types import InferRequest, InferResponse
 
 
 class Wrapper:

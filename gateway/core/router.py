@@ -12,9 +12,9 @@ from collections.abc import Mapping, Sequence
 from infergw.gateway.core.backend import Backend, create_backend
 from infergw.gateway.core.config import WILDCARD, BackendConfig, GatewayConfig, RouteConfig
 from infergw.gateway.core.context import RequestContext
-from infergw.gateway.core.errors import InvalidArgument, ModelNotFound
 from infergw.gateway.core.policies import Admission, Attempt
-from infergw.gateway.core.types import InferRequest, InferResponse, ModelMetadata, ModelStatistics
+from infergw.vocab.errors import InvalidArgument, ModelNotFound
+from infergw.vocab.types import InferRequest, InferResponse, ModelMetadata, ModelStatistics
 
 
 def wrap_with_policies(backend: Backend, cfg: BackendConfig) -> Backend:

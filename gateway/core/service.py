@@ -24,12 +24,12 @@ from opentelemetry.trace import Span
 from infergw.gateway.core import tracing
 from infergw.gateway.core.config import LimitsConfig
 from infergw.gateway.core.context import RequestContext
-from infergw.gateway.core.datatypes import validate_tensor
-from infergw.gateway.core.errors import InvalidArgument, PayloadTooLarge
 from infergw.gateway.core.metrics import GatewayMetrics
 from infergw.gateway.core.router import Router
-from infergw.gateway.core.timing import TimingEntry, Timings
-from infergw.gateway.core.types import InferRequest, InferResponse
+from infergw.vocab.datatypes import validate_tensor
+from infergw.vocab.errors import InvalidArgument, PayloadTooLarge
+from infergw.vocab.timing import TimingEntry, Timings
+from infergw.vocab.types import InferRequest, InferResponse
 
 PIN_HEADER = "x-infergw-backend"
 VERSION = "0.1.0"

@@ -20,13 +20,14 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
-from infergw.gateway.core.errors import InferGWError, QueueFull
 from infergw.gateway.core.service import InferenceService
-from infergw.gateway.core.timing import Timings, format_server_timing
-from infergw.gateway.core.types import InferRequest, InferResponse
-from infergw.gateway.frontends import oip_proto
 from infergw.proto import grpc_service_pb2 as pb
 from infergw.proto._pool import POOL
+from infergw.vocab.errors import InferGWError, QueueFull
+from infergw.vocab.timing import Timings
+from infergw.vocab.types import InferRequest, InferResponse
+from infergw.wire import oip_proto
+from infergw.wire.server_timing import format_server_timing
 
 log = logging.getLogger(__name__)
 

@@ -24,20 +24,20 @@ from aiohttp import web
 
 from infergw.gateway.core import tracing
 from infergw.gateway.core.context import RequestContext
-from infergw.gateway.core.errors import (
+from infergw.gateway.core.service import PIN_HEADER, InferenceService
+from infergw.vocab.errors import (
     InferGWError,
     InvalidArgument,
     PayloadTooLarge,
     QueueFull,
 )
-from infergw.gateway.core.service import PIN_HEADER, InferenceService
-from infergw.gateway.core.timing import format_server_timing
-from infergw.gateway.core.types import InferRequest, ModelMetadata, ModelStatistics, TensorSpec
-from infergw.gateway.frontends.oip_json import (
+from infergw.vocab.types import InferRequest, ModelMetadata, ModelStatistics, TensorSpec
+from infergw.wire.oip_json import (
     HEADER_LENGTH,
     decode_infer_request,
     encode_infer_response,
 )
+from infergw.wire.server_timing import format_server_timing
 
 log = logging.getLogger(__name__)
 

@@ -19,13 +19,13 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
-from infergw.gateway.core.errors import InferGWError, InvalidArgument, Unimplemented
 from infergw.gateway.core.service import PIN_HEADER, InferenceService
-from infergw.gateway.core.types import InferRequest, InferResponse
-from infergw.gateway.frontends import tfserving_codec as codec
 from infergw.gateway.frontends.grpc import GrpcFrontend, invocation_headers, serve_infer
 from infergw.proto.tfs import get_model_metadata_pb2 as meta_pb
 from infergw.proto.tfs import predict_pb2, prediction_service_pb2
+from infergw.vocab.errors import InferGWError, InvalidArgument, Unimplemented
+from infergw.vocab.types import InferRequest, InferResponse
+from infergw.wire import tfserving as codec
 
 log = logging.getLogger(__name__)
 

@@ -28,12 +28,13 @@ from typing import Any, NoReturn
 import grpc
 
 from infergw.gateway.core import tracing
-from infergw.gateway.core.errors import PayloadTooLarge
-from infergw.gateway.core.timing import Timings, format_server_timing
 from infergw.gateway.sidecar import methods
 from infergw.gateway.sidecar.metrics import SidecarMetrics
 from infergw.gateway.sidecar.spans import TRACE_KEYS, proxy_spans
-from infergw.gateway.sidecar.wire import WireError, find_string
+from infergw.vocab.errors import PayloadTooLarge
+from infergw.vocab.timing import Timings
+from infergw.wire.protowire import WireError, find_string
+from infergw.wire.server_timing import format_server_timing
 
 log = logging.getLogger(__name__)
 

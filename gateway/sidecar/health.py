@@ -23,7 +23,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2
 
 from infergw.gateway.sidecar import methods
-from infergw.gateway.sidecar.wire import LEN, VARINT, WireError, iter_fields, len_field
+from infergw.wire.protowire import LEN, VARINT, WireError, iter_fields, len_field
 
 log = logging.getLogger(__name__)
 

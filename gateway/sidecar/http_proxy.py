@@ -28,10 +28,11 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
-from infergw.gateway.core.errors import PayloadTooLarge
-from infergw.gateway.core.timing import Timings, format_server_timing
 from infergw.gateway.sidecar.metrics import SidecarMetrics
 from infergw.gateway.sidecar.spans import TRACE_KEYS, proxy_spans
+from infergw.vocab.errors import PayloadTooLarge
+from infergw.vocab.timing import Timings
+from infergw.wire.server_timing import format_server_timing
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from infergw.gateway.core.metrics import GatewayMetrics
-from infergw.gateway.core.timing import TimingEntry
+from infergw.vocab.timing import TimingEntry
 
 BACKEND_LABEL = "upstream"
 OTHER_MODEL = "_other"

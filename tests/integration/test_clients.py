@@ -34,8 +34,9 @@ from infergw.clients import (
     _errors,
 )
 from infergw.clients._convert import build_request
-from infergw.gateway.core import errors
-from infergw.gateway.core.errors import (
+from infergw.proto import grpc_service_pb2 as pb
+from infergw.vocab import errors
+from infergw.vocab.errors import (
     DeadlineExceeded,
     InferGWError,
     InvalidArgument,
@@ -44,8 +45,8 @@ from infergw.gateway.core.errors import (
     QueueFull,
     Unavailable,
 )
-from infergw.gateway.core.timing import TimingEntry
-from infergw.gateway.core.types import (
+from infergw.vocab.timing import TimingEntry
+from infergw.vocab.types import (
     Duration,
     InferRequest,
     InferResponse,
@@ -54,8 +55,7 @@ from infergw.gateway.core.types import (
     Tensor,
     TensorSpec,
 )
-from infergw.gateway.frontends import oip_json, oip_proto
-from infergw.proto import grpc_service_pb2 as pb
+from infergw.wire import oip_json, oip_proto
 
 # --- TimingBreakdown -----------------------------------------------------------------
 

@@ -20,13 +20,13 @@ import tritonclient.grpc as tritongrpc
 
 from infergw.backends.cloudrun import CloudRunBackend, IdTokenCache, parse_url
 from infergw.deploy.local.cloudrun_standin import CloudRunStandIn, scale_to_zero
-from infergw.deploy.models.registry import load_model
 from infergw.gateway.core.context import RequestContext
-from infergw.gateway.core.datatypes import serialize_bytes, tensor_to_numpy
-from infergw.gateway.core.errors import DeadlineExceeded, Unavailable
-from infergw.gateway.core.types import InferRequest, InferResponse, Tensor
-from infergw.gateway.frontends import oip_proto
+from infergw.models.registry import load_model
 from infergw.proto import grpc_service_pb2 as pb
+from infergw.vocab.datatypes import serialize_bytes, tensor_to_numpy
+from infergw.vocab.errors import DeadlineExceeded, Unavailable
+from infergw.vocab.types import InferRequest, InferResponse, Tensor
+from infergw.wire import oip_proto
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
@@ -266,7 +266,7 @@ async def test_backend_sends_the_token_and_maps_fetch_failures() -> None:
 async def test_container_rejects_bad_input_through_the_standin(
     standin: CloudRunStandIn, backend: CloudRunBackend
 ) -> None:
-    from infergw.gateway.core.errors import InvalidArgument, NotFound
+    from infergw.vocab.errors import InvalidArgument, NotFound
 
     bad = InferRequest(model="nope", inputs=(Tensor("input", "FP32", (1,), b"\0" * 4),))
     with pytest.raises(NotFound, match="nope"):

@@ -16,9 +16,9 @@ import pytest
 from infergw.gateway.core.config import BackendConfig, RouteConfig
 from infergw.gateway.core.router import Router, wrap_with_policies
 from infergw.gateway.core.service import InferenceService
-from infergw.gateway.core.timing import parse_server_timing
 from infergw.gateway.frontends.grpc import GrpcFrontend
 from infergw.proto import grpc_service_pb2 as pb
+from infergw.wire.server_timing import parse_server_timing
 from tests.fakes import EchoBackend
 
 pytestmark = pytest.mark.integration

@@ -15,8 +15,8 @@ from tritonclient.utils import InferenceServerException
 from infergw.deploy.local.stack import local_config
 from infergw.deploy.triton.launcher import TritonEndpoints
 from infergw.gateway.core.config import LimitsConfig
-from infergw.gateway.core.timing import parse_server_timing
 from infergw.proto import grpc_service_pb2 as pb
+from infergw.wire.server_timing import parse_server_timing
 from tests.integration.conftest import GatewayThread, free_ports_config
 
 pytestmark = pytest.mark.integration

@@ -25,10 +25,10 @@ import pytest_asyncio
 from infergw.backends.aws_lambda import LambdaBackend
 from infergw.deploy.local.lambda_standin import FunctionConfig, LambdaStandIn, scale_to_zero_url
 from infergw.deploy.local.s3 import MotoS3
-from infergw.deploy.models import load_model
 from infergw.gateway.core.context import RequestContext
-from infergw.gateway.core.datatypes import tensor_from_numpy, tensor_to_numpy
-from infergw.gateway.core.errors import (
+from infergw.models import load_model
+from infergw.vocab.datatypes import tensor_from_numpy, tensor_to_numpy
+from infergw.vocab.errors import (
     BackendError,
     DeadlineExceeded,
     InvalidArgument,
@@ -36,7 +36,7 @@ from infergw.gateway.core.errors import (
     QueueFull,
     Unavailable,
 )
-from infergw.gateway.core.types import InferRequest
+from infergw.vocab.types import InferRequest
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 

@@ -21,14 +21,14 @@ from infergw.gateway.core.config import BackendConfig, LimitsConfig, RouteConfig
 from infergw.gateway.core.context import RequestContext
 from infergw.gateway.core.router import Router, wrap_with_policies
 from infergw.gateway.core.service import InferenceService
-from infergw.gateway.core.timing import parse_server_timing
-from infergw.gateway.core.types import (
+from infergw.gateway.frontends.rest import create_rest_app
+from infergw.vocab.types import (
     Duration,
     InferRequest,
     InferResponse,
     ModelStatistics,
 )
-from infergw.gateway.frontends.rest import create_rest_app
+from infergw.wire.server_timing import parse_server_timing
 from tests.fakes import EchoBackend
 
 T = TypeVar("T")

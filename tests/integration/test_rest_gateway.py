@@ -13,7 +13,7 @@ import tritonclient.http as thttp
 from tritonclient.utils import InferenceServerException
 
 from infergw.deploy.triton.launcher import TritonEndpoints
-from infergw.gateway.core.timing import parse_server_timing
+from infergw.wire.server_timing import parse_server_timing
 from tests.integration.conftest import GatewayThread
 
 pytestmark = pytest.mark.integration

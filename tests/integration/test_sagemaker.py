@@ -24,11 +24,10 @@ from infergw.deploy.local.sagemaker_standin import (
     ServerlessEndpoint,
     container_command,
 )
-from infergw.deploy.models.registry import load_model
-from infergw.deploy.sagemaker import wire
 from infergw.gateway.core.context import RequestContext
-from infergw.gateway.core.datatypes import tensor_from_numpy, tensor_to_numpy
-from infergw.gateway.core.errors import (
+from infergw.models.registry import load_model
+from infergw.vocab.datatypes import tensor_from_numpy, tensor_to_numpy
+from infergw.vocab.errors import (
     BackendError,
     DeadlineExceeded,
     InvalidArgument,
@@ -36,8 +35,9 @@ from infergw.gateway.core.errors import (
     PayloadTooLarge,
     ResourceExhausted,
 )
-from infergw.gateway.core.types import InferRequest
-from infergw.gateway.frontends.oip_json import encode_infer_request
+from infergw.vocab.types import InferRequest
+from infergw.wire import sagemaker as wire
+from infergw.wire.oip_json import encode_infer_request
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 

@@ -25,10 +25,10 @@ from tritonclient.utils import InferenceServerException
 from infergw.backends.tfserving import TfServingBackend
 from infergw.gateway.core.config import parse_config
 from infergw.gateway.core.context import RequestContext
-from infergw.gateway.core.datatypes import tensor_from_numpy
-from infergw.gateway.core.errors import Unavailable
-from infergw.gateway.core.timing import parse_server_timing
-from infergw.gateway.core.types import InferRequest
+from infergw.vocab.datatypes import tensor_from_numpy
+from infergw.vocab.errors import Unavailable
+from infergw.vocab.types import InferRequest
+from infergw.wire.server_timing import parse_server_timing
 from tests.integration.conftest import GatewayThread
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -17,8 +17,8 @@ import tritonclient.grpc as tgrpc
 import tritonclient.http as thttp
 from tritonclient.utils import InferenceServerException
 
-from infergw.deploy.models import load_model
 from infergw.deploy.triton.launcher import BUNDLED_REPOSITORY, TritonServer, TritonStartError
+from infergw.models import load_model
 
 pytestmark = pytest.mark.integration
 
@@ -230,7 +230,7 @@ def test_bad_input_is_invalid_argument_and_model_keeps_serving(
 
 
 FAILING_MODEL = """
-from infergw.deploy.models.identity import Identity
+from infergw.models.identity import Identity
 from infergw.deploy.triton.python_model import TritonPythonModel as Adapter
 
 

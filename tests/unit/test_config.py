@@ -1,7 +1,7 @@
 import pytest
 
 from infergw.gateway.core.config import load_config, parse_config
-from infergw.gateway.core.errors import InvalidArgument
+from infergw.vocab.errors import InvalidArgument
 
 DOC = {
     "listen": {"grpc_port": 9001},

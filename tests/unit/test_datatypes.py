@@ -1,15 +1,15 @@
 import numpy as np
 import pytest
 
-from infergw.gateway.core.datatypes import (
+from infergw.vocab.datatypes import (
     deserialize_bytes,
     serialize_bytes,
     tensor_from_numpy,
     tensor_to_numpy,
     validate_tensor,
 )
-from infergw.gateway.core.errors import InvalidArgument
-from infergw.gateway.core.types import Tensor
+from infergw.vocab.errors import InvalidArgument
+from infergw.vocab.types import Tensor
 
 
 @pytest.mark.parametrize(

@@ -6,8 +6,9 @@ import random
 
 import pytest
 
-from infergw.gateway.core.timing import TimingEntry, format_server_timing, parse_server_timing
 from infergw.loadgen.recorder import Recorder, phase_totals
+from infergw.vocab.timing import TimingEntry
+from infergw.wire.server_timing import format_server_timing, parse_server_timing
 
 
 def test_fast_reader_matches_the_core_parser() -> None:

@@ -1,7 +1,7 @@
 from prometheus_client.parser import text_string_to_metric_families
 
 from infergw.gateway.core.metrics import GatewayMetrics
-from infergw.gateway.core.timing import TimingEntry
+from infergw.vocab.timing import TimingEntry
 
 
 def samples(metrics: GatewayMetrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

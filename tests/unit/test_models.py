@@ -1,4 +1,4 @@
-"""The numpy model runtime (infergw.deploy.models): identity echoes, MiniLM against goldens.
+"""The numpy model runtime (infergw.models): identity echoes, MiniLM against goldens.
 
 The MiniLM goldens were produced once with the real sentence-transformers 6.2.0 on torch
 2.13.0+cpu, in a throwaway venv outside the repository::
@@ -19,8 +19,8 @@ import math
 import numpy as np
 import pytest
 
-from infergw.deploy.models import MODELS, Model, ModelInputError, UnknownModelError, load_model
-from infergw.deploy.models.minilm import MAX_SEQ_LENGTH, erf
+from infergw.models import MODELS, Model, ModelInputError, UnknownModelError, load_model
+from infergw.models.minilm import MAX_SEQ_LENGTH, erf
 
 SENTENCES = [
     "This is a test sentence.",

@@ -13,11 +13,11 @@ import warnings
 import numpy as np
 import pytest
 
-from infergw.deploy.models import MODELS, Model, ModelInputError, load_model
-from infergw.deploy.models import mobilenet as mobilenet_module
-from infergw.deploy.models._conv import conv2d, depthwise_conv3x3, sigmoid
-from infergw.deploy.models.mobilenet import MobileNet
-from infergw.deploy.models.yolo import ANCHORS, STRIDES, Yolo, _decode_boxes
+from infergw.models import MODELS, Model, ModelInputError, load_model
+from infergw.models import mobilenet as mobilenet_module
+from infergw.models._conv import conv2d, depthwise_conv3x3, sigmoid
+from infergw.models.mobilenet import MobileNet
+from infergw.models.yolo import ANCHORS, STRIDES, Yolo, _decode_boxes
 
 F32 = np.float32
 

@@ -8,10 +8,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from infergw.gateway.core.datatypes import tensor_from_numpy, tensor_to_numpy
-from infergw.gateway.core.errors import BackendError, InvalidArgument
-from infergw.gateway.core.types import InferRequest, InferResponse, RequestedOutput, Tensor
-from infergw.gateway.frontends.oip_json import (
+from infergw.vocab.datatypes import tensor_from_numpy, tensor_to_numpy
+from infergw.vocab.errors import BackendError, InvalidArgument
+from infergw.vocab.types import InferRequest, InferResponse, RequestedOutput, Tensor
+from infergw.wire.oip_json import (
     decode_infer_request,
     decode_infer_response,
     encode_infer_request,

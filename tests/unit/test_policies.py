@@ -6,17 +6,17 @@ import pytest
 
 from infergw.gateway.core.config import RouteConfig
 from infergw.gateway.core.context import RequestContext
-from infergw.gateway.core.datatypes import tensor_from_numpy
-from infergw.gateway.core.errors import (
+from infergw.gateway.core.policies import Admission, Attempt
+from infergw.gateway.core.router import Router
+from infergw.vocab.datatypes import tensor_from_numpy
+from infergw.vocab.errors import (
     DeadlineExceeded,
     InvalidArgument,
     ModelNotFound,
     QueueFull,
     Unavailable,
 )
-from infergw.gateway.core.policies import Admission, Attempt
-from infergw.gateway.core.router import Router
-from infergw.gateway.core.types import InferRequest
+from infergw.vocab.types import InferRequest
 from tests.fakes import EchoBackend
 
 REQUEST = InferRequest("identity", (tensor_from_numpy("input", np.ones((1, 4), np.float32)),))

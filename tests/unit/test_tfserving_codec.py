@@ -6,9 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from infergw.gateway.core.datatypes import tensor_from_numpy, tensor_to_numpy
-from infergw.gateway.core.errors import InvalidArgument, PayloadTooLarge
-from infergw.gateway.core.types import (
+from infergw.proto.tfs import predict_pb2, tensor_pb2, types_pb2
+from infergw.vocab.datatypes import tensor_from_numpy, tensor_to_numpy
+from infergw.vocab.errors import InvalidArgument, PayloadTooLarge
+from infergw.vocab.types import (
     InferRequest,
     InferResponse,
     ModelMetadata,
@@ -17,8 +18,7 @@ from infergw.gateway.core.types import (
     Tensor,
     TensorSpec,
 )
-from infergw.gateway.frontends import tfserving_codec as codec
-from infergw.proto.tfs import predict_pb2, tensor_pb2, types_pb2
+from infergw.wire import tfserving as codec
 
 DT = types_pb2.DataType
 LIMIT = 1 << 20

@@ -1,9 +1,5 @@
-from infergw.gateway.core.timing import (
-    TimingEntry,
-    Timings,
-    format_server_timing,
-    parse_server_timing,
-)
+from infergw.vocab.timing import TimingEntry, Timings
+from infergw.wire.server_timing import format_server_timing, parse_server_timing
 
 
 def test_format_uses_w3c_syntax_with_quoted_desc() -> None:

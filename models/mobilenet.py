@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from infergw.deploy.models._conv import F32, conv2d, depthwise_conv3x3, he_normal, relu6_, softmax
-from infergw.deploy.models.base import Model, TensorSpec
+from infergw.models._conv import F32, conv2d, depthwise_conv3x3, he_normal, relu6_, softmax
+from infergw.models.base import Model, TensorSpec
 
 SEED = 224
 IMAGE_SIZE = 224

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from infergw.deploy.models.base import Model, TensorSpec
+from infergw.models.base import Model, TensorSpec
 
 
 class Identity(Model):

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from infergw.deploy.models._conv import F32, conv2d, he_normal, sigmoid, silu_
-from infergw.deploy.models.base import Model, TensorSpec
+from infergw.models._conv import F32, conv2d, he_normal, sigmoid, silu_
+from infergw.models.base import Model, TensorSpec
 
 SEED = 640
 IMAGE_SIZE = 640

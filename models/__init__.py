@@ -5,14 +5,14 @@ containers all call ``load_model(name).infer({...})``, so a model behaves the sa
 on every backend and only the transport differs.
 """
 
-from infergw.deploy.models.base import (
+from infergw.models.base import (
     NUMPY_DTYPES,
     Model,
     ModelInputError,
     TensorSpec,
     UnknownModelError,
 )
-from infergw.deploy.models.registry import MODELS, load_model
+from infergw.models.registry import MODELS, load_model
 
 __all__ = [
     "MODELS",

@@ -27,7 +27,7 @@ from typing import Any, TypeAlias
 
 import numpy as np
 
-from infergw.gateway.core.datatypes import (
+from infergw.vocab.datatypes import (
     NUMPY_DTYPES,
     check_datatype,
     count_bytes_elements,
@@ -36,8 +36,8 @@ from infergw.gateway.core.datatypes import (
     expected_nbytes,
     serialize_bytes,
 )
-from infergw.gateway.core.errors import BackendError, InferGWError, InvalidArgument
-from infergw.gateway.core.types import (
+from infergw.vocab.errors import BackendError, InferGWError, InvalidArgument
+from infergw.vocab.types import (
     EMPTY_PARAMS,
     InferRequest,
     InferResponse,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from infergw.deploy.models.base import Model, ModelInputError, TensorSpec
+from infergw.models.base import Model, ModelInputError, TensorSpec
 
 MAX_SEQ_LENGTH = 256  # sentence_bert_config.json of all-MiniLM-L6-v2
 CHUNK = 32  # sentences per forward pass: bounds the B x heads x L x L attention buffer

@@ -12,14 +12,15 @@ from collections.abc import Mapping
 import numpy as np
 from google.protobuf.message import DecodeError
 
-from infergw.gateway.core.datatypes import (
+from infergw.proto import grpc_service_pb2 as pb
+from infergw.vocab.datatypes import (
     NUMPY_DTYPES,
     check_datatype,
     element_count,
     serialize_bytes,
 )
-from infergw.gateway.core.errors import InvalidArgument
-from infergw.gateway.core.types import (
+from infergw.vocab.errors import InvalidArgument
+from infergw.vocab.types import (
     EMPTY_PARAMS,
     InferRequest,
     InferResponse,
@@ -30,7 +31,6 @@ from infergw.gateway.core.types import (
     RequestedOutput,
     Tensor,
 )
-from infergw.proto import grpc_service_pb2 as pb
 
 ENCODING = "oip-grpc"  # RawMessage.encoding of a serialized ModelInferRequest/Response
 

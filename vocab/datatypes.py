@@ -12,8 +12,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from infergw.gateway.core.errors import InvalidArgument
-from infergw.gateway.core.types import Tensor
+from infergw.vocab.errors import InvalidArgument
+from infergw.vocab.types import Tensor
 
 # OIP datatype -> numpy dtype (little-endian). BYTES is variable-size.
 NUMPY_DTYPES: dict[str, np.dtype] = {

@@ -17,15 +17,22 @@ from typing import Any
 
 import numpy as np
 
-from infergw.gateway.core.datatypes import (
+from infergw.proto.tfs import (
+    get_model_metadata_pb2,
+    meta_graph_pb2,
+    predict_pb2,
+    tensor_pb2,
+    types_pb2,
+)
+from infergw.vocab.datatypes import (
     NUMPY_DTYPES,
     deserialize_bytes,
     element_count,
     element_size,
     serialize_bytes,
 )
-from infergw.gateway.core.errors import InvalidArgument, PayloadTooLarge
-from infergw.gateway.core.types import (
+from infergw.vocab.errors import InvalidArgument, PayloadTooLarge
+from infergw.vocab.types import (
     InferRequest,
     InferResponse,
     ModelMetadata,
@@ -33,13 +40,6 @@ from infergw.gateway.core.types import (
     RequestedOutput,
     Tensor,
     TensorSpec,
-)
-from infergw.proto.tfs import (
-    get_model_metadata_pb2,
-    meta_graph_pb2,
-    predict_pb2,
-    tensor_pb2,
-    types_pb2,
 )
 
 ENCODING = "tfs-predict"  # RawMessage.encoding of a serialized PredictRequest/Response

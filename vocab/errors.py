@@ -6,6 +6,9 @@ this tree once, at theirs, with ``raise ... from exc``::
 
     InferGWError                    (INTERNAL, 500)
     ├── InvalidArgument             (INVALID_ARGUMENT, 400)
+    ├── FailedPrecondition          (FAILED_PRECONDITION, 400)  valid, but not in this state
+    ├── Unauthenticated             (UNAUTHENTICATED, 401)
+    ├── PermissionDenied            (PERMISSION_DENIED, 403)
     ├── NotFound                    (NOT_FOUND, 404)
     │   └── ModelNotFound
     ├── ResourceExhausted           (RESOURCE_EXHAUSTED, 429)
@@ -37,6 +40,21 @@ class InferGWError(Exception):
 class InvalidArgument(InferGWError):
     grpc_code = "INVALID_ARGUMENT"
     http_status = 400
+
+
+class FailedPrecondition(InferGWError):
+    grpc_code = "FAILED_PRECONDITION"
+    http_status = 400
+
+
+class Unauthenticated(InferGWError):
+    grpc_code = "UNAUTHENTICATED"
+    http_status = 401
+
+
+class PermissionDenied(InferGWError):
+    grpc_code = "PERMISSION_DENIED"
+    http_status = 403
 
 
 class NotFound(InferGWError):

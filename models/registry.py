@@ -5,14 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import partial
 
-from infergw.deploy.models.base import Model, UnknownModelError
-from infergw.deploy.models.identity import Identity
-from infergw.deploy.models.mobilenet import MobileNet
-from infergw.deploy.models.yolo import Yolo
+from infergw.models.base import Model, UnknownModelError
+from infergw.models.identity import Identity
+from infergw.models.mobilenet import MobileNet
+from infergw.models.yolo import Yolo
 
 
 def _minilm() -> Model:
-    from infergw.deploy.models.minilm import MiniLM  # loads tokenizers/safetensors on demand
+    from infergw.models.minilm import MiniLM  # loads tokenizers/safetensors on demand
 
     return MiniLM()
 

@@ -23,8 +23,9 @@ from __future__ import annotations
 import json
 import re
 
-from infergw.gateway.core.errors import InvalidArgument
-from infergw.gateway.core.timing import TimingEntry, format_server_timing, parse_server_timing
+from infergw.vocab.errors import InvalidArgument
+from infergw.vocab.timing import TimingEntry
+from infergw.wire.server_timing import format_server_timing, parse_server_timing
 
 JSON_CONTENT_TYPE = "application/json"
 BINARY_CONTENT_TYPE = "application/vnd.sagemaker-triton.binary+json"

@@ -1,0 +1,1 @@
+"""The shared vocabulary: core types, the error tree, datatypes, timing names. No wire format."""
