@@ -1,7 +1,7 @@
 """Processes the overhead benchmark starts: nginx, the grpc.aio passthrough, the gateway CLI.
 
-Each runs in its own process group (``start_new_session``) with its log in a private temp
-dir, so stopping it reaps the whole group and Ctrl-C in the terminal reaches only the
+Each leads its own process group (``ProcessGroup``) with its log in a private temp dir,
+so stopping it reaps the whole group and Ctrl-C in the terminal reaches only the
 benchmark, which then stops everything itself.
 """
 
@@ -10,16 +10,17 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import grpc
+
+from infergw.gateway.processes import ProcessGroup, ProcessStartError, group_members
+from infergw.wire import grpc_channel
 
 SERVER_READY = "/inference.GRPCInferenceService/ServerReady"
 MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
@@ -44,7 +45,7 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
 
 def server_ready_probe(channel: grpc.Channel) -> bool:
     """OIP ``ServerReady`` answers ``ready: true``."""
-    ready = channel.unary_unary(SERVER_READY)  # raw bytes in and out
+    ready: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(SERVER_READY)
     with contextlib.suppress(grpc.RpcError):
         # ServerReadyResponse{ready: true} is field 1, varint 1: b"\x08\x01".
         return ready(b"", timeout=1.0) == b"\x08\x01"
@@ -58,7 +59,7 @@ def model_infer_probe(channel: grpc.Channel) -> bool:
     (no model name) with a non-transport status, which the proxy passes back; UNAVAILABLE
     or a deadline means the proxy or its upstream is not there yet.
     """
-    infer = channel.unary_unary(MODEL_INFER)
+    infer: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(MODEL_INFER)
     try:
         infer(b"", timeout=1.0)
     except grpc.RpcError as err:
@@ -69,22 +70,22 @@ def model_infer_probe(channel: grpc.Channel) -> bool:
 
 def wait_grpc_ready(
     address: str,
-    proc: subprocess.Popen[bytes],
+    proc: ProcessGroup,
     log: Path,
     timeout_s: float = 60.0,
     probe: Callable[[grpc.Channel], bool] = server_ready_probe,
 ) -> None:
-    """Poll ``probe`` (default: OIP ``ServerReady``) on ``address`` until it says ready."""
-    deadline = time.monotonic() + timeout_s
-    with grpc.insecure_channel(address) as channel:
-        while True:
-            if proc.poll() is not None:
-                raise StartError(f"{proc.args[0]} exited with {proc.returncode}:\n{tail(log)}")
-            if probe(channel):
-                return
-            if time.monotonic() > deadline:
-                raise StartError(f"{address} not ready after {timeout_s:.0f} s:\n{tail(log)}")
-            time.sleep(0.05)
+    """Poll ``probe`` (default: OIP ``ServerReady``) on ``address`` until it says ready;
+    ``StartError`` with the tail of ``log`` if ``proc`` exits first or time runs out."""
+    with grpc_channel.sync_channel(address) as channel:
+        try:
+            proc.wait_ready(lambda: probe(channel), timeout_s)
+        except ProcessStartError as exc:
+            if exc.returncode is None:
+                what = f"{address} not ready after {timeout_s:.0f} s"
+            else:
+                what = f"{proc.name} exited with {exc.returncode}"
+            raise StartError(f"{what}:\n{tail(log)}") from exc
 
 
 def tail(path: Path, chars: int = 3000) -> str:
@@ -96,37 +97,19 @@ def tail(path: Path, chars: int = 3000) -> str:
 
 
 def group_alive(pgid: int) -> bool:
-    """True while any process of the group ``pgid`` still exists."""
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def stop_group(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the child's process group, SIGKILL whatever is left after a grace period."""
-    pgid = proc.pid  # start_new_session=True made the child its group's leader
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, signal.SIGTERM)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(STOP_GRACE_S)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, signal.SIGKILL)
-    proc.wait()
+    """True while any live process of the group ``pgid`` still exists."""
+    return bool(group_members(pgid))
 
 
 class ManagedProcess:
-    """A child in its own session whose stdout/stderr go to ``<tmp>/<name>.log``."""
+    """A child leading its own process group; its stdout/stderr go to ``<tmp>/<name>.log``."""
 
     def __init__(self, name: str, registry: list[int] | None = None) -> None:
         self.name = name
         self.registry = registry  # receives the child's pgid as soon as it exists
         self.tmp = Path(tempfile.mkdtemp(prefix=f"infergw-bench-{name}-"))
         self.log = self.tmp / f"{name}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.proc: ProcessGroup | None = None
 
     @property
     def pid(self) -> int:
@@ -134,16 +117,9 @@ class ManagedProcess:
         return self.proc.pid
 
     def spawn(self, args: Sequence[str], env: dict[str, str] | None = None) -> None:
-        with self.log.open("wb") as log:
-            self.proc = subprocess.Popen(
-                list(args),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=self.tmp,
-                start_new_session=True,
-            )
+        self.proc = ProcessGroup.start(
+            args, env=env, cwd=self.tmp, log=self.log, name=self.name, grace_s=STOP_GRACE_S
+        )
         if self.registry is not None:
             self.registry.append(self.proc.pid)
 
@@ -152,7 +128,7 @@ class ManagedProcess:
         proc, self.proc = self.proc, None
         try:
             if proc is not None:
-                stop_group(proc)
+                proc.stop()
         finally:
             shutil.rmtree(self.tmp, ignore_errors=True)
 

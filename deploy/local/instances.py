@@ -17,10 +17,11 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
+
+from infergw.gateway.processes import AsyncProcessGroup
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ class InstanceStartError(RuntimeError):
 @dataclass(eq=False)
 class Instance:
     id: int
-    process: asyncio.subprocess.Process
+    group: AsyncProcessGroup  # the worker leads it: stopping it stops all it spawned
     port: int
     init_ms: float
     in_flight: int = 0
@@ -47,8 +48,15 @@ class Instance:
     last_used: float = field(default_factory=time.monotonic)
 
     @property
+    def process(self) -> asyncio.subprocess.Process:
+        return self.group.process
+
+    @property
     def alive(self) -> bool:
         return self.process.returncode is None
+
+    async def stop(self) -> None:
+        await self.group.stop(STOP_GRACE_S)
 
 
 @dataclass(frozen=True)
@@ -153,18 +161,15 @@ class InstancePool:
     async def _spawn(self) -> Instance:
         self._next_id += 1
         t0 = time.perf_counter()
-        process = await asyncio.create_subprocess_exec(
-            *self.command,
-            env=self.env,
-            stdout=asyncio.subprocess.PIPE,
-            stdin=asyncio.subprocess.DEVNULL,
-            start_new_session=True,
+        group = await AsyncProcessGroup.start(
+            self.command, env=self.env, stdout=asyncio.subprocess.PIPE
         )
+        process = group.process
         try:
             async with asyncio.timeout(self.start_timeout_s):
                 port = await _read_ready(process)
         except BaseException as exc:
-            await _stop(process)
+            await group.stop(STOP_GRACE_S)
             if isinstance(exc, TimeoutError):
                 raise InstanceStartError(
                     f"{self.name}: worker not ready in {self.start_timeout_s}s"
@@ -177,14 +182,14 @@ class InstancePool:
         log.info(
             "%s: instance %d ready on port %d in %.0f ms", self.name, self._next_id, port, init_ms
         )
-        return Instance(self._next_id, process, port, init_ms)
+        return Instance(self._next_id, group, port, init_ms)
 
     async def scale_to_zero(self) -> int:
         """Stop every idle instance now (what the idle timeout would do later)."""
         idle = [i for i in self.instances if i.in_flight == 0]
         for instance in idle:
             self.instances.remove(instance)
-        await asyncio.gather(*(_stop(i.process) for i in idle))
+        await asyncio.gather(*(i.stop() for i in idle))
         return len(idle)
 
     async def _reap_idle(self) -> None:
@@ -198,7 +203,7 @@ class InstancePool:
             ][: max(0, len(self.instances) - self.min_instances)]
             for instance in expired:
                 self.instances.remove(instance)
-                await _stop(instance.process)
+                await instance.stop()
 
     async def close(self) -> None:
         if self._reaper is not None:
@@ -206,7 +211,7 @@ class InstancePool:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reaper
         instances, self.instances = self.instances, []
-        await asyncio.gather(*(_stop(i.process) for i in instances))
+        await asyncio.gather(*(i.stop() for i in instances))
 
     def stats(self) -> dict[str, int]:
         return {
@@ -231,17 +236,3 @@ async def _drain(process: asyncio.subprocess.Process) -> None:
     assert process.stdout is not None
     while await process.stdout.read(65536):
         pass
-
-
-async def _stop(process: asyncio.subprocess.Process) -> None:
-    if process.returncode is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    try:
-        async with asyncio.timeout(STOP_GRACE_S):
-            await process.wait()
-    except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        await process.wait()

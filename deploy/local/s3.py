@@ -11,19 +11,18 @@ Use it as a sync or async context manager::
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import shutil
-import signal
 import socket
-import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
+
+from infergw.gateway.lifecycle import Service
+from infergw.gateway.processes import ProcessGroup, ProcessStartError
 
 START_TIMEOUT_S = 30.0
 STOP_GRACE_S = 5.0
@@ -51,22 +50,22 @@ def _free_port(host: str) -> int:
         return port
 
 
-class MotoS3:
+class MotoS3(Service):
     def __init__(self, buckets: Sequence[str] = (), host: str = "127.0.0.1") -> None:
         self.host = host
         self.buckets = tuple(buckets)
         self.port = 0
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._group: ProcessGroup | None = None
 
     @property
     def endpoint(self) -> str:
-        if self._proc is None:
+        if self._group is None:
             raise RuntimeError("MotoS3 is not running")
         return f"http://{self.host}:{self.port}"
 
     @property
     def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
+        return self._group is not None and self._group.poll() is None
 
     def start(self) -> str:
         last: Exception | None = None
@@ -86,26 +85,21 @@ class MotoS3:
     def _launch(self, port: int) -> None:
         self.port = port
         env = {**os.environ, "MOTO_ALLOW_NONEXISTENT_REGION": "true"}
-        self._proc = subprocess.Popen(
-            [*_moto_command(), "-H", self.host, "-p", str(port)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            env=env,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise S3StartError(f"exited with {self._proc.returncode}")
-            try:
-                with urllib.request.urlopen(f"{self.endpoint}/moto-api/", timeout=1.0):
-                    return
-            except urllib.error.HTTPError:
-                return  # it answered: that is all readiness means here
-            except OSError:
-                time.sleep(0.05)
-        raise S3StartError(f"no answer on port {port} within {START_TIMEOUT_S}s")
+        argv = [*_moto_command(), "-H", self.host, "-p", str(port)]
+        self._group = ProcessGroup.start(argv, env=env, name="moto_server", grace_s=STOP_GRACE_S)
+        try:
+            self._group.wait_ready(self._answers, START_TIMEOUT_S)
+        except ProcessStartError as exc:  # exited, or no answer in time
+            raise S3StartError(str(exc)) from exc
+
+    def _answers(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.endpoint}/moto-api/", timeout=1.0):
+                return True
+        except urllib.error.HTTPError:
+            return True  # it answered: that is all readiness means here
+        except OSError:
+            return False
 
     def _create_buckets(self) -> None:
         if not self.buckets:
@@ -127,29 +121,9 @@ class MotoS3:
             client.close()
 
     def stop(self) -> None:
-        proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(STOP_GRACE_S)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-    def __enter__(self) -> MotoS3:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+        group, self._group = self._group, None
+        if group is not None:
+            group.stop()
 
     async def __aenter__(self) -> MotoS3:
         try:

@@ -39,6 +39,7 @@ from aiohttp import web
 
 from infergw.backends.runtime import RuntimeBackend
 from infergw.gateway.core.context import RequestContext
+from infergw.gateway.sites import AppSite
 from infergw.vocab.datatypes import validate_tensor
 from infergw.vocab.errors import InferGWError, InvalidArgument, PayloadTooLarge
 from infergw.vocab.types import InferRequest
@@ -132,24 +133,21 @@ async def serve(host: str, port: int, models: Sequence[str] | None, ready_line: 
     """Bind, load the models, say READY, and serve until SIGTERM/SIGINT."""
     backend = RuntimeBackend("sagemaker-container", models)
     app = create_app(backend)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    await site.start()
+    site = AppSite(app, host, port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
+        await site.start()
         await asyncio.to_thread(backend.preload)
         app[LOADED].set()
-        bound = runner.addresses[0][1]
-        log.info("serving %s on %s:%d", list(backend.allowed), host, bound)
+        log.info("serving %s on %s:%d", list(backend.allowed), host, site.port)
         if ready_line:
-            print(f"READY {bound}", flush=True)
+            print(f"READY {site.port}", flush=True)
         await stop.wait()
     finally:
-        await runner.cleanup()
+        await site.stop()
         await backend.close()
 
 

@@ -11,30 +11,31 @@ would set up (verified on these machines, see DESIGN.md section 8):
 * ``PATH`` starting with this interpreter's bin dir (the stub runs the first ``python3``)
   and no foreign ``PYTHONPATH``/``PYTHONHOME`` (a second numpy made inputs read as zeros).
 
-The server runs in its own process group, so stopping it also reaps the stub processes.
+The server leads its own process group (``ProcessGroup``), so stopping it also stops the
+stub processes: those that outlive the server are SIGKILLed with the group, and the
+python-backend shared memory a killed server cannot remove is unlinked here.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import importlib.util
 import os
 import re
 import shutil
-import signal
 import socket
-import subprocess
 import sys
 import sysconfig
 import tempfile
-import time
-import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
+
+from infergw.gateway.lifecycle import Service
+from infergw.gateway.processes import ProcessGroup, ProcessStartError
 
 BUNDLED_REPOSITORY = Path(__file__).resolve().parent / "model_repository"
 STOP_GRACE_S = 10.0
@@ -86,7 +87,7 @@ class TritonDist:
         return dist
 
 
-class TritonServer:
+class TritonServer(Service):
     """A ``tritonserver`` child process serving a model repository on loopback.
 
     Use as a context manager or call ``start()``/``stop()``. ``stop()`` is idempotent and
@@ -117,7 +118,7 @@ class TritonServer:
         self.startup_timeout_s = startup_timeout_s
         self.models = list(models) if models is not None else None
         self.extra_args = list(extra_args)
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._group: ProcessGroup | None = None
         self._tmp: Path | None = None
         self._endpoints: TritonEndpoints | None = None
         self._shm_prefix: str | None = None
@@ -126,7 +127,7 @@ class TritonServer:
 
     @property
     def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
+        return self._group.pid if self._group is not None else None
 
     @property
     def endpoints(self) -> TritonEndpoints:
@@ -141,7 +142,7 @@ class TritonServer:
 
     def start(self) -> TritonEndpoints:
         """Launch the server and block until ``/v2/health/ready`` answers 200."""
-        if self._proc is not None:
+        if self._group is not None:
             raise RuntimeError("tritonserver already started")
         atexit.register(self.stop)
         try:
@@ -168,10 +169,10 @@ class TritonServer:
             atexit.unregister(self.stop)
 
     def _cleanup(self) -> None:
-        proc, self._proc, self._endpoints = self._proc, None, None
+        group, self._group, self._endpoints = self._group, None, None
         try:
-            if proc is not None:
-                _stop_group(proc)
+            if group is not None:
+                group.stop()  # stubs that outlive the server die with the group
         finally:
             if self._shm_prefix is not None:
                 _remove_shm_regions(self._shm_prefix)
@@ -182,9 +183,9 @@ class TritonServer:
 
     def wait(self, timeout: float | None = None) -> int:
         """Block until the server exits on its own; returns its exit code."""
-        if self._proc is None:
+        if self._group is None:
             raise RuntimeError("tritonserver is not running")
-        return self._proc.wait(timeout)
+        return self._group.wait(timeout)
 
     def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
         """The last ``lines`` lines of the log, with Triton's padded tables squeezed."""
@@ -209,18 +210,6 @@ class TritonServer:
             + "\nlog tail:\n"
             + "\n".join(lines[-LOG_TAIL_LINES:])
         )
-
-    def __enter__(self) -> TritonServer:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # -- internals ----------------------------------------------------------------------
 
@@ -266,17 +255,23 @@ class TritonServer:
             *self._trace_args(),
             *self.extra_args,
         ]
-        with (self._tmp / "tritonserver.log").open("wb") as log:
-            self._proc = subprocess.Popen(
-                args,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=_server_env(dist),
-                cwd=self._tmp,
-                start_new_session=True,
-            )
-        self._wait_ready(endpoints.http)
+        self._group = ProcessGroup.start(
+            args,
+            env=_server_env(dist),
+            cwd=self._tmp,
+            log=self._tmp / "tritonserver.log",
+            name="tritonserver",
+            grace_s=STOP_GRACE_S,
+        )
+        ready = functools.partial(_http_ready, f"http://{endpoints.http}/v2/health/ready")
+        try:
+            self._group.wait_ready(ready, self.startup_timeout_s)
+        except ProcessStartError as exc:
+            if exc.returncode is None:
+                what = f"tritonserver not ready after {self.startup_timeout_s:.0f} s"
+            else:
+                what = f"tritonserver exited with code {exc.returncode} during startup"
+            raise self._startup_error(what) from exc
         self._endpoints = endpoints
         return endpoints
 
@@ -298,23 +293,12 @@ class TritonServer:
         ]
         return [f"--trace-config={item}" for item in items]
 
-    def _wait_ready(self, http: str) -> None:
-        assert self._proc is not None
-        url = f"http://{http}/v2/health/ready"
-        deadline = time.monotonic() + self.startup_timeout_s
-        while True:
-            code = self._proc.poll()
-            if code is not None:
-                raise self._startup_error(f"tritonserver exited with code {code} during startup")
-            # Refused or not ready yet (urllib's HTTPError is an OSError too).
-            with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1.0) as reply:
-                if reply.status == 200:
-                    return
-            if time.monotonic() > deadline:
-                raise self._startup_error(
-                    f"tritonserver not ready after {self.startup_timeout_s:.0f} s"
-                )
-            time.sleep(0.05)  # poll interval while the server loads its models
+
+def _http_ready(url: str) -> bool:
+    # Refused or not ready yet (urllib's HTTPError is an OSError too).
+    with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1.0) as reply:
+        return bool(reply.status == 200)
+    return False
 
 
 def _squeeze(line: str) -> str:
@@ -358,32 +342,6 @@ def _free_ports(host: str, wanted: Sequence[int]) -> list[int]:
         return ports
 
 
-def _stop_group(proc: subprocess.Popen[bytes]) -> None:
-    """Terminate the server's whole process group (server + python-backend stubs)."""
-    pgid = proc.pid  # start_new_session=True made the server its group's leader
-    _signal_group(pgid, signal.SIGTERM)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(STOP_GRACE_S)
-    # Stubs that outlive the server (or a server that ignored SIGTERM) are killed outright.
-    # The pgid cannot have been reused while any member of the group is still alive.
-    _signal_group(pgid, signal.SIGKILL)
-    proc.wait()
-    # Orphaned stubs are reaped by init a moment later; return only once they are gone.
-    deadline = time.monotonic() + STOP_GRACE_S
-    while _group_exists(pgid) and time.monotonic() < deadline:
-        time.sleep(0.02)
-
-
-def _group_exists(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _remove_shm_regions(prefix: str) -> None:
     """Unlink python-backend shared memory a SIGKILLed server could not clean up itself."""
     shm = Path("/dev/shm")
@@ -391,8 +349,3 @@ def _remove_shm_regions(prefix: str) -> None:
         for region in shm.glob(f"{prefix}*"):
             with contextlib.suppress(OSError):
                 region.unlink()
-
-
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)

@@ -7,12 +7,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tritonclient.grpc as tgrpc
+
+from infergw.gateway.processes import ProcessGroup
 
 pytestmark = pytest.mark.integration
 CLI = [sys.executable, "-m", "infergw.gateway.cli"]
@@ -61,18 +62,11 @@ def processes_mentioning(text: str) -> list[int]:
 def test_local_up_serves_until_sigterm_then_stops_everything(tmp_path: Path) -> None:
     ready = tmp_path / "ready.json"
     ports = ["--grpc-port", "0", "--http-port", "0", "--metrics-port", "0"]
-    proc = subprocess.Popen(
-        [*CLI, "local", "up", "--ready-file", str(ready), *ports],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while not ready.exists():
-            assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
-            assert time.monotonic() < deadline, "local up did not become ready"
-            time.sleep(0.2)
+    argv = [*CLI, "local", "up", "--ready-file", str(ready), *ports]
+    log = tmp_path / "local-up.log"
+    # Stopped (SIGTERM, then SIGKILL) when the block exits, also when an assertion fails.
+    with ProcessGroup.start(argv, log=log, name="local up", grace_s=60) as proc:
+        proc.wait_ready(ready.exists, timeout_s=120)  # fails with the log tail if it died
         info = json.loads(ready.read_text())
         assert set(info["gateway"]) == {"grpc", "http", "metrics"}
         assert set(info["backends"]) == {"triton", "lambda", "sagemaker", "cloudrun"}
@@ -90,14 +84,10 @@ def test_local_up_serves_until_sigterm_then_stops_everything(tmp_path: Path) -> 
         children = descendants(proc.pid)
         assert len(children) >= 5  # tritonserver, moto, one worker per serverless backend
 
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signal.SIGTERM)  # to local up alone, as Ctrl-C/kill would
         assert proc.wait(60) == 0
         assert processes_mentioning(triton_port) == []
         assert [pid for pid in children if alive(pid)] == []
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 def test_demo_prints_table_and_writes_report(tmp_path: Path) -> None:

@@ -19,7 +19,6 @@ import json
 import os
 import queue
 import socket
-import subprocess
 import sys
 import time
 import urllib.error
@@ -32,7 +31,11 @@ import grpc
 import numpy as np
 import pytest
 
+from infergw.gateway.processes import ProcessGroup
+
 if TYPE_CHECKING:  # this file also runs as a script (the fake upstream): no test imports
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
     from tests.integration.conftest import ServiceThread
 
 T = TypeVar("T")
@@ -101,29 +104,30 @@ class FakeUpstream:
     def __init__(self, port: int, marker: Path) -> None:
         self.address = f"127.0.0.1:{port}"
         self.port, self.marker = port, marker
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.proc: ProcessGroup | None = None
 
     def start(self) -> FakeUpstream:
         self.stop()
         args = [sys.executable, __file__, "--fake-upstream", str(self.port), str(self.marker)]
-        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL)
+        log = self.marker.with_name("fake-upstream.log")
+        self.proc = ProcessGroup.start(args, log=log, name="fake upstream")
         with grpc.insecure_channel(self.address) as channel:
             ready = channel.unary_unary(SERVER_READY)
-            deadline = time.monotonic() + 20
-            while True:
-                try:
-                    ready(b"", timeout=1)
-                    return self
-                except grpc.RpcError:
-                    assert self.proc.poll() is None, "fake upstream exited"
-                    assert time.monotonic() < deadline, "fake upstream did not start"
-                    time.sleep(0.05)
+            self.proc.wait_ready(functools.partial(_answers, ready), timeout_s=20)
+        return self
 
     def stop(self) -> None:
         if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait(10)
+            self.proc.stop()
             self.proc = None
+
+
+def _answers(call: grpc.UnaryUnaryMultiCallable) -> bool:
+    try:
+        call(b"", timeout=1)
+    except grpc.RpcError:
+        return False
+    return True
 
 
 # -- fixtures ---------------------------------------------------------------------------
@@ -450,13 +454,11 @@ def test_metadata_deadline_status_pass_through(fake: tuple[FakeUpstream, Service
         echo = channel.unary_unary(FAKE_ECHO)
         reply, call = echo.with_call(b"hi", metadata=sent, timeout=5)
         seen = json.loads(reply)
-        expected = [["x-custom", "value"], ["x-thing-bin", "0102"]]
-        keys = ("x-custom", "x-thing-bin")
+        # No SDK is installed here (tests/conftest.py's span_exporter resets it after each
+        # test that uses one): the client's traceparent reaches the upstream unchanged.
+        expected = [["x-custom", "value"], ["x-thing-bin", "0102"], list(sent[2])]
+        keys = ("x-custom", "x-thing-bin", "traceparent")
         assert sorted(m for m in seen["metadata"] if m[0] in keys) == sorted(expected)
-        # The trace continues: same trace id. The parent span id is the client's own, or,
-        # once an SDK is installed (other tests do), the sidecar's CLIENT span.
-        (traceparent,) = [v for k, v in seen["metadata"] if k == "traceparent"]
-        assert traceparent.split("-")[1] == "a" * 32
         assert 3.5 < seen["remaining"] < 5.1  # the deadline, not a fresh or no timeout
         assert ("x-initial", "first") in call.initial_metadata()
         trailers = dict(call.trailing_metadata())
@@ -513,19 +515,11 @@ def test_upstream_dies_mid_stream(fake: tuple[FakeUpstream, ServiceThread]) -> N
                 time.sleep(0.1)
 
 
-def test_trace_continues_through_the_sidecar(fake: tuple[FakeUpstream, ServiceThread]) -> None:
-    """Last in the module: it installs an SDK tracer provider for the rest of the session."""
-    from opentelemetry import trace
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-
-    exporter = InMemorySpanExporter()
-    provider = trace.get_tracer_provider()
-    if not isinstance(provider, TracerProvider):
-        provider = TracerProvider()
-        trace.set_tracer_provider(provider)
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
+def test_trace_continues_through_the_sidecar(
+    fake: tuple[FakeUpstream, ServiceThread], span_exporter: InMemorySpanExporter
+) -> None:
+    """The SDK is installed for this test only (``span_exporter``, tests/conftest.py)."""
+    exporter = span_exporter
     trace_id, parent = "c" * 32, "d" * 16
     _, side = fake
     with grpc.insecure_channel(side.grpc) as channel:
