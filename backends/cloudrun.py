@@ -34,11 +34,16 @@ from urllib.parse import urlsplit
 
 import grpc
 
-from infergw.backends.oip_grpc import CHANNEL_OPTIONS, Metadata, OipGrpcBackend
+from infergw.backends.oip_grpc import Metadata, OipGrpcBackend
 from infergw.gateway.core.context import RequestContext
 from infergw.vocab.errors import InvalidArgument, Unavailable
 from infergw.vocab.timing import BACKEND_REPORTED
-from infergw.wire.server_timing import parse_server_timing
+from infergw.wire import grpc_channel
+from infergw.wire.server_timing import (
+    parse_server_timing,
+    select_entries,
+    server_timing_from_metadata,
+)
 
 log = logging.getLogger(__name__)
 
@@ -175,10 +180,8 @@ class CloudRunBackend(OipGrpcBackend):
         return backend
 
     def _open_channel(self) -> grpc.aio.Channel:
-        if self.tls:
-            creds = grpc.ssl_channel_credentials()
-            return grpc.aio.secure_channel(self.target, creds, options=CHANNEL_OPTIONS)
-        return grpc.aio.insecure_channel(self.target, options=CHANNEL_OPTIONS)
+        creds = grpc.ssl_channel_credentials() if self.tls else None
+        return grpc_channel.aio_channel(self.target, credentials=creds)
 
     async def _metadata(self, ctx: RequestContext | None) -> Metadata | None:
         headers = await super()._metadata(ctx)
@@ -194,11 +197,10 @@ class CloudRunBackend(OipGrpcBackend):
         return (*(headers or ()), ("authorization", f"Bearer {token}"))
 
     def _on_trailers(self, trailers: grpc.aio.Metadata | None, ctx: RequestContext) -> None:
-        for key, value in trailers or ():
-            if key == "server-timing" and isinstance(value, str):
-                for entry in parse_server_timing(value):
-                    if entry.name in BACKEND_REPORTED:
-                        ctx.timings.add(entry.name, entry.duration_ms, entry.description)
+        value = server_timing_from_metadata(trailers)
+        if value is not None:
+            for entry in select_entries(parse_server_timing(value), BACKEND_REPORTED):
+                ctx.timings.add(entry.name, entry.duration_ms, entry.description)
 
     async def ready(self) -> bool:
         if self._tokens is None:

@@ -9,10 +9,11 @@ what the trailers say. ``OipGrpcBackend`` is the rest, once:
   (``ctx.accepts_raw``) it is returned undecoded;
 - ``ctx.headers`` (W3C trace context) travel as gRPC metadata, the deadline as the
   call's timeout;
-- gRPC errors are mapped once, by ``map_rpc_error``.
+- gRPC errors are mapped once, by the wire table (``error_from_rpc(exc, backend=...)``);
+- metadata and statistics are the ``oip_proto`` converters'.
 
-Subclasses implement ``_open_channel`` and may override ``_metadata`` and
-``_on_trailers``.
+Subclasses may override ``_open_channel`` (the default is plaintext to ``url``),
+``_metadata`` and ``_on_trailers``.
 """
 
 from __future__ import annotations
@@ -21,29 +22,20 @@ from typing import Any
 
 import grpc
 
-from infergw.backends.grpc_errors import map_rpc_error
 from infergw.gateway.core.backend import BackendBase
 from infergw.gateway.core.context import RequestContext
 from infergw.proto import grpc_service_pb2 as pb
 from infergw.vocab.types import (
-    Duration,
     InferRequest,
     InferResponse,
     ModelMetadata,
     ModelStatistics,
     RawMessage,
-    TensorSpec,
 )
-from infergw.wire import oip_proto
+from infergw.wire import grpc_channel, oip_proto
+from infergw.wire.status import error_from_rpc
 
 SERVICE = "/inference.GRPCInferenceService/"
-MAX_MESSAGE = 1 << 30
-CHANNEL_OPTIONS = (
-    ("grpc.max_send_message_length", MAX_MESSAGE),
-    ("grpc.max_receive_message_length", MAX_MESSAGE),
-    ("grpc.keepalive_time_ms", 30_000),
-    ("grpc.http2.max_pings_without_data", 0),
-)
 HEALTH_TIMEOUT_S = 2.0
 
 Metadata = tuple[tuple[str, str], ...]
@@ -66,7 +58,7 @@ class OipGrpcBackend(BackendBase):
     # -- what subclasses vary ------------------------------------------------------------
     def _open_channel(self) -> grpc.aio.Channel:
         """A new channel to ``self.url`` (called on first use, inside the event loop)."""
-        raise NotImplementedError
+        return grpc_channel.aio_channel(self.url)
 
     async def _metadata(self, ctx: RequestContext | None) -> Metadata | None:
         """Metadata for one call; by default the request's propagation headers."""
@@ -96,7 +88,7 @@ class OipGrpcBackend(BackendBase):
         try:
             return await rpc(request, timeout=timeout_s, metadata=await self._metadata(None))
         except grpc.aio.AioRpcError as exc:
-            raise map_rpc_error(exc, self.name) from exc
+            raise error_from_rpc(exc, backend=self.name) from exc
 
     async def infer(self, request: InferRequest, ctx: RequestContext) -> InferResponse:
         rpc = self._unary("ModelInfer", _identity, _identity)
@@ -107,7 +99,7 @@ class OipGrpcBackend(BackendBase):
         except grpc.aio.AioRpcError as exc:
             if self.reads_trailers:
                 self._on_trailers(exc.trailing_metadata(), ctx)
-            raise map_rpc_error(exc, self.name) from exc
+            raise error_from_rpc(exc, backend=self.name) from exc
         if self.reads_trailers:  # an await per request otherwise spent for nothing
             self._on_trailers(await call.trailing_metadata(), ctx)
         if ctx.accepts_raw == oip_proto.ENCODING:
@@ -147,13 +139,7 @@ class OipGrpcBackend(BackendBase):
             pb.ModelMetadataResponse,
             HEALTH_TIMEOUT_S,
         )
-        return ModelMetadata(
-            name=reply.name,
-            versions=tuple(reply.versions),
-            platform=reply.platform,
-            inputs=tuple(TensorSpec(t.name, t.datatype, tuple(t.shape)) for t in reply.inputs),
-            outputs=tuple(TensorSpec(t.name, t.datatype, tuple(t.shape)) for t in reply.outputs),
-        )
+        return oip_proto.metadata_from_proto(reply)
 
     async def model_statistics(self, model: str, version: str = "") -> list[ModelStatistics]:
         reply = await self._call(
@@ -162,31 +148,10 @@ class OipGrpcBackend(BackendBase):
             pb.ModelStatisticsResponse,
             HEALTH_TIMEOUT_S,
         )
-        return [_statistics(s) for s in reply.model_stats]
+        return oip_proto.statistics_from_proto(reply)
 
     async def close(self) -> None:
         if self._channel is not None:
             await self._channel.close()
             self._channel = None
             self._rpcs.clear()
-
-
-def _statistics(s: pb.ModelStatistics) -> ModelStatistics:
-    st = s.inference_stats
-
-    def dur(d: pb.StatisticDuration) -> Duration:
-        return Duration(count=d.count, ns=d.ns)
-
-    return ModelStatistics(
-        name=s.name,
-        version=s.version,
-        last_inference_ms=s.last_inference,
-        inference_count=s.inference_count,
-        execution_count=s.execution_count,
-        success=dur(st.success),
-        fail=dur(st.fail),
-        queue=dur(st.queue),
-        compute_input=dur(st.compute_input),
-        compute_infer=dur(st.compute_infer),
-        compute_output=dur(st.compute_output),
-    )

@@ -51,6 +51,7 @@ from infergw.vocab.timing import BACKEND_REPORTED
 from infergw.vocab.types import InferRequest, InferResponse, ModelMetadata
 from infergw.wire import sagemaker as wire
 from infergw.wire.oip_json import decode_infer_response, encode_infer_request
+from infergw.wire.server_timing import select_entries
 
 SERVERLESS_MAX_PAYLOAD = 4 * 1024 * 1024  # InvokeEndpoint body limit on serverless endpoints
 MEMORY_SIZES_MB = range(1024, 6145, 1024)  # ServerlessConfig.MemorySizeInMB
@@ -151,9 +152,9 @@ class SageMakerBackend(BackendBase):
             raise
         except Exception as exc:
             raise map_error(exc, self.name, endpoint) from exc
-        for entry in wire.parse_timing_attribute(reply.get("CustomAttributes")):
-            if entry.name in BACKEND_REPORTED:  # what the container measured, nothing else
-                ctx.timings.add(entry.name, entry.duration_ms, entry.description)
+        reported = wire.parse_timing_attribute(reply.get("CustomAttributes"))
+        for entry in select_entries(reported, BACKEND_REPORTED):  # what the container measured
+            ctx.timings.add(entry.name, entry.duration_ms, entry.description)
         try:
             length = wire.header_length(reply.get("ContentType"), len(payload))
         except InvalidArgument as exc:

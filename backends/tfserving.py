@@ -23,15 +23,15 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
-from infergw.backends.grpc_errors import map_rpc_error
-from infergw.backends.oip_grpc import CHANNEL_OPTIONS, MAX_MESSAGE
 from infergw.gateway.core.backend import BackendBase
 from infergw.gateway.core.context import RequestContext
 from infergw.proto.tfs import get_model_metadata_pb2 as meta_pb
 from infergw.proto.tfs import predict_pb2
 from infergw.vocab.errors import BackendError, InferGWError, InvalidArgument
 from infergw.vocab.types import InferRequest, InferResponse, ModelMetadata, RawMessage
+from infergw.wire import grpc_channel
 from infergw.wire import tfserving as codec
+from infergw.wire.status import error_from_rpc
 
 SERVICE = "/tensorflow.serving.PredictionService/"
 HEALTH_TIMEOUT_S = 2.0
@@ -76,7 +76,7 @@ class TfServingBackend(BackendBase):
         if rpc is None:
             if self._channel is None:
                 # Created lazily: a grpc.aio channel belongs to the running event loop.
-                self._channel = grpc.aio.insecure_channel(self.url, options=CHANNEL_OPTIONS)
+                self._channel = grpc_channel.aio_channel(self.url)
             rpc = self._rpcs[method] = self._channel.unary_unary(
                 SERVICE + method, request_serializer=_identity, response_deserializer=_identity
             )
@@ -101,13 +101,13 @@ class TfServingBackend(BackendBase):
         try:
             reply: bytes = await call
         except grpc.aio.AioRpcError as exc:
-            raise map_rpc_error(exc, self.name) from exc
+            raise error_from_rpc(exc, backend=self.name) from exc
         if ctx.accepts_raw == codec.ENCODING:
             raw = RawMessage(codec.ENCODING, reply)
             return InferResponse(model=request.model, outputs=(), id=request.id, raw=raw)
         try:
             msg = predict_pb2.PredictResponse.FromString(reply)
-            return codec.response_from_proto(msg, request, MAX_MESSAGE)
+            return codec.response_from_proto(msg, request, grpc_channel.MAX_MESSAGE_BYTES)
         except (DecodeError, InferGWError) as exc:
             detail = exc.message if isinstance(exc, InferGWError) else str(exc)
             raise BackendError(
@@ -122,7 +122,7 @@ class TfServingBackend(BackendBase):
                 request.SerializeToString(), timeout=HEALTH_TIMEOUT_S
             )
         except grpc.aio.AioRpcError as exc:
-            raise map_rpc_error(exc, self.name) from exc
+            raise error_from_rpc(exc, backend=self.name) from exc
         return meta_pb.GetModelMetadataResponse.FromString(reply)
 
     async def model_metadata(self, model: str, version: str = "") -> ModelMetadata:

@@ -1,9 +1,10 @@
 """Triton Inference Server over the Open Inference Protocol gRPC API.
 
-Everything but the channel is the shared OIP gRPC client (``oip_grpc``): the
-fast path that forwards a request's original bytes and returns Triton's response
-undecoded when the frontend can send it on, W3C trace context as gRPC metadata
-(which Triton's OpenTelemetry mode continues), and errors mapped once.
+Everything but the config is the shared OIP gRPC client (``oip_grpc``, on the
+default plaintext channel of ``infergw.wire.grpc_channel``): the fast path that
+forwards a request's original bytes and returns Triton's response undecoded when
+the frontend can send it on, W3C trace context as gRPC metadata (which Triton's
+OpenTelemetry mode continues), and errors mapped once.
 
 Config::
 
@@ -16,9 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import grpc
-
-from infergw.backends.oip_grpc import CHANNEL_OPTIONS, OipGrpcBackend
+from infergw.backends.oip_grpc import OipGrpcBackend
 from infergw.vocab.errors import InvalidArgument
 
 
@@ -34,6 +33,3 @@ class TritonBackend(OipGrpcBackend):
         if unknown:
             raise InvalidArgument(f"backend {name!r}: unknown options {sorted(unknown)}")
         return cls(name, url)
-
-    def _open_channel(self) -> grpc.aio.Channel:
-        return grpc.aio.insecure_channel(self.url, options=CHANNEL_OPTIONS)

@@ -16,17 +16,14 @@ import signal
 
 import grpc
 
+from infergw.wire import grpc_channel
+
 SERVICE = "inference.GRPCInferenceService"
 METHOD = "ModelInfer"
-MAX_MESSAGE = 1024 * 1024 * 1024  # 1 GiB
-OPTIONS = [
-    ("grpc.max_send_message_length", MAX_MESSAGE),
-    ("grpc.max_receive_message_length", MAX_MESSAGE),
-]
 
 
 async def serve(listen: str, upstream: str) -> None:
-    channel = grpc.aio.insecure_channel(upstream, options=OPTIONS)
+    channel = grpc_channel.aio_channel(upstream)
     # No (de)serializers: request and reply stay bytes end to end.
     infer = channel.unary_unary(f"/{SERVICE}/{METHOD}")
 
@@ -40,7 +37,7 @@ async def serve(listen: str, upstream: str) -> None:
     handler = grpc.method_handlers_generic_handler(
         SERVICE, {METHOD: grpc.unary_unary_rpc_method_handler(model_infer)}
     )
-    server = grpc.aio.server(options=OPTIONS)
+    server = grpc.aio.server(options=grpc_channel.server_options())
     server.add_generic_rpc_handlers((handler,))
     if server.add_insecure_port(listen) == 0:
         raise SystemExit(f"cannot listen on {listen}")

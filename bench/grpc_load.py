@@ -16,15 +16,9 @@ import grpc
 import numpy as np
 
 from infergw.proto import grpc_service_pb2 as pb
+from infergw.wire import grpc_channel
 
 MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
-MAX_MESSAGE = 64 * 1024 * 1024
-CHANNEL_OPTIONS = [
-    ("grpc.max_send_message_length", MAX_MESSAGE),
-    ("grpc.max_receive_message_length", MAX_MESSAGE),
-    # One private connection per channel, never shared between targets.
-    ("grpc.use_local_subchannel_pool", 1),
-]
 
 
 @dataclass(frozen=True)
@@ -75,7 +69,8 @@ class SyncClient:
     """One channel to one target; sequential calls timed with ``perf_counter_ns``."""
 
     def __init__(self, address: str) -> None:
-        self.channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+        # One private connection per channel, never shared between targets.
+        self.channel = grpc_channel.sync_channel(address, private=True)
         self.infer = self.channel.unary_unary(MODEL_INFER)  # bytes in, bytes out
 
     def call(self, payload: Payload) -> bytes:
@@ -113,7 +108,7 @@ async def _closed_loop(
     """``concurrency`` tasks, each sending the next request as soon as its reply arrives."""
     ok = errors = 0
     first_error: str | None = None
-    async with grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
+    async with grpc_channel.aio_channel(address, private=True) as channel:
         infer = channel.unary_unary(MODEL_INFER)
         await infer(payload.request, timeout=60.0)  # connect before the clock starts
         start = time.perf_counter()

@@ -19,6 +19,8 @@ from typing import Any
 
 from grpc_load import MODEL_INFER, Payload
 
+from infergw.wire.oip_json import statistics_from_json
+
 INSTALL_HINT = "apt-get install -y --no-install-recommends nghttp2-client"
 
 
@@ -52,8 +54,8 @@ def triton_counts(triton_http: str, model: str = "identity") -> tuple[int, int]:
     """(success, fail) request counts from Triton's statistics extension."""
     url = f"http://{triton_http}/v2/models/{model}/stats"
     with urllib.request.urlopen(url, timeout=5.0) as reply:
-        stats = json.load(reply)["model_stats"][0]["inference_stats"]
-    return int(stats["success"]["count"]), int(stats["fail"]["count"])
+        stats = statistics_from_json(json.load(reply))[0]
+    return stats.success.count, stats.fail.count
 
 
 def run_h2load(

@@ -32,7 +32,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import grpc.aio
 import numpy as np
 from grpc_load import MODEL_INFER, identity_payload
 from h2load import INSTALL_HINT, h2load_binary, run_h2load, write_grpc_body
@@ -41,6 +40,7 @@ from infergw.deploy.triton.launcher import TritonServer
 from infergw.loadgen import schedules
 from infergw.loadgen.runner import closed_loop, open_loop
 from infergw.loadgen.targets import GrpcSender
+from infergw.wire import grpc_channel
 
 COLUMNS = 16
 CONCURRENCY = 64
@@ -68,7 +68,7 @@ async def loadgen_max_rate(address: str, seconds: float) -> dict[str, Any]:
 async def bare_grpc_aio_max_rate(address: str, seconds: float) -> float:
     """The same calls with nothing measured: what grpc.aio alone sustains."""
     request = identity_payload("tiny", COLUMNS).request
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with grpc_channel.aio_channel(address, private=True) as channel:
         infer = channel.unary_unary(MODEL_INFER)
         done = 0
         end = time.perf_counter() + seconds

@@ -13,7 +13,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from infergw.clients import _convert
-from infergw.clients._errors import from_http
+from infergw.clients._errors import ResponseHeaders, from_http
 from infergw.clients.types import InferResult
 from infergw.vocab.errors import BackendError
 from infergw.vocab.types import ParamValue
@@ -61,7 +61,7 @@ class Call:
 @dataclass(frozen=True, slots=True)
 class Reply:
     status: int
-    headers: Mapping[str, str]  # case-insensitive: HTTPMessage / CIMultiDictProxy
+    headers: ResponseHeaders
     body: bytes
     server_timing: str | None = None
 

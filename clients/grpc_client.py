@@ -15,7 +15,6 @@ from typing import Any, Self
 
 import grpc
 import grpc.aio
-from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 
 from infergw.clients import _convert
@@ -24,23 +23,14 @@ from infergw.clients.types import InferResult, ServerMetadata
 from infergw.proto import grpc_service_pb2 as pb
 from infergw.vocab.errors import NotFound
 from infergw.vocab.types import ModelMetadata, ModelStatistics, ParamValue
-from infergw.wire import oip_proto
+from infergw.wire import grpc_channel, oip_proto
+from infergw.wire.server_timing import server_timing_from_metadata
 
 __all__ = ["DEFAULT_CHANNEL_OPTIONS", "AsyncGrpcClient", "GrpcClient"]
 
 SERVICE = "inference.GRPCInferenceService"
-MAX_MESSAGE_BYTES = 256 * 1024 * 1024  # YOLO-sized tensors are ~9 MB; the default cap is 4 MB
-
-DEFAULT_CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    # Detect a dead peer during long calls (cold starts take tens of seconds) without
-    # pinging often enough for servers' default policy (5 min) to answer with GOAWAY.
-    ("grpc.keepalive_time_ms", 120_000),
-    ("grpc.keepalive_timeout_ms", 20_000),
-    ("grpc.keepalive_permit_without_calls", 0),
-    ("grpc.http2.max_pings_without_data", 0),
-)
+# Message limits (1 GiB) and keepalive shared by every channel infergw opens.
+DEFAULT_CHANNEL_OPTIONS: tuple[grpc_channel.Option, ...] = grpc_channel.channel_options()
 
 # RPC name -> (request type, response type).
 _METHODS: dict[str, tuple[type[Message], type[Message]]] = {
@@ -67,7 +57,7 @@ class _GrpcBase:
         timeout: float | None = None,
         headers: Mapping[str, str] | None = None,
         credentials: grpc.ChannelCredentials | None = None,
-        channel_options: Sequence[tuple[str, Any]] = (),
+        channel_options: Sequence[grpc_channel.Option] = (),
     ) -> None:
         """``url`` is ``host:port``; ``timeout`` (seconds) is the default per-call deadline
         (None: none); ``headers`` are sent as metadata on every call; ``credentials``
@@ -76,7 +66,7 @@ class _GrpcBase:
         self.timeout = timeout
         self._headers = dict(headers or {})
         self._credentials = credentials
-        self._options = list({**dict(DEFAULT_CHANNEL_OPTIONS), **dict(channel_options)}.items())
+        self._options = tuple(channel_options)
         self._channel: Any = None
         self._rpc: dict[str, Any] = {}
         if not self._LAZY:
@@ -126,14 +116,12 @@ class _GrpcBase:
 
 def _result(msg: pb.ModelInferResponse, trailers: Any, started: float) -> InferResult:
     """Result from the response message and the trailers carrying ``server-timing``."""
-    timing = _convert.join_server_timing(
-        v for k, v in trailers or () if k == _convert.TIMING_HEADER
-    )
+    timing = server_timing_from_metadata(trailers)
     return _convert.build_result(oip_proto.response_from_proto(msg), started, timing)
 
 
-def _as_dict(msg: Message) -> dict[str, Any]:
-    return MessageToDict(msg, preserving_proto_field_name=True)
+def _server_metadata(msg: pb.ServerMetadataResponse) -> ServerMetadata:
+    return ServerMetadata(name=msg.name, version=msg.version, extensions=tuple(msg.extensions))
 
 
 class GrpcClient(_GrpcBase):
@@ -144,9 +132,9 @@ class GrpcClient(_GrpcBase):
     """
 
     def _open_channel(self) -> grpc.Channel:
-        if self._credentials is None:
-            return grpc.insecure_channel(self.url, options=self._options)
-        return grpc.secure_channel(self.url, self._credentials, options=self._options)
+        return grpc_channel.sync_channel(
+            self.url, credentials=self._credentials, options=self._options
+        )
 
     def infer(
         self,
@@ -192,17 +180,16 @@ class GrpcClient(_GrpcBase):
             return False
 
     def server_metadata(self) -> ServerMetadata:
-        msg = self._call("ServerMetadata", pb.ServerMetadataRequest())
-        return _convert.server_metadata_from_dict(_as_dict(msg))
+        return _server_metadata(self._call("ServerMetadata", pb.ServerMetadataRequest()))
 
     def model_metadata(self, model: str, version: str = "") -> ModelMetadata:
         msg = self._call("ModelMetadata", pb.ModelMetadataRequest(name=model, version=version))
-        return _convert.model_metadata_from_dict(_as_dict(msg))
+        return oip_proto.metadata_from_proto(msg)
 
     def model_statistics(self, model: str = "", version: str = "") -> list[ModelStatistics]:
         """Triton-style aggregate statistics; ``model=""`` asks for every model."""
         msg = self._call("ModelStatistics", pb.ModelStatisticsRequest(name=model, version=version))
-        return _convert.statistics_from_dict(_as_dict(msg))
+        return oip_proto.statistics_from_proto(msg)
 
     def close(self) -> None:
         self._channel.close()
@@ -235,9 +222,9 @@ class AsyncGrpcClient(_GrpcBase):
     _LAZY = True
 
     def _open_channel(self) -> grpc.aio.Channel:
-        if self._credentials is None:
-            return grpc.aio.insecure_channel(self.url, options=self._options)
-        return grpc.aio.secure_channel(self.url, self._credentials, options=self._options)
+        return grpc_channel.aio_channel(
+            self.url, credentials=self._credentials, options=self._options
+        )
 
     async def infer(
         self,
@@ -280,19 +267,18 @@ class AsyncGrpcClient(_GrpcBase):
         return bool(msg.ready)
 
     async def server_metadata(self) -> ServerMetadata:
-        msg = await self._call("ServerMetadata", pb.ServerMetadataRequest())
-        return _convert.server_metadata_from_dict(_as_dict(msg))
+        return _server_metadata(await self._call("ServerMetadata", pb.ServerMetadataRequest()))
 
     async def model_metadata(self, model: str, version: str = "") -> ModelMetadata:
         msg = await self._call(
             "ModelMetadata", pb.ModelMetadataRequest(name=model, version=version)
         )
-        return _convert.model_metadata_from_dict(_as_dict(msg))
+        return oip_proto.metadata_from_proto(msg)
 
     async def model_statistics(self, model: str = "", version: str = "") -> list[ModelStatistics]:
         """Triton-style aggregate statistics; ``model=""`` asks for every model."""
         request = pb.ModelStatisticsRequest(name=model, version=version)
-        return _convert.statistics_from_dict(_as_dict(await self._call("ModelStatistics", request)))
+        return oip_proto.statistics_from_proto(await self._call("ModelStatistics", request))
 
     async def close(self) -> None:
         if self._channel is not None:

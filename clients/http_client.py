@@ -24,6 +24,8 @@ from infergw.clients._errors import from_transport
 from infergw.clients._rest import Call, Endpoint, Reply
 from infergw.clients.types import InferResult, ServerMetadata
 from infergw.vocab.types import ModelMetadata, ModelStatistics, ParamValue
+from infergw.wire.oip_json import metadata_from_json, statistics_from_json
+from infergw.wire.server_timing import HEADER, join_server_timing
 
 __all__ = ["AsyncHttpClient", "HttpClient"]
 
@@ -139,16 +141,16 @@ class HttpClient(_HttpBase):
         )
 
     def server_metadata(self) -> ServerMetadata:
-        return _convert.server_metadata_from_dict(self._send(self._get("/v2")).json())
+        return _convert.server_metadata_from_json(self._send(self._get("/v2")).json())
 
     def model_metadata(self, model: str, version: str = "") -> ModelMetadata:
         reply = self._send(self._get(_rest.model_path(model, version)))
-        return _convert.model_metadata_from_dict(reply.json())
+        return metadata_from_json(reply.json())
 
     def model_statistics(self, model: str = "", version: str = "") -> list[ModelStatistics]:
         """Triton-style aggregate statistics; ``model=""`` asks for every model."""
         reply = self._send(self._get(_rest.statistics_path(model, version)))
-        return _convert.statistics_from_dict(reply.json())
+        return statistics_from_json(reply.json())
 
     def close(self) -> None:
         self._conn.close()
@@ -186,7 +188,7 @@ class HttpClient(_HttpBase):
             except BaseException:  # e.g. KeyboardInterrupt mid-response: never reuse it
                 conn.close()
                 raise
-            timing = _convert.join_server_timing(response.headers.get_all("Server-Timing") or ())
+            timing = join_server_timing(response.headers.get_all(HEADER) or ())
             return Reply(response.status, response.headers, body, timing)
         raise AssertionError("unreachable: the second attempt returns or raises")
 
@@ -246,16 +248,16 @@ class AsyncHttpClient(_HttpBase):
         return _rest.ready_result(await self._send(call))
 
     async def server_metadata(self) -> ServerMetadata:
-        return _convert.server_metadata_from_dict((await self._send(self._get("/v2"))).json())
+        return _convert.server_metadata_from_json((await self._send(self._get("/v2"))).json())
 
     async def model_metadata(self, model: str, version: str = "") -> ModelMetadata:
         reply = await self._send(self._get(_rest.model_path(model, version)))
-        return _convert.model_metadata_from_dict(reply.json())
+        return metadata_from_json(reply.json())
 
     async def model_statistics(self, model: str = "", version: str = "") -> list[ModelStatistics]:
         """Triton-style aggregate statistics; ``model=""`` asks for every model."""
         reply = await self._send(self._get(_rest.statistics_path(model, version)))
-        return _convert.statistics_from_dict(reply.json())
+        return statistics_from_json(reply.json())
 
     async def close(self) -> None:
         if self._session is not None:
@@ -297,5 +299,5 @@ class AsyncHttpClient(_HttpBase):
                 body = await response.read()
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise from_transport(exc) from exc
-        timing = _convert.join_server_timing(response.headers.getall("Server-Timing", ()))
+        timing = join_server_timing(response.headers.getall(HEADER, ()))
         return Reply(response.status, response.headers, body, timing)

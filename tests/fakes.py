@@ -6,6 +6,8 @@ import asyncio
 from collections.abc import Mapping
 from typing import Any
 
+import grpc
+
 from infergw.gateway.core.backend import BackendBase
 from infergw.gateway.core.context import RequestContext
 from infergw.vocab.errors import ModelNotFound
@@ -67,3 +69,19 @@ class EchoBackend(BackendBase):
 
     async def close(self) -> None:
         self.closed = True
+
+
+class FakeRpcError(grpc.RpcError):
+    """A failed gRPC call as the clients see one: code, details and trailers."""
+
+    def __init__(self, code: grpc.StatusCode, details: str, trailers: Any = ()) -> None:
+        self._code, self._details, self._trailers = code, details, trailers
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+    def trailing_metadata(self) -> Any:
+        return self._trailers

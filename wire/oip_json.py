@@ -12,6 +12,10 @@ blobs follow the header in tensor order. Which outputs come back in binary is
 chosen by the request: per requested output ``parameters.binary_data``, else the
 request-level ``parameters.binary_data_output`` (default false), as Triton does.
 
+Model metadata and Triton's statistics extension have one converter pair each
+here (``metadata_to_json``/``metadata_from_json``, ``statistics_to_json``/
+``statistics_from_json``), used by the REST frontend and the SDK.
+
 Binary tensors stay ``memoryview`` slices of the body: nothing is copied on the
 way in. Declared shapes are checked (``element_count``) before anything sized by
 them is built. Bad requests raise ``InvalidArgument``; a malformed response (or a
@@ -26,6 +30,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, TypeAlias
 
 import numpy as np
+import numpy.typing as npt
 
 from infergw.vocab.datatypes import (
     NUMPY_DTYPES,
@@ -39,11 +44,15 @@ from infergw.vocab.datatypes import (
 from infergw.vocab.errors import BackendError, InferGWError, InvalidArgument
 from infergw.vocab.types import (
     EMPTY_PARAMS,
+    Duration,
     InferRequest,
     InferResponse,
+    ModelMetadata,
+    ModelStatistics,
     Parameters,
     RequestedOutput,
     Tensor,
+    TensorSpec,
 )
 
 __all__ = [
@@ -51,11 +60,16 @@ __all__ = [
     "BINARY_DATA_OUTPUT",
     "BINARY_DATA_SIZE",
     "HEADER_LENGTH",
+    "STATISTICS_PHASES",
     "WIRE_PARAMETERS",
     "decode_infer_request",
     "decode_infer_response",
     "encode_infer_request",
     "encode_infer_response",
+    "metadata_from_json",
+    "metadata_to_json",
+    "statistics_from_json",
+    "statistics_to_json",
 ]
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -67,6 +81,17 @@ WIRE_PARAMETERS = frozenset({BINARY_DATA_SIZE, BINARY_DATA, BINARY_DATA_OUTPUT})
 
 Body: TypeAlias = bytes | bytearray | memoryview
 JsonObject: TypeAlias = dict[str, Any]
+
+# ModelStatistics' durations, named as in Triton's ``inference_stats``.
+STATISTICS_PHASES = (
+    "success",
+    "fail",
+    "queue",
+    "compute_input",
+    "compute_infer",
+    "compute_output",
+)
+_NO_CACHE = ("cache_hit", "cache_miss")  # Triton's response cache: always 0 here
 
 
 # -- public API ----------------------------------------------------------------------
@@ -162,6 +187,132 @@ def decode_infer_response(body: Body, header_length: int | None) -> InferRespons
         )
     except InvalidArgument as exc:
         raise BackendError(f"malformed inference response: {exc.message}") from exc
+
+
+def metadata_to_json(metadata: ModelMetadata) -> JsonObject:
+    """``GET /v2/models/{m}[/versions/{v}]``'s body."""
+    return {
+        "name": metadata.name,
+        "versions": list(metadata.versions),
+        "platform": metadata.platform,
+        "inputs": [_spec_to_json(t) for t in metadata.inputs],
+        "outputs": [_spec_to_json(t) for t in metadata.outputs],
+    }
+
+
+def metadata_from_json(doc: Any) -> ModelMetadata:
+    """Parse a server's model metadata; a malformed one is a ``BackendError``."""
+    what = "model metadata"
+    try:
+        doc = _object(doc, what)
+        return ModelMetadata(
+            name=_string(doc, "name", what),
+            versions=tuple(_strings(_array(doc, "versions", what), f"{what} 'versions'")),
+            platform=_string(doc, "platform", what),
+            inputs=_specs(doc, "inputs", what),
+            outputs=_specs(doc, "outputs", what),
+        )
+    except InvalidArgument as exc:
+        raise BackendError(f"malformed {exc.message}") from exc
+
+
+def statistics_to_json(stats: Sequence[ModelStatistics]) -> JsonObject:
+    """``GET /v2/models[/{m}[/versions/{v}]]/stats``'s body, in Triton's shape."""
+    return {"model_stats": [_statistics_to_json(s) for s in stats]}
+
+
+def statistics_from_json(doc: Any) -> list[ModelStatistics]:
+    """Parse Triton's ``{"model_stats": [...]}``; a malformed one is a ``BackendError``.
+
+    Counters may be JSON numbers (Triton) or decimal strings (protobuf's JSON mapping
+    of 64-bit integers); absent ones are 0.
+    """
+    what = "model statistics"
+    try:
+        return [
+            _statistics_from_json(_object(item, f"{what} [{i}]"), f"{what} [{i}]")
+            for i, item in enumerate(_array(_object(doc, what), "model_stats", what))
+        ]
+    except InvalidArgument as exc:
+        raise BackendError(f"malformed {exc.message}") from exc
+
+
+def _spec_to_json(spec: TensorSpec) -> JsonObject:
+    return {"name": spec.name, "datatype": spec.datatype, "shape": list(spec.shape)}
+
+
+def _specs(doc: JsonObject, key: str, what: str) -> tuple[TensorSpec, ...]:
+    specs = []
+    for i, item in enumerate(_array(doc, key, what)):
+        where = f"{what} {key}[{i}]"
+        item = _object(item, where)
+        shape = item.get("shape")
+        if not isinstance(shape, list) or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= -1 for d in shape
+        ):
+            raise InvalidArgument(f"{where}: 'shape' must be an array of integers >= -1")
+        specs.append(
+            TensorSpec(
+                _string(item, "name", where, required=True),
+                _string(item, "datatype", where, required=True),
+                tuple(shape),
+            )
+        )
+    return tuple(specs)
+
+
+def _statistics_to_json(stats: ModelStatistics) -> JsonObject:
+    inference_stats = {name: _duration_to_json(getattr(stats, name)) for name in STATISTICS_PHASES}
+    for name in _NO_CACHE:
+        inference_stats[name] = {"count": 0, "ns": 0}
+    return {
+        "name": stats.name,
+        "version": stats.version,
+        "last_inference": stats.last_inference_ms,
+        "inference_count": stats.inference_count,
+        "execution_count": stats.execution_count,
+        "inference_stats": inference_stats,
+        "batch_stats": [],
+        "memory_usage": [],
+    }
+
+
+def _duration_to_json(duration: Duration) -> dict[str, int]:
+    return {"count": duration.count, "ns": duration.ns}
+
+
+def _statistics_from_json(doc: JsonObject, what: str) -> ModelStatistics:
+    phases = doc.get("inference_stats")
+    phases = {} if phases is None else _object(phases, f"{what} 'inference_stats'")
+
+    def duration(name: str) -> Duration:
+        value = phases.get(name)
+        where = f"{what} {name}"
+        value = {} if value is None else _object(value, where)
+        return Duration(_counter(value, "count", where), _counter(value, "ns", where))
+
+    return ModelStatistics(
+        name=_string(doc, "name", what),
+        version=_string(doc, "version", what),
+        last_inference_ms=_counter(doc, "last_inference", what),
+        inference_count=_counter(doc, "inference_count", what),
+        execution_count=_counter(doc, "execution_count", what),
+        success=duration("success"),
+        fail=duration("fail"),
+        queue=duration("queue"),
+        compute_input=duration("compute_input"),
+        compute_infer=duration("compute_infer"),
+        compute_output=duration("compute_output"),
+    )
+
+
+def _counter(doc: JsonObject, key: str, what: str) -> int:
+    value = doc.get(key, 0)
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    raise InvalidArgument(f"{what}: {key!r} must be a non-negative integer")
 
 
 # -- body framing ----------------------------------------------------------------------
@@ -355,7 +506,7 @@ def _check_count(found: int, shape: Sequence[int], count: int, what: str) -> Non
         )
 
 
-def _check_values(array: np.ndarray, datatype: str, what: str) -> None:
+def _check_values(array: npt.NDArray[Any], datatype: str, what: str) -> None:
     """Refuse values the datatype cannot hold instead of letting numpy cast them."""
     if array.size == 0:
         return
@@ -403,6 +554,18 @@ def _raw_to_json(tensor: Tensor, what: str) -> list[Any]:
 
 
 # -- JSON fields ---------------------------------------------------------------------------
+
+
+def _object(value: Any, what: str) -> JsonObject:
+    if not isinstance(value, dict):
+        raise InvalidArgument(f"{what}: expected a JSON object")
+    return value
+
+
+def _strings(values: list[Any], what: str) -> list[str]:
+    if not all(isinstance(v, str) for v in values):
+        raise InvalidArgument(f"{what}: expected an array of strings")
+    return values
 
 
 def _string(doc: JsonObject, key: str, what: str, required: bool = False) -> str:

@@ -1,13 +1,15 @@
 """Codec between the OIP gRPC messages (``inference.*``) and the core types.
 
-Used by the gRPC frontend, the Triton backend and the SDK, so it lives once here.
+Used by the gRPC frontend, the OIP gRPC backends and the SDK, so it lives once here.
 Tensor data moves as raw bytes (``raw_input_contents`` / ``raw_output_contents``);
-typed ``contents`` are accepted on input and converted to the raw layout.
+typed ``contents`` are accepted on input and converted to the raw layout. Model
+metadata and statistics have one converter pair each (``metadata_to_proto`` /
+``metadata_from_proto``, ``statistics_to_proto`` / ``statistics_from_proto``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping, Sequence
 
 import numpy as np
 from google.protobuf.message import DecodeError
@@ -22,6 +24,7 @@ from infergw.vocab.datatypes import (
 from infergw.vocab.errors import InvalidArgument
 from infergw.vocab.types import (
     EMPTY_PARAMS,
+    Duration,
     InferRequest,
     InferResponse,
     ModelMetadata,
@@ -30,6 +33,7 @@ from infergw.vocab.types import (
     RawMessage,
     RequestedOutput,
     Tensor,
+    TensorSpec,
 )
 
 ENCODING = "oip-grpc"  # RawMessage.encoding of a serialized ModelInferRequest/Response
@@ -147,43 +151,78 @@ def encode_response(response: InferResponse) -> bytes:
 
 
 def metadata_to_proto(meta: ModelMetadata) -> pb.ModelMetadataResponse:
-    def spec(s):  # type: ignore[no-untyped-def]
-        return pb.ModelMetadataResponse.TensorMetadata(
-            name=s.name, datatype=s.datatype, shape=s.shape
-        )
-
     return pb.ModelMetadataResponse(
         name=meta.name,
         versions=meta.versions,
         platform=meta.platform,
-        inputs=[spec(s) for s in meta.inputs],
-        outputs=[spec(s) for s in meta.outputs],
+        inputs=[_spec_to_proto(s) for s in meta.inputs],
+        outputs=[_spec_to_proto(s) for s in meta.outputs],
     )
 
 
-def statistics_to_proto(stats: list[ModelStatistics]) -> pb.ModelStatisticsResponse:
-    def dur(d):  # type: ignore[no-untyped-def]
+def metadata_from_proto(msg: pb.ModelMetadataResponse) -> ModelMetadata:
+    return ModelMetadata(
+        name=msg.name,
+        versions=tuple(msg.versions),
+        platform=msg.platform,
+        inputs=tuple(TensorSpec(t.name, t.datatype, tuple(t.shape)) for t in msg.inputs),
+        outputs=tuple(TensorSpec(t.name, t.datatype, tuple(t.shape)) for t in msg.outputs),
+    )
+
+
+def statistics_to_proto(stats: Sequence[ModelStatistics]) -> pb.ModelStatisticsResponse:
+    return pb.ModelStatisticsResponse(model_stats=[_statistics_to_proto(s) for s in stats])
+
+
+def statistics_from_proto(msg: pb.ModelStatisticsResponse) -> list[ModelStatistics]:
+    return [_statistics_from_proto(s) for s in msg.model_stats]
+
+
+def _spec_to_proto(spec: TensorSpec) -> pb.ModelMetadataResponse.TensorMetadata:
+    return pb.ModelMetadataResponse.TensorMetadata(
+        name=spec.name, datatype=spec.datatype, shape=spec.shape
+    )
+
+
+def _statistics_to_proto(s: ModelStatistics) -> pb.ModelStatistics:
+    def dur(d: Duration) -> pb.StatisticDuration:
         return pb.StatisticDuration(count=d.count, ns=d.ns)
 
-    return pb.ModelStatisticsResponse(
-        model_stats=[
-            pb.ModelStatistics(
-                name=s.name,
-                version=s.version,
-                last_inference=s.last_inference_ms,
-                inference_count=s.inference_count,
-                execution_count=s.execution_count,
-                inference_stats=pb.InferStatistics(
-                    success=dur(s.success),
-                    fail=dur(s.fail),
-                    queue=dur(s.queue),
-                    compute_input=dur(s.compute_input),
-                    compute_infer=dur(s.compute_infer),
-                    compute_output=dur(s.compute_output),
-                ),
-            )
-            for s in stats
-        ]
+    return pb.ModelStatistics(
+        name=s.name,
+        version=s.version,
+        last_inference=s.last_inference_ms,
+        inference_count=s.inference_count,
+        execution_count=s.execution_count,
+        inference_stats=pb.InferStatistics(
+            success=dur(s.success),
+            fail=dur(s.fail),
+            queue=dur(s.queue),
+            compute_input=dur(s.compute_input),
+            compute_infer=dur(s.compute_infer),
+            compute_output=dur(s.compute_output),
+        ),
+    )
+
+
+def _statistics_from_proto(s: pb.ModelStatistics) -> ModelStatistics:
+    st = s.inference_stats
+
+    def dur(d: pb.StatisticDuration) -> Duration:
+        return Duration(count=d.count, ns=d.ns)
+
+    return ModelStatistics(
+        name=s.name,
+        version=s.version,
+        last_inference_ms=s.last_inference,
+        inference_count=s.inference_count,
+        execution_count=s.execution_count,
+        success=dur(st.success),
+        fail=dur(st.fail),
+        queue=dur(st.queue),
+        compute_input=dur(st.compute_input),
+        compute_infer=dur(st.compute_infer),
+        compute_output=dur(st.compute_output),
     )
 
 
@@ -216,7 +255,7 @@ def _params(params: Mapping[str, pb.InferParameter]) -> Parameters:
     return out
 
 
-def _set_params(target, params: Parameters) -> None:  # type: ignore[no-untyped-def]
+def _set_params(target: MutableMapping[str, pb.InferParameter], params: Parameters) -> None:
     for key, value in params.items():
         p = target[key]
         if isinstance(value, bool):

@@ -1,16 +1,27 @@
 """The W3C Server-Timing syntax: the REST ``Server-Timing`` header and the gRPC trailer.
 
-One formatter and one parser for every place a breakdown is written or read
-(frontends, sidecar, backends that report their own phases, the SDK).
+One formatter, one parser and one join for every place a breakdown is written, read
+or combined (frontends, sidecar, backends that report their own phases, the SDK, the
+load generator). A value may arrive split over repeated headers or trailers; per RFC
+9110 that is one comma-separated list, which ``join_server_timing`` rebuilds. A hop
+that adds entries of its own (the sidecar) sends them as one more value after the
+upstream's (``append_server_timing``): never merged into the upstream's, so a reader
+can still tell whose split is whose, and a reader that joins sees every entry.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Container, Iterable, Iterator
 from functools import lru_cache
+from typing import TypeAlias
 
 from infergw.vocab.timing import TimingEntry
+
+HEADER = "Server-Timing"  # REST (case-insensitive)
+TRAILER = "server-timing"  # gRPC trailing metadata (keys are lower-case)
+
+Metadata: TypeAlias = Iterable[tuple[str, str | bytes]]
 
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 
@@ -71,3 +82,26 @@ def _split_items(header: str) -> Iterator[str]:
             yield header[start:i]
             start = i + 1
     yield header[start:]
+
+
+def join_server_timing(values: Iterable[str | bytes | None]) -> str | None:
+    """One value from repeated headers/trailers; None when none carried anything."""
+    parts = (v.decode() if isinstance(v, bytes) else v for v in values)
+    return ", ".join(p for p in parts if p and p.strip()) or None
+
+
+def server_timing_from_metadata(metadata: Metadata | None) -> str | None:
+    """The joined ``server-timing`` value of gRPC (trailing) metadata, or None."""
+    return join_server_timing(v for k, v in metadata or () if k == TRAILER)
+
+
+def append_server_timing(
+    metadata: Metadata | None, value: str
+) -> tuple[tuple[str, str | bytes], ...]:
+    """``metadata`` as it came (the upstream's own ``server-timing`` included), ours last."""
+    return (*(metadata or ()), (TRAILER, value))
+
+
+def select_entries(entries: Iterable[TimingEntry], names: Container[str]) -> list[TimingEntry]:
+    """The entries whose phase is one of ``names`` (e.g. what a backend may report)."""
+    return [e for e in entries if e.name in names]

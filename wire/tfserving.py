@@ -50,22 +50,23 @@ SIGNATURE_DEF_MAP_URL = "type.googleapis.com/tensorflow.serving.SignatureDefMap"
 
 DT = types_pb2.DataType
 # TF DataType <-> OIP datatype, for every type the core can hold.
-TO_OIP: dict[int, str] = {
-    DT.DT_FLOAT: "FP32",
-    DT.DT_DOUBLE: "FP64",
-    DT.DT_HALF: "FP16",
-    DT.DT_INT8: "INT8",
-    DT.DT_INT16: "INT16",
-    DT.DT_INT32: "INT32",
-    DT.DT_INT64: "INT64",
-    DT.DT_UINT8: "UINT8",
-    DT.DT_UINT16: "UINT16",
-    DT.DT_UINT32: "UINT32",
-    DT.DT_UINT64: "UINT64",
-    DT.DT_BOOL: "BOOL",
-    DT.DT_STRING: "BYTES",
-}
-FROM_OIP: dict[str, int] = {v: k for k, v in TO_OIP.items()}
+_PAIRS: tuple[tuple[types_pb2.DataType, str], ...] = (
+    (DT.DT_FLOAT, "FP32"),
+    (DT.DT_DOUBLE, "FP64"),
+    (DT.DT_HALF, "FP16"),
+    (DT.DT_INT8, "INT8"),
+    (DT.DT_INT16, "INT16"),
+    (DT.DT_INT32, "INT32"),
+    (DT.DT_INT64, "INT64"),
+    (DT.DT_UINT8, "UINT8"),
+    (DT.DT_UINT16, "UINT16"),
+    (DT.DT_UINT32, "UINT32"),
+    (DT.DT_UINT64, "UINT64"),
+    (DT.DT_BOOL, "BOOL"),
+    (DT.DT_STRING, "BYTES"),
+)
+TO_OIP: dict[int, str] = {int(tf): oip for tf, oip in _PAIRS}
+FROM_OIP: dict[str, types_pb2.DataType] = {oip: tf for tf, oip in _PAIRS}
 
 # Which typed field carries each OIP datatype, and the dtype the field's values have.
 _TYPED_FIELD: dict[str, tuple[str, str]] = {
@@ -95,7 +96,7 @@ def datatype_from_tf(dtype: int, what: str) -> str:
     return datatype
 
 
-def datatype_to_tf(datatype: str, what: str = "tensor") -> int:
+def datatype_to_tf(datatype: str, what: str = "tensor") -> types_pb2.DataType:
     dtype = FROM_OIP.get(datatype)
     if dtype is None:
         raise InvalidArgument(f"{what}: datatype {datatype} has no TensorFlow equivalent")

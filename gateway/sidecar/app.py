@@ -16,30 +16,24 @@ import grpc
 from aiohttp import web
 from grpc_health.v1 import health, health_pb2_grpc
 
-from infergw.gateway.app import create_metrics_app, display_host
 from infergw.gateway.lifecycle import AsyncService
 from infergw.gateway.sidecar.grpc_proxy import GrpcProxy
 from infergw.gateway.sidecar.health import UpstreamHealth
 from infergw.gateway.sidecar.http_proxy import HttpProxy
 from infergw.gateway.sidecar.methods import PROTOCOLS
 from infergw.gateway.sidecar.metrics import SidecarMetrics
+from infergw.gateway.sites import AppSite, create_metrics_app, display_host
+from infergw.wire import grpc_channel
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-# gRPC's own receive limit sits this far above ours, so that our check (which names the
-# limit and leaves a server-timing trailer) answers for most oversized messages.
-GRPC_LIMIT_SLACK = 1024 * 1024
-UNLIMITED = -1
 # Reconnect to a restarted upstream within ~2 s (gRPC's default backoff grows to 120 s),
 # e.g. when the sidecar starts before the server next to it.
-UPSTREAM_CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
-    ("grpc.max_send_message_length", UNLIMITED),
-    ("grpc.max_receive_message_length", UNLIMITED),
+FAST_RECONNECT: tuple[grpc_channel.Option, ...] = (
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 2000),
-    ("grpc.use_local_subchannel_pool", 1),
 )
 
 
@@ -72,7 +66,7 @@ class Sidecar(AsyncService):
         self._channel: grpc.aio.Channel | None = None
         self._server: grpc.aio.Server | None = None
         self._http: HttpProxy | None = None
-        self._runners: list[web.AppRunner] = []
+        self._sites: list[AppSite] = []
 
     async def start(self) -> None:
         try:
@@ -95,13 +89,15 @@ class Sidecar(AsyncService):
 
     async def _start_grpc(self) -> None:
         config = self.config
-        self._channel = grpc.aio.insecure_channel(config.upstream, options=UPSTREAM_CHANNEL_OPTIONS)
+        # The sidecar adds no message limit of its own toward the upstream.
+        self._channel = grpc_channel.aio_channel(
+            config.upstream,
+            max_message_bytes=grpc_channel.UNLIMITED,
+            private=True,
+            options=FAST_RECONNECT,
+        )
         server = self._server = grpc.aio.server(
-            options=(
-                ("grpc.max_receive_message_length", config.max_message_bytes + GRPC_LIMIT_SLACK),
-                ("grpc.max_send_message_length", UNLIMITED),
-                ("grpc.so_reuseport", 0),
-            )
+            options=grpc_channel.limited_server_options(config.max_message_bytes)
         )
         # Health first: handlers are consulted in order, and the proxy takes any method.
         servicer = health.aio.HealthServicer()
@@ -121,18 +117,16 @@ class Sidecar(AsyncService):
     async def _serve(
         self, app: web.Application, port: int, handler_cancellation: bool = False
     ) -> str:
-        runner = web.AppRunner(
+        site = AppSite(
             app,
-            access_log=None,
-            handle_signals=False,
+            self.config.host,
+            port,
             handler_cancellation=handler_cancellation,  # a client gone cancels upstream
             auto_decompress=False,  # bodies are forwarded as sent, compressed or not
         )
-        await runner.setup()
-        self._runners.append(runner)
-        site = web.TCPSite(runner, self.config.host, port, reuse_address=True)
         await site.start()
-        return f"{display_host(self.config.host)}:{runner.addresses[-1][1]}"
+        self._sites.append(site)
+        return site.address
 
     async def stop(self) -> None:
         if self.health is not None:
@@ -141,8 +135,8 @@ class Sidecar(AsyncService):
         if self._server is not None:
             await self._server.stop(1.0)
             self._server = None
-        while self._runners:
-            await self._runners.pop().cleanup()
+        while self._sites:
+            await self._sites.pop().stop()
         if self._http is not None:
             await self._http.close()
             self._http = None

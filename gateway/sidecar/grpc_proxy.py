@@ -4,9 +4,10 @@ Requests and replies are never decoded (no (de)serializers on either side), so w
 the upstream receives is byte-for-byte what the client sent and vice versa. Per call
 the sidecar passes on: invocation metadata minus transport headers, the deadline
 (``time_remaining``), cancellation (a client cancel cancels the upstream call), the
-upstream's initial metadata, status code, details and trailing metadata. It adds the
-``server-timing`` trailer (``total``; ``backend`` = the upstream call from start to
-status; ``decode`` = reading the model name, for inference methods), a SERVER span
+upstream's initial metadata, status code, details and trailing metadata. It adds a
+``server-timing`` trailer of its own after the upstream's (``total``; ``backend`` =
+the upstream call from start to status; ``decode`` = reading the model name, for
+inference methods), a SERVER span
 continuing the client's ``traceparent`` with a CLIENT span injected upstream, and
 metrics.
 
@@ -21,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any, NoReturn
 
@@ -34,11 +35,11 @@ from infergw.gateway.sidecar.spans import TRACE_KEYS, proxy_spans
 from infergw.vocab.errors import PayloadTooLarge
 from infergw.vocab.timing import Timings
 from infergw.wire.protowire import WireError, find_string
-from infergw.wire.server_timing import format_server_timing
+from infergw.wire.server_timing import append_server_timing, format_server_timing
+from infergw.wire.status import grpc_status
 
 log = logging.getLogger(__name__)
 
-TIMING_KEY = "server-timing"
 # Metadata the transport sets itself on each hop; everything else travels on.
 HOP_BY_HOP = frozenset(
     {
@@ -61,7 +62,7 @@ Metadata = tuple[tuple[str, str | bytes], ...]
 _NOOP: AbstractContextManager[object] = nullcontext()
 
 
-def forward_metadata(metadata: Sequence[tuple[str, str | bytes]] | None) -> Metadata:
+def forward_metadata(metadata: Iterable[tuple[str, str | bytes]] | None) -> Metadata:
     """The client's metadata minus pseudo and hop-by-hop headers."""
     return tuple((k, v) for k, v in metadata or () if k not in HOP_BY_HOP and not k.startswith(":"))
 
@@ -132,21 +133,21 @@ class _Rpc:
             metrics.observe_inference(self.model, protocol, status, entries)
         return format_server_timing(entries)
 
-    def succeed(self, trailing: Sequence[tuple[str, str | bytes]]) -> None:
-        self.context.set_trailing_metadata((*trailing, (TIMING_KEY, self.finish("OK"))))
+    def succeed(self, trailing: Iterable[tuple[str, str | bytes]] | None) -> None:
+        self.context.set_trailing_metadata(append_server_timing(trailing, self.finish("OK")))
 
     async def fail(self, exc: grpc.aio.AioRpcError) -> NoReturn:
         """Answer with the upstream's status, details and trailers (plus ours)."""
         code, details = exc.code(), exc.details() or ""
         if is_connect_failure(exc):
             details = f"infergw sidecar: upstream {self.proxy.upstream} is unreachable: {details}"
-        trailing = (*(exc.trailing_metadata() or ()), (TIMING_KEY, self.finish(code.name)))
+        trailing = append_server_timing(exc.trailing_metadata(), self.finish(code.name))
         await self.context.abort(code, details, trailing)
         raise AssertionError("abort() returned")  # pragma: no cover
 
     async def reject(self, exc: PayloadTooLarge) -> NoReturn:
-        trailing = ((TIMING_KEY, self.finish("RESOURCE_EXHAUSTED")),)
-        await self.context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, exc.message, trailing)
+        trailing = append_server_timing((), self.finish(exc.grpc_code))
+        await self.context.abort(grpc_status(exc), exc.message, trailing)
         raise AssertionError("abort() returned")  # pragma: no cover
 
     async def pass_initial_metadata(self, call: grpc.aio.Call) -> None:
@@ -206,27 +207,27 @@ class GrpcProxy(grpc.GenericRpcHandler):
         kind = methods.cardinality(method)
         channel = self.channel
         if kind is methods.Cardinality.UNARY_UNARY:
-            stub_uu = channel.unary_unary(method)
+            stub_uu: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(method)
 
             async def unary_unary(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
                 return await self._unary_unary(stub_uu, method, request, context)
 
             return grpc.unary_unary_rpc_method_handler(unary_unary)
         if kind is methods.Cardinality.UNARY_STREAM:
-            stub_us = channel.unary_stream(method)
+            stub_us: grpc.aio.UnaryStreamMultiCallable[bytes, bytes] = channel.unary_stream(method)
 
             async def unary_stream(request: bytes, context: grpc.aio.ServicerContext) -> None:
                 await self._streaming(stub_us, method, request, context)
 
             return grpc.unary_stream_rpc_method_handler(unary_stream)
         if kind is methods.Cardinality.STREAM_UNARY:
-            stub_su = channel.stream_unary(method)
+            stub_su: grpc.aio.StreamUnaryMultiCallable[bytes, bytes] = channel.stream_unary(method)
 
             async def stream_unary(requests: Any, context: grpc.aio.ServicerContext) -> bytes:
                 return await self._stream_unary(stub_su, method, requests, context)
 
             return grpc.stream_unary_rpc_method_handler(stream_unary)
-        stub_ss = channel.stream_stream(method)
+        stub_ss: grpc.aio.StreamStreamMultiCallable[bytes, bytes] = channel.stream_stream(method)
 
         async def stream_stream(requests: Any, context: grpc.aio.ServicerContext) -> None:
             await self._streaming(stub_ss, method, requests, context)
@@ -236,7 +237,7 @@ class GrpcProxy(grpc.GenericRpcHandler):
     # -- the four cardinalities ---------------------------------------------------------
     async def _unary_unary(
         self,
-        stub: grpc.aio.UnaryUnaryMultiCallable,
+        stub: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes],
         method: str,
         request: bytes,
         context: grpc.aio.ServicerContext,
@@ -266,7 +267,7 @@ class GrpcProxy(grpc.GenericRpcHandler):
 
     async def _stream_unary(
         self,
-        stub: grpc.aio.StreamUnaryMultiCallable,
+        stub: grpc.aio.StreamUnaryMultiCallable[bytes, bytes],
         method: str,
         requests: AsyncIterator[bytes],
         context: grpc.aio.ServicerContext,

@@ -37,7 +37,8 @@ _TRANSPORT_FAILURES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXC
 
 
 def _varint_field(payload: bytes, field: int) -> list[int]:
-    return [v for n, t, v in iter_fields(payload) if n == field and t == VARINT]
+    fields = iter_fields(payload)
+    return [v for n, t, v in fields if n == field and t == VARINT and isinstance(v, int)]
 
 
 def tf_model_available(reply: bytes) -> bool:
@@ -137,5 +138,5 @@ class UpstreamHealth:
             return False
 
     async def _call(self, method: str, request: bytes) -> bytes:
-        reply: bytes = await self.channel.unary_unary(method)(request, timeout=CHECK_TIMEOUT_S)
-        return reply
+        rpc: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = self.channel.unary_unary(method)
+        return await rpc(request, timeout=CHECK_TIMEOUT_S)

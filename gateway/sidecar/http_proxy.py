@@ -30,9 +30,10 @@ from multidict import CIMultiDict
 
 from infergw.gateway.sidecar.metrics import SidecarMetrics
 from infergw.gateway.sidecar.spans import TRACE_KEYS, proxy_spans
-from infergw.vocab.errors import PayloadTooLarge
+from infergw.vocab.errors import PayloadTooLarge, Unavailable
 from infergw.vocab.timing import Timings
-from infergw.wire.server_timing import format_server_timing
+from infergw.wire.server_timing import HEADER, format_server_timing
+from infergw.wire.status import ERROR_FOR_HTTP
 
 log = logging.getLogger(__name__)
 
@@ -57,24 +58,19 @@ HOP_BY_HOP = frozenset(
 # aiohttp's client adds these unless told not to; a proxy must send only the client's.
 SKIP_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 INFER_PATH = re.compile(r"^/v2/models/([^/]+)(?:/versions/[^/]+)?/infer$")
-# HTTP status -> the gRPC code name the gateway's metrics use as ``status``.
-STATUS_LABELS = {
-    400: "INVALID_ARGUMENT",
-    404: "NOT_FOUND",
-    413: "RESOURCE_EXHAUSTED",
-    429: "RESOURCE_EXHAUSTED",
-    499: "CANCELLED",
-    501: "UNIMPLEMENTED",
-    502: "UNAVAILABLE",
-    503: "UNAVAILABLE",
-    504: "DEADLINE_EXCEEDED",
-}
+BAD_GATEWAY = 502  # the sidecar's own answer when the upstream dropped the connection
 
 
 def status_label(status: int) -> str:
+    """The gRPC code name the gateway's metrics use as ``status``, by the one table."""
     if status < 400:
         return "OK"
-    return STATUS_LABELS.get(status, "INTERNAL" if status >= 500 else f"HTTP_{status}")
+    if status == BAD_GATEWAY:
+        return Unavailable.grpc_code
+    cls = ERROR_FOR_HTTP.get(status)
+    if cls is not None:
+        return cls.grpc_code
+    return "INTERNAL" if status >= 500 else f"HTTP_{status}"
 
 
 def _forwarded(headers: Any) -> CIMultiDict[str]:
@@ -137,16 +133,16 @@ class HttpProxy:
             status = status_label(response.status)
             return response
         except PayloadTooLarge as exc:
-            status = "RESOURCE_EXHAUSTED"
-            return self._error(413, exc.message, timings)
+            status = exc.grpc_code
+            return self._error(exc.http_status, exc.message, timings)
         except aiohttp.ClientConnectorError as exc:
-            status = "UNAVAILABLE"
+            status = Unavailable.grpc_code
             message = f"infergw sidecar: upstream {self.upstream} is unreachable: {exc}"
-            return self._error(503, message, timings)
+            return self._error(Unavailable.http_status, message, timings)
         except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError) as exc:
-            status = "UNAVAILABLE"
+            status = Unavailable.grpc_code
             message = f"infergw sidecar: upstream {self.upstream} closed the connection: {exc}"
-            return self._error(502, message, timings)
+            return self._error(BAD_GATEWAY, message, timings)
         finally:
             self.metrics.observe_call(f"HTTP {request.method}", status)
             if model is not None:
@@ -206,13 +202,13 @@ class HttpProxy:
             timings.add_since("backend", t0)
             headers.popall("Content-Length", None)  # aiohttp sets it from the body
             timings.add("total", timings.elapsed_ms())
-            headers.add("Server-Timing", format_server_timing(timings.entries))
+            _add_server_timing(headers, timings)
             return web.Response(
                 status=upstream.status, reason=upstream.reason, body=body, headers=headers
             )
         timings.add_since("backend", t0, "headers")
         timings.add("total", timings.elapsed_ms(), "headers")
-        headers.add("Server-Timing", format_server_timing(timings.entries))
+        _add_server_timing(headers, timings)
         response = web.StreamResponse(
             status=upstream.status, reason=upstream.reason, headers=headers
         )
@@ -233,5 +229,10 @@ class HttpProxy:
     def _error(self, status: int, message: str, timings: Timings) -> web.Response:
         timings.add("total", timings.elapsed_ms())
         response = web.json_response({"error": message}, status=status)
-        response.headers["Server-Timing"] = format_server_timing(timings.entries)
+        response.headers[HEADER] = format_server_timing(timings.entries)
         return response
+
+
+def _add_server_timing(headers: CIMultiDict[str], timings: Timings) -> None:
+    """The sidecar's entries as one more header after the upstream's (as on gRPC)."""
+    headers.add(HEADER, format_server_timing(timings.entries))
