@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 
 from aiohttp import web
 
@@ -21,17 +20,9 @@ from infergw.gateway.core.service import InferenceService
 from infergw.gateway.frontends.grpc import GrpcFrontend
 from infergw.gateway.frontends.tfserving import add_tfserving_service
 from infergw.gateway.lifecycle import AsyncService
+from infergw.gateway.sites import AppSite, create_metrics_app, display_host
 
 log = logging.getLogger(__name__)
-
-
-def create_metrics_app(metrics: GatewayMetrics) -> web.Application:
-    async def handle(_: web.Request) -> web.Response:
-        return web.Response(body=metrics.render(), content_type="text/plain", charset="utf-8")
-
-    app = web.Application()
-    app.router.add_get("/metrics", handle)
-    return app
 
 
 class Gateway(AsyncService):
@@ -42,7 +33,7 @@ class Gateway(AsyncService):
         self.service = InferenceService(self.router, self.metrics, config.limits)
         self.addresses: dict[str, str] = {}
         self._grpc: GrpcFrontend | None = None
-        self._runners: list[web.AppRunner] = []
+        self._sites: list[AppSite] = []
 
     async def start(self) -> None:
         from infergw.gateway.frontends.rest import create_rest_app
@@ -55,37 +46,29 @@ class Gateway(AsyncService):
             self.addresses["grpc"] = f"{display_host(listen.host)}:{port}"
             await self._grpc.start()
             rest = create_rest_app(self.service)
-            self.addresses["http"] = await self._serve(rest, listen.host, listen.http_port)
+            self.addresses["http"] = await self._serve(rest, listen.http_port)
             metrics = create_metrics_app(self.metrics)
-            self.addresses["metrics"] = await self._serve(metrics, listen.host, listen.metrics_port)
+            self.addresses["metrics"] = await self._serve(metrics, listen.metrics_port)
         except BaseException:
             await self.stop()
             raise
         log.info("infergw listening: %s", self.addresses)
 
-    async def _serve(self, app: web.Application, host: str, port: int) -> str:
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await runner.setup()
-        self._runners.append(runner)
-        site = web.TCPSite(runner, host, port, reuse_address=True)
+    async def _serve(self, app: web.Application, port: int) -> str:
+        site = AppSite(app, self.config.listen.host, port)
         await site.start()
-        bound = runner.addresses[-1][1]  # the port actually bound (port 0 = a free one)
-        return f"{display_host(host)}:{bound}"
+        self._sites.append(site)
+        return site.address
 
     async def stop(self) -> None:
         if self._grpc is not None:
             await self._grpc.stop()
             self._grpc = None
-        while self._runners:
-            await self._runners.pop().cleanup()
+        while self._sites:
+            await self._sites.pop().stop()
         await self.router.close()
 
 
-def display_host(host: str) -> str:
-    """The address to tell clients for a bind address (a wildcard is reached via loopback)."""
-    return "127.0.0.1" if host in ("0.0.0.0", "") else host
-
-
 def with_ports(config: GatewayConfig, grpc: int, http: int, metrics: int) -> GatewayConfig:
-    listen = replace(config.listen, grpc_port=grpc, http_port=http, metrics_port=metrics)
-    return replace(config, listen=listen)
+    listen = config.listen.replace(grpc_port=grpc, http_port=http, metrics_port=metrics)
+    return config.replace(listen=listen)

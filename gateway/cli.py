@@ -12,23 +12,32 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import signal
 import sys
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
 from pathlib import Path
 
-from infergw.vocab.errors import InferGWError
+from infergw.vocab.errors import InferGWError, InvalidArgument
+
+
+def port_number(text: str) -> int:
+    """An argparse type: 0..65535 (0 binds a free port, reported once bound)."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"not a port number (0..65535): {text!r}")
+    return port
 
 
 def _add_listen_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default=None, help="address to bind (default 0.0.0.0)")
-    parser.add_argument("--grpc-port", type=int, default=None, help="gRPC port (default 8001)")
-    parser.add_argument("--http-port", type=int, default=None, help="HTTP port (default 8000)")
-    parser.add_argument(
-        "--metrics-port", type=int, default=None, help="Prometheus port (default 8002)"
-    )
+    parser.add_argument("--grpc-port", type=port_number, help="gRPC port (default 8001)")
+    parser.add_argument("--http-port", type=port_number, help="HTTP port (default 8000)")
+    parser.add_argument("--metrics-port", type=port_number, help="Prometheus port (default 8002)")
 
 
 def _listen_overrides(args: argparse.Namespace) -> dict[str, object]:
@@ -52,16 +61,21 @@ async def run_until_signal(start: Callable[[asyncio.Event], Awaitable[None]]) ->
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from infergw.gateway.app import Gateway
-    from infergw.gateway.core.config import load_config
+    from infergw.gateway.core.config import config_error, load_config
     from infergw.gateway.telemetry import configure_tracing, shutdown_tracing
 
     config = load_config(args.config)
-    config = replace(config, listen=replace(config.listen, **_listen_overrides(args)))
+    config = config.replace(listen=config.listen.replace(**_listen_overrides(args)))
     configure_tracing(config.tracing)
 
     async def serve(stop: asyncio.Event) -> None:
-        async with Gateway(config) as gateway:
-            print(f"infergw serving: {gateway.addresses}", flush=True)
+        try:
+            gateway = Gateway(config)  # creates the backends, which check their options
+        except InvalidArgument as exc:
+            raise config_error([f"{args.config}: {exc.message}"]) from exc
+        async with gateway:
+            # One JSON line with the bound addresses (ports 0 are resolved by now).
+            print(f"infergw serving: {json.dumps(gateway.addresses)}", flush=True)
             await stop.wait()
 
     try:
@@ -111,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     # Subcommands that live with their subsystem (argparse only; heavy imports are lazy).
-    from infergw.gateway.sidecar.cli import register as register_sidecar
+    from infergw.gateway.sidecar_cli import register as register_sidecar
     from infergw.loadgen.cli import register as register_bench
 
     register_bench(sub)
@@ -127,8 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return int(args.func(args))
-    except InferGWError as exc:
-        print(f"infergw: error: {exc.message}", file=sys.stderr)
+    except InferGWError as exc:  # bad config or arguments: one line per problem, no traceback
+        for line in exc.message.splitlines():
+            print(f"infergw: error: {line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

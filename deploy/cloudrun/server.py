@@ -40,14 +40,18 @@ def build_service(models: tuple[str, ...] | None, limits: LimitsConfig) -> Infer
     """The runtime behind a catch-all route, models loaded now (before we listen)."""
     backend = RuntimeBackend("runtime", models)
     backend.preload()
-    router = Router({"runtime": backend}, [RouteConfig("*", "runtime")], allow_pinning=False)
+    router = Router(
+        {"runtime": backend}, [RouteConfig(model="*", backend="runtime")], allow_pinning=False
+    )
     return InferenceService(router, limits=limits, server_name="infergw-cloudrun")
 
 
 async def serve(env: Mapping[str, str]) -> None:
     models = tuple(m.strip() for m in env.get("INFERGW_MODELS", "").split(",") if m.strip())
     default_limit = LimitsConfig().max_message_bytes
-    limits = LimitsConfig(int(env.get("INFERGW_MAX_MESSAGE_BYTES", default_limit)))
+    limits = LimitsConfig(
+        max_message_bytes=int(env.get("INFERGW_MAX_MESSAGE_BYTES", default_limit))
+    )
     service = build_service(models or None, limits)
     frontend = GrpcFrontend(service, limits.max_message_bytes)
     port = frontend.add_port(f"{env.get('INFERGW_HOST', '0.0.0.0')}:{env.get('PORT', '8080')}")

@@ -34,8 +34,10 @@ def request_bytes(model: str = "identity") -> bytes:
 @pytest.fixture
 async def slow() -> AsyncIterator[tuple[str, EchoBackend]]:
     backend = EchoBackend(delay_s=0.5)
-    cfg = BackendConfig("echo", "echo", max_concurrency=1, max_queue=0)
-    router = Router({"echo": wrap_with_policies(backend, cfg)}, [RouteConfig("identity", "echo")])
+    cfg = BackendConfig(name="echo", kind="echo", max_concurrency=1, max_queue=0)
+    router = Router(
+        {"echo": wrap_with_policies(backend, cfg)}, [RouteConfig(model="identity", backend="echo")]
+    )
     frontend = GrpcFrontend(InferenceService(router), 1 << 20)
     port = frontend.add_port("127.0.0.1:0")
     await frontend.start()

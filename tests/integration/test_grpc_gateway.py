@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
-from dataclasses import replace
 
 import grpc
 import numpy as np
@@ -134,7 +133,7 @@ def test_unknown_model_is_not_found_from_gateway(clients) -> None:  # type: igno
 
 
 def test_over_the_size_limit_names_the_limit(triton: TritonEndpoints) -> None:
-    config = replace(free_ports_config(triton), limits=LimitsConfig(max_message_bytes=1 << 20))
+    config = free_ports_config(triton).replace(limits=LimitsConfig(max_message_bytes=1 << 20))
     gw = GatewayThread(config)
     try:
         client = tgrpc.InferenceServerClient(gw.grpc)
