@@ -14,6 +14,7 @@ this tree once, at theirs, with ``raise ... from exc``::
     ├── ResourceExhausted           (RESOURCE_EXHAUSTED, 429)
     │   ├── PayloadTooLarge         (RESOURCE_EXHAUSTED, 413)  names the limit
     │   └── QueueFull               (RESOURCE_EXHAUSTED, 429)  carries Retry-After
+    │       └── Throttled           (RESOURCE_EXHAUSTED, 429)  the backend's own: retryable
     ├── Unavailable                 (UNAVAILABLE, 503)
     ├── DeadlineExceeded            (DEADLINE_EXCEEDED, 504)
     ├── Cancelled                   (CANCELLED, 499)
@@ -89,6 +90,19 @@ class QueueFull(ResourceExhausted):
     def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class Throttled(QueueFull):
+    """The backend itself refused for capacity (Lambda's 429 ``TooManyRequestsException``).
+
+    Unlike the gateway's own ``QueueFull`` (admission), trying again later may succeed,
+    so the ``Retry`` policy retries it. ``retry_after_hint_s`` is the backend's own
+    Retry-After, None when it sent none (clients then get the default).
+    """
+
+    def __init__(self, message: str, retry_after_hint_s: float | None = None) -> None:
+        super().__init__(message, 1.0 if retry_after_hint_s is None else retry_after_hint_s)
+        self.retry_after_hint_s = retry_after_hint_s
 
 
 class Unavailable(InferGWError):

@@ -1,9 +1,9 @@
 """The backend contract, and the registry that finds backend kinds by entry point.
 
-A backend is one small async object. Policies (admission, deadline, retry...)
+A backend is one small async object. Policies (admission, retry, deadline...)
 wrap a backend and are backends themselves, so they compose::
 
-    Admission(Attempt(TritonBackend(...)))
+    Admission(Retry(Attempt(TritonBackend(...))))
 
 Backend kinds register under the ``infergw.backends`` entry-point group
 (``triton = infergw.backends.triton:TritonBackend``); core never imports them.
@@ -24,27 +24,51 @@ ENTRY_POINT_GROUP = "infergw.backends"
 
 @runtime_checkable
 class Backend(Protocol):
+    """Everything the router (and through it the frontends) calls on a backend.
+
+    Every method raises only ``InferGWError`` subclasses: a backend maps its
+    dependency's errors into the tree once, at its own boundary.
+    """
+
     name: str
+    """The configured name: metric and span labels, ``x-infergw-backend`` pins."""
+
+    @property
+    def native_deadline(self) -> bool:
+        """True when the transport enforces ``ctx.deadline`` itself (a gRPC deadline
+        cancels the call), so ``Attempt`` needs no event-loop timer on top."""
+        ...
 
     async def infer(self, request: InferRequest, ctx: RequestContext) -> InferResponse:
-        """Run one inference. Raises only ``InferGWError`` subclasses."""
+        """Run one inference within ``ctx.deadline``, recording phases in ``ctx.timings``."""
         ...
 
     async def ready(self) -> bool:
-        """Whether the backend can take requests now."""
+        """Whether the backend can take requests now (server readiness)."""
         ...
 
-    async def model_ready(self, model: str, version: str = "") -> bool: ...
+    async def model_ready(self, model: str, version: str = "") -> bool:
+        """Whether ``model`` can be served now."""
+        ...
 
-    async def model_metadata(self, model: str, version: str = "") -> ModelMetadata: ...
+    async def model_metadata(self, model: str, version: str = "") -> ModelMetadata:
+        """Inputs/outputs of ``model``; ``ModelNotFound`` if the backend does not serve it."""
+        ...
 
-    async def close(self) -> None: ...
+    async def model_statistics(self, model: str, version: str = "") -> list[ModelStatistics]:
+        """Aggregate statistics (Triton's extension); ``Unimplemented`` where there are none."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections and clients; the backend is not used afterwards."""
+        ...
 
 
-class BackendBase:
-    """Defaults for the optional parts of the contract; subclasses override."""
+class BackendBase(Backend):
+    """Defaults for the optional parts of the contract; subclasses implement the rest."""
 
     name: str
+    native_deadline: bool = False
 
     async def model_statistics(self, model: str, version: str = "") -> list[ModelStatistics]:
         raise Unimplemented(f"backend {self.name!r} does not report statistics")
@@ -56,7 +80,7 @@ class BackendBase:
 class BackendFactory(Protocol):
     """What an entry point must resolve to (usually the backend class itself)."""
 
-    def from_config(cls, name: str, options: Mapping[str, Any]) -> Backend: ...
+    def from_config(self, name: str, options: Mapping[str, Any]) -> Backend: ...
 
 
 def load_backend_kind(kind: str) -> BackendFactory:

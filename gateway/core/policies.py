@@ -1,55 +1,88 @@
-"""Policies that wrap a backend and are backends themselves.
+"""Policies: backends that wrap a backend, composed from a declared list.
 
-- ``Attempt``: the innermost wrapper. Times one round trip as ``backend``, opens a
-  client span and injects W3C trace context for the backend to send on, and
-  enforces the request deadline (cancelling the backend call when it passes) —
-  unless the backend declares ``native_deadline = True`` because its transport
-  already does exactly that.
 - ``Admission``: a concurrency limit with a bounded FIFO queue in front of it.
   Waiting time is recorded as ``queue``; a full queue or a wait longer than
   ``queue_timeout_s`` is ``QueueFull`` (429 / RESOURCE_EXHAUSTED, Retry-After).
+- ``Retry``: retries what the backend itself throttled (``Throttled``) with
+  full-jitter exponential backoff, never sleeping past the request deadline. The
+  gateway's own ``QueueFull`` (Admission, above it) is never retried.
+- ``Attempt``: the innermost wrapper. Times one round trip as ``backend``
+  (``attempt=N``), opens a client span and injects W3C trace context for the
+  backend to send on, and enforces the request deadline (cancelling the backend
+  call when it passes) — unless the backend's transport does exactly that itself
+  (``native_deadline``).
 
-Everything that is not ``infer`` is delegated unchanged.
+A backend's stack is built from ``DEFAULT_STACK``, outermost first, the way
+starlette builds its middleware stack: Admission holds one slot for the whole
+request, retries included; Retry sits above Attempt so each try is its own attempt.
+Each entry is a factory ``(backend, cfg) -> Backend | None`` (None: not configured,
+skipped), so a new policy is a new entry.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import random
 import time
 from collections import deque
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
 
 from infergw.gateway.core import tracing
 from infergw.gateway.core.backend import Backend
+from infergw.gateway.core.config import BackendConfig
 from infergw.gateway.core.context import RequestContext
-from infergw.vocab.errors import DeadlineExceeded, InferGWError, QueueFull
-from infergw.vocab.types import InferRequest, InferResponse
+from infergw.vocab.errors import DeadlineExceeded, InferGWError, QueueFull, Throttled
+from infergw.vocab.types import InferRequest, InferResponse, ModelMetadata, ModelStatistics
+
+PolicyFactory = Callable[[Backend, BackendConfig], Backend | None]
 
 
-class Wrapper:
-    """Delegates every attribute but ``infer`` to the wrapped backend."""
+class Policy(Backend):
+    """Implements the backend contract by delegating each method to ``inner``.
+
+    Subclasses override ``infer``; everything else reaches the wrapped backend
+    unchanged, spelled out so a type checker sees the whole contract.
+    """
 
     def __init__(self, inner: Backend) -> None:
         self.inner = inner
         self.name = inner.name
 
-    def __getattr__(self, attr: str) -> Any:
-        return getattr(self.inner, attr)
+    @property
+    def native_deadline(self) -> bool:
+        return self.inner.native_deadline
+
+    async def infer(self, request: InferRequest, ctx: RequestContext) -> InferResponse:
+        return await self.inner.infer(request, ctx)
 
     async def ready(self) -> bool:
         return await self.inner.ready()
+
+    async def model_ready(self, model: str, version: str = "") -> bool:
+        return await self.inner.model_ready(model, version)
+
+    async def model_metadata(self, model: str, version: str = "") -> ModelMetadata:
+        return await self.inner.model_metadata(model, version)
+
+    async def model_statistics(self, model: str, version: str = "") -> list[ModelStatistics]:
+        return await self.inner.model_statistics(model, version)
 
     async def close(self) -> None:
         await self.inner.close()
 
 
-class Attempt(Wrapper):
+class Attempt(Policy):
     def __init__(self, inner: Backend, timeout_s: float | None = None) -> None:
         super().__init__(inner)
         self.timeout_s = timeout_s
         # A backend whose transport enforces ctx.deadline itself (gRPC deadlines cancel the
         # call) needs no event-loop timer on top: that timer was a fifth of our overhead.
-        self.native_deadline = bool(getattr(inner, "native_deadline", False))
+        self._inner_native = inner.native_deadline
+
+    @property
+    def native_deadline(self) -> bool:
+        return True  # enforced here, natively or by a timer
 
     async def infer(self, request: InferRequest, ctx: RequestContext) -> InferResponse:
         ctx.with_timeout(self.timeout_s)
@@ -60,7 +93,7 @@ class Attempt(Wrapper):
         t0 = time.perf_counter()
         with tracing.backend_span(self.name, request.model, attempt, ctx.headers) as span:
             try:
-                if ctx.deadline is None or self.native_deadline:
+                if ctx.deadline is None or self._inner_native:
                     return await self.inner.infer(request, ctx)
                 async with asyncio.timeout_at(_loop_time(ctx.deadline)):
                     return await self.inner.infer(request, ctx)
@@ -80,7 +113,77 @@ def _loop_time(monotonic_deadline: float) -> float:
     return loop.time() + (monotonic_deadline - time.monotonic())
 
 
-class Admission(Wrapper):
+class Retry(Policy):
+    """Retries ``Throttled`` with full-jitter backoff within the deadline.
+
+    Try ``n`` (from 0) waits ``uniform(0, min(max_s, base_s * 2**n))``, at least the
+    backend's Retry-After hint; a wait that would reach the deadline is not taken
+    (the throttling error goes to the client). The waits of one request are one
+    ``queue`` entry, ``backend=NAME;throttled=N`` (N retries), because waiting out
+    throttling is waiting for the backend's capacity. The response also gets
+    ``parameter: N`` (``KIND.throttled_retries``; a raw pass-through response, sent as
+    the backend's bytes, carries the count in the timing only). ``uniform`` and
+    ``sleep`` are the jitter and the wait, replaceable so tests need not sleep.
+    """
+
+    def __init__(
+        self,
+        inner: Backend,
+        max_retries: int,
+        base_s: float,
+        max_s: float,
+        *,
+        parameter: str = "",
+        uniform: Callable[[float, float], float] = random.uniform,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        super().__init__(inner)
+        self.max_retries = max_retries
+        self.base_s = base_s
+        self.max_s = max_s
+        self.parameter = parameter
+        self._uniform = uniform
+        self._sleep = sleep
+
+    async def infer(self, request: InferRequest, ctx: RequestContext) -> InferResponse:
+        retries = 0
+        waited_ms = 0.0
+        try:
+            while True:
+                try:
+                    response = await self.inner.infer(request, ctx)
+                except Throttled as exc:
+                    delay = self._delay(retries, exc, ctx)
+                    if delay is None:
+                        raise
+                    retries += 1
+                    t0 = time.perf_counter()
+                    try:
+                        await self._sleep(delay)
+                    finally:
+                        waited_ms += (time.perf_counter() - t0) * 1000.0
+                    continue
+                if retries and self.parameter:
+                    params = {**response.parameters, self.parameter: retries}
+                    response = dataclasses.replace(response, parameters=params)
+                return response
+        finally:
+            if retries:
+                ctx.timings.add("queue", waited_ms, f"backend={self.name};throttled={retries}")
+
+    def _delay(self, retries: int, exc: Throttled, ctx: RequestContext) -> float | None:
+        """The wait before the next try, or None to give up."""
+        if retries >= self.max_retries:
+            return None
+        delay = self._uniform(0.0, min(self.max_s, self.base_s * 2.0 ** min(retries, 64)))
+        if exc.retry_after_hint_s is not None:
+            delay = max(delay, exc.retry_after_hint_s)
+        if ctx.deadline is not None and delay >= ctx.deadline - time.monotonic():
+            return None
+        return delay
+
+
+class Admission(Policy):
     def __init__(
         self,
         inner: Backend,
@@ -149,3 +252,46 @@ class Admission(Wrapper):
                 waiter.set_result(None)  # the slot passes straight to the next waiter
                 return
         self.in_flight -= 1
+
+
+def admission(backend: Backend, cfg: BackendConfig) -> Backend:
+    """``max_concurrency`` / ``max_queue`` / ``queue_timeout_ms``: always configured."""
+    return Admission(
+        backend,
+        max_concurrency=cfg.max_concurrency,
+        max_queue=cfg.max_queue,
+        queue_timeout_s=cfg.queue_timeout_ms / 1000.0,
+    )
+
+
+def retry(backend: Backend, cfg: BackendConfig) -> Backend | None:
+    """``retry: {max_retries, base_ms, max_ms}``; absent: no retries."""
+    if cfg.retry is None:
+        return None
+    return Retry(
+        backend,
+        max_retries=cfg.retry.max_retries,
+        base_s=cfg.retry.base_ms / 1000.0,
+        max_s=cfg.retry.max_ms / 1000.0,
+        parameter=f"{cfg.kind}.throttled_retries",
+    )
+
+
+def attempt(backend: Backend, cfg: BackendConfig) -> Backend:
+    """``timeout_ms``: the per-request backend deadline (the client's, if shorter)."""
+    timeout_s = None if cfg.timeout_ms is None else cfg.timeout_ms / 1000.0
+    return Attempt(backend, timeout_s=timeout_s)
+
+
+DEFAULT_STACK: tuple[PolicyFactory, ...] = (admission, retry, attempt)
+
+
+def build_stack(
+    backend: Backend, cfg: BackendConfig, stack: Sequence[PolicyFactory] = DEFAULT_STACK
+) -> Backend:
+    """Wrap ``backend`` in the policies of ``stack``, listed outermost first."""
+    for factory in reversed(stack):
+        wrapped = factory(backend, cfg)
+        if wrapped is not None:
+            backend = wrapped
+    return backend

@@ -12,20 +12,14 @@ from collections.abc import Mapping, Sequence
 from infergw.gateway.core.backend import Backend, create_backend
 from infergw.gateway.core.config import WILDCARD, BackendConfig, GatewayConfig, RouteConfig
 from infergw.gateway.core.context import RequestContext
-from infergw.gateway.core.policies import Admission, Attempt
+from infergw.gateway.core.policies import DEFAULT_STACK, build_stack
 from infergw.vocab.errors import InvalidArgument, ModelNotFound
 from infergw.vocab.types import InferRequest, InferResponse, ModelMetadata, ModelStatistics
 
 
 def wrap_with_policies(backend: Backend, cfg: BackendConfig) -> Backend:
-    timeout_s = None if cfg.timeout_ms is None else cfg.timeout_ms / 1000.0
-    attempt = Attempt(backend, timeout_s=timeout_s)
-    return Admission(
-        attempt,
-        max_concurrency=cfg.max_concurrency,
-        max_queue=cfg.max_queue,
-        queue_timeout_s=cfg.queue_timeout_ms / 1000.0,
-    )
+    """The policy stack every configured backend gets (``policies.DEFAULT_STACK``)."""
+    return build_stack(backend, cfg, DEFAULT_STACK)
 
 
 class Router:
