@@ -1,5 +1,11 @@
 """Prometheus histograms per phase, labelled by model, backend, protocol and status.
 
+``infergw_requests_total`` counts every inference request, whatever its outcome, and
+every other call (metadata, readiness, statistics...) that failed, so that an error on
+any method shows up with its status. Labels stay bounded: a model without a route of
+its own is ``_other``, a call no backend answered has backend ``none``, and protocol and
+status come from fixed sets (``InferenceService.finish`` / ``count_failed``).
+
 Observing is on every request's path, so the histograms here are plain counters
 updated from the event loop (no locks: one thread owns them) and exposed through
 a prometheus_client collector in the standard text format. One ``GatewayMetrics``
@@ -72,7 +78,9 @@ class GatewayMetrics(Collector):
                 cumulative.append((_bound(bound), running))
             phase.add_metric(list(key), cumulative, histogram.sum)
         yield phase
-        requests = CounterMetricFamily("infergw_requests", "Inference requests", labels=LABELS)
+        requests = CounterMetricFamily(
+            "infergw_requests", "Inference requests, and other calls that failed", labels=LABELS
+        )
         for labels, count in list(self._requests.items()):
             requests.add_metric(list(labels), count)
         yield requests

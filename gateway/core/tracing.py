@@ -4,7 +4,8 @@ Core code never configures an SDK. Without one, every function here returns a
 shared no-op context manager (``enabled()`` is False), so the hot path pays almost
 nothing, and a client's ``traceparent`` still reaches the backend because the
 service copies it into ``ctx.headers``. The CLI installs the SDK
-(``infergw.gateway.telemetry``); tests install an in-memory exporter.
+(``infergw.gateway.telemetry``); tests install an in-memory exporter for one test
+(``span_exporter`` in tests/conftest.py).
 
 Span layout per request::
 
@@ -12,6 +13,10 @@ Span layout per request::
     ├── decode / encode           INTERNAL (REST frontend)
     └── backend {name}            CLIENT  one per attempt; its context is injected into
                                           the backend call, so the backend's spans join
+
+Every other call (metadata, readiness, statistics, the stream as a whole...) gets a
+SERVER span of its own from the frontend's error boundary (``call_span``). A failure
+is marked with ``record_error``: status ERROR and the exception's type, never its text.
 """
 
 from __future__ import annotations
@@ -41,15 +46,56 @@ def enabled() -> bool:
 def server_span(
     model: str, protocol: str, carrier: Mapping[str, str]
 ) -> AbstractContextManager[Span]:
-    """The per-request SERVER span, continuing any W3C context in ``carrier``."""
+    """The per-request SERVER span, continuing any W3C context in ``carrier``.
+
+    ``model`` may be "" until the request is decoded (then ``set_model``). An exception
+    leaving the span sets its status; its text is not recorded (it may hold secrets).
+    """
     if not enabled():
         return _NOOP
     return trace.get_tracer(_TRACER_NAME).start_as_current_span(
-        f"infer {model}",
+        f"infer {model}" if model else "infer",
         context=propagate.extract(carrier),
         kind=SpanKind.SERVER,
         attributes={"infergw.model": model, "rpc.system": protocol},
+        record_exception=False,
     )
+
+
+def set_model(span: Span, model: str) -> None:
+    """Name a server span once the request is decoded (it is opened before, to cover decoding)."""
+    if span.is_recording():
+        span.update_name(f"infer {model}")
+        span.set_attribute("infergw.model", model)
+
+
+def call_span(name: str, protocol: str, carrier: Mapping[str, str]) -> AbstractContextManager[Span]:
+    """The SERVER span of one call other than an inference, e.g. ``ModelMetadata``.
+
+    Not made current: such calls start no child spans, and a stream's span stays open
+    across the yields of an async generator, where attaching a context is unsafe.
+    An exception leaving the block marks the span.
+    """
+    if not enabled():
+        return _NOOP
+    return _call_span(name, protocol, carrier)
+
+
+@contextmanager
+def _call_span(name: str, protocol: str, carrier: Mapping[str, str]) -> Iterator[Span]:
+    span = trace.get_tracer(_TRACER_NAME).start_span(
+        name,
+        context=propagate.extract(carrier),
+        kind=SpanKind.SERVER,
+        attributes={"rpc.system": protocol, "rpc.method": name},
+    )
+    try:
+        yield span
+    except BaseException as exc:
+        record_error(span, exc)
+        raise
+    finally:
+        span.end()
 
 
 def phase_span(name: str, **attributes: str) -> AbstractContextManager[Span]:

@@ -5,6 +5,13 @@ Wire-compatible with ``tritonclient.grpc``. ModelInfer is registered with no
 keeps them so a backend speaking the same protocol can forward them unchanged;
 a response the backend returns undecoded is sent on as is. The Server-Timing
 split goes in the ``server-timing`` trailing metadata, errors included.
+
+Every method is registered through one error boundary (``unary_method``,
+``infer_method``, ``stream_method``; the TF Serving frontend uses them too), the
+outermost code of each call, as starlette's ServerErrorMiddleware is for HTTP: an
+``InferGWError`` becomes its own status; anything else INTERNAL with a generic
+message carrying an error id that is logged with the traceback
+(``InferenceService.error_of``); a failed call is counted and marked on its span.
 """
 
 from __future__ import annotations
@@ -12,27 +19,34 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import NoReturn, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError, Message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
-from infergw.gateway.core.service import InferenceService
+from infergw.gateway.core import tracing
+from infergw.gateway.core.service import PIN_HEADER, InferenceService
 from infergw.proto import grpc_service_pb2 as pb
 from infergw.proto._pool import POOL
-from infergw.vocab.errors import InferGWError, QueueFull
-from infergw.vocab.timing import Timings
+from infergw.vocab.errors import InferGWError, InvalidArgument, QueueFull
 from infergw.vocab.types import InferRequest, InferResponse
-from infergw.wire import oip_proto
+from infergw.wire import grpc_channel, oip_proto
 from infergw.wire.server_timing import format_server_timing
+from infergw.wire.status import grpc_status
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = "inference.GRPCInferenceService"
+PROTOCOL = "grpc"
+STREAM_PROTOCOL = "grpc-stream"
 HEALTH_POLL_S = 2.0
+TIMING_KEY = "server-timing"
+
+Context = grpc.aio.ServicerContext
+M = TypeVar("M", bound=Message)
 
 
 def _identity(payload: bytes) -> bytes:
@@ -43,92 +57,63 @@ class OipServicer:
     def __init__(self, service: InferenceService) -> None:
         self.service = service
 
-    # -- inference ---------------------------------------------------------------
-    async def model_infer(self, payload: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        return await serve_infer(
-            self.service,
-            context,
-            payload,
-            protocol="grpc",
-            encoding=oip_proto.ENCODING,
-            decode=_decode_oip,
-            encode=_encode_oip,
-        )
-
+    # -- inference (ModelInfer is ``infer_method``: the lifecycle, no servicer frame) ----
     async def model_stream_infer(
-        self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+        self, requests: AsyncIterator[bytes], context: Context
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
-        """Each request is answered in order; errors go in ``error_message``, as Triton does."""
+        """Each request is answered in order; errors go in ``error_message``, as Triton does.
+
+        Each message runs the same lifecycle as ModelInfer (``InferenceService.serve``);
+        its Server-Timing goes in the response's ``server-timing`` parameter.
+        """
         headers = invocation_headers(context)
+        service = self.service
         async for payload in requests:
-            ctx = self.service.new_context("grpc-stream", headers)
-            model, status = "", "OK"
-            try:
-                with ctx.timings.measure("decode"):
-                    self.service.check_size(len(payload))
-                    request = oip_proto.request_from_proto(oip_proto.parse_request(payload))
-                    model = request.model
-                    self.service.validate(request)
-                response = await self.service.infer(request, ctx)
-                with ctx.timings.measure("encode"):
-                    reply = pb.ModelStreamInferResponse(
-                        infer_response=oip_proto.response_to_proto(response)
-                    )
-            except InferGWError as exc:
-                status = exc.grpc_code
-                reply = pb.ModelStreamInferResponse(error_message=exc.message)
-            entries = self.service.finish(model, ctx, status)
-            if status == "OK":
-                timing = reply.infer_response.parameters["server-timing"]
-                timing.string_param = format_server_timing(entries)
-            yield reply
+            ctx = service.new_context(STREAM_PROTOCOL, headers)
+            result, entries = await service.serve(ctx, payload, _decode_oip, _encode_stream)
+            if isinstance(result, InferGWError):
+                yield pb.ModelStreamInferResponse(error_message=result.message)
+                continue
+            timing = result.infer_response.parameters[TIMING_KEY]
+            timing.string_param = format_server_timing(entries)
+            yield result
 
     # -- health and metadata ---------------------------------------------------------
-    async def server_live(
-        self, request: pb.ServerLiveRequest, context: Any
-    ) -> pb.ServerLiveResponse:
+    async def server_live(self, request: pb.ServerLiveRequest, context: Context) -> Message:
         return pb.ServerLiveResponse(live=True)
 
-    async def server_ready(
-        self, request: pb.ServerReadyRequest, context: Any
-    ) -> pb.ServerReadyResponse:
+    async def server_ready(self, request: pb.ServerReadyRequest, context: Context) -> Message:
         return pb.ServerReadyResponse(ready=await self.service.server_ready())
 
-    async def model_ready(
-        self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext
-    ) -> pb.ModelReadyResponse:
+    async def model_ready(self, request: pb.ModelReadyRequest, context: Context) -> Message:
         pinned = _pinned(context)
         ready = await self.service.router.model_ready(request.name, request.version, pinned)
         return pb.ModelReadyResponse(ready=ready)
 
-    async def server_metadata(
-        self, request: pb.ServerMetadataRequest, context: Any
-    ) -> pb.ServerMetadataResponse:
+    async def server_metadata(self, request: pb.ServerMetadataRequest, context: Context) -> Message:
         return pb.ServerMetadataResponse(
             name=self.service.server_name,
             version=self.service.version,
             extensions=self.service.extensions,
         )
 
-    async def model_metadata(
-        self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext
-    ) -> pb.ModelMetadataResponse:
+    async def model_metadata(self, request: pb.ModelMetadataRequest, context: Context) -> Message:
         meta = await self.service.router.model_metadata(
             request.name, request.version, _pinned(context)
         )
         return oip_proto.metadata_to_proto(meta)
 
     async def model_statistics(
-        self, request: pb.ModelStatisticsRequest, context: grpc.aio.ServicerContext
-    ) -> pb.ModelStatisticsResponse:
+        self, request: pb.ModelStatisticsRequest, context: Context
+    ) -> Message:
         stats = await self.service.router.model_statistics(
             request.name, request.version, _pinned(context)
         )
         return oip_proto.statistics_to_proto(stats)
 
     async def repository_index(
-        self, request: pb.RepositoryIndexRequest, context: Any
-    ) -> pb.RepositoryIndexResponse:
+        self, request: pb.RepositoryIndexRequest, context: Context
+    ) -> Message:
         reply = pb.RepositoryIndexResponse()
         for name in self.service.router.model_names():
             ready = await self.service.router.model_ready(name)
@@ -138,7 +123,7 @@ class OipServicer:
         return reply
 
 
-def invocation_headers(context: grpc.aio.ServicerContext) -> dict[str, str]:
+def invocation_headers(context: Context) -> dict[str, str]:
     """The call's text metadata, keys lower-cased (what ``new_context`` reads)."""
     return {k.lower(): v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
 
@@ -151,113 +136,194 @@ def _encode_oip(response: InferResponse, request: InferRequest) -> bytes:
     return oip_proto.encode_response(response)
 
 
-async def serve_infer(
-    service: InferenceService,
-    context: grpc.aio.ServicerContext,
-    payload: bytes,
-    *,
-    protocol: str,
-    encoding: str,
-    decode: Callable[[bytes], InferRequest],
-    encode: Callable[[InferResponse, InferRequest], bytes],
-) -> bytes:
-    """One unary inference RPC, raw request bytes in, raw response bytes out.
-
-    The lifecycle every gRPC inference frontend shares (OIP ModelInfer, TF Serving
-    Predict): the client's deadline and trace context, decode + validate, the routed
-    call, encode, and the ``server-timing`` trailer on every outcome — errors mapped
-    once to their gRPC status (QueueFull adds ``retry-after``), a cancelled call still
-    counted. ``encoding`` names the raw form a backend may hand back untouched.
-    Phases are timed with perf_counter pairs, not context managers: this is the
-    per-request hot path and every microsecond here is gateway overhead.
-    """
-    timings = Timings()
-    ctx = service.new_context(
-        protocol, invocation_headers(context), context.time_remaining(), timings
-    )
-    ctx.accepts_raw = encoding
-    model, status = "", "CANCELLED"
-    try:
-        try:
-            service.check_size(len(payload))
-            request = decode(payload)
-            model = request.model
-            service.validate(request)
-        finally:
-            timings.add_since("decode", timings.started)
-        with service.server_span(model, ctx):
-            response = await service.infer(request, ctx)
-            encode_t0 = time.perf_counter()
-            body = encode(response, request)
-            timings.add_since("encode", encode_t0)
-        status = "OK"
-    except InferGWError as exc:
-        status = exc.grpc_code
-        trailer = [("server-timing", format_server_timing(service.finish(model, ctx, status)))]
-        if isinstance(exc, QueueFull):
-            trailer.append(("retry-after", str(math.ceil(exc.retry_after_s))))
-        await context.abort(grpc.StatusCode[exc.grpc_code], exc.message, tuple(trailer))
-    except Exception:
-        status = "INTERNAL"
-        log.exception("unexpected error in %s inference for model %r", protocol, model)
-        trailer_value = format_server_timing(service.finish(model, ctx, status))
-        await context.abort(
-            grpc.StatusCode.INTERNAL, "internal error", (("server-timing", trailer_value),)
-        )
-    finally:
-        if status == "CANCELLED":  # the client went away; still count it
-            service.finish(model, ctx, status)
-    context.set_trailing_metadata(
-        (("server-timing", format_server_timing(service.finish(model, ctx, status))),)
-    )
-    return body
+def _encode_stream(response: InferResponse, request: InferRequest) -> pb.ModelStreamInferResponse:
+    return pb.ModelStreamInferResponse(infer_response=oip_proto.response_to_proto(response))
 
 
-def _pinned(context: grpc.aio.ServicerContext) -> str | None:
+def _pinned(context: Context) -> str | None:
     for key, value in context.invocation_metadata() or ():
-        if key.lower() == "x-infergw-backend" and isinstance(value, str):
+        if key.lower() == PIN_HEADER and isinstance(value, str):
             return value
     return None
 
 
-Handler = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+# -- the error boundary ---------------------------------------------------------------------
 
 
-def _unary(handler: Handler, request_cls: Any) -> grpc.RpcMethodHandler:
-    """A typed unary handler whose core errors become gRPC statuses."""
+async def abort(
+    context: Context, error: InferGWError, trailer: Sequence[tuple[str, str]] = ()
+) -> NoReturn:
+    """End the call with ``error``'s status and message (QueueFull: plus ``retry-after``)."""
+    metadata = tuple(trailer)
+    if isinstance(error, QueueFull):
+        metadata += (("retry-after", str(math.ceil(error.retry_after_s))),)
+    await context.abort(grpc_status(error), error.message, metadata)
 
-    async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+
+def parser(request_cls: type[M]) -> Callable[[bytes], M]:
+    """Parse a request message; malformed bytes are INVALID_ARGUMENT, in our words."""
+
+    def parse(payload: bytes) -> M:
         try:
-            return await handler(request, context)
-        except InferGWError as exc:
-            await context.abort(grpc.StatusCode[exc.grpc_code], exc.message)
+            return request_cls.FromString(payload)
+        except DecodeError as exc:
+            raise InvalidArgument(f"malformed {request_cls.DESCRIPTOR.name}") from exc
+
+    return parse
+
+
+def unary_method(
+    service: InferenceService,
+    protocol: str,
+    method: str,
+    handler: Callable[[M, Context], Awaitable[Message]],
+    parse: Callable[[bytes], M],
+    model_of: Callable[[M], str] | None = None,
+) -> grpc.RpcMethodHandler:
+    """A typed unary method behind the boundary, under a SERVER span of its own.
+
+    The request is parsed (``parse``, usually ``parser(RequestType)``) and the reply
+    serialized inside the boundary, so neither can fail outside it. ``model_of`` names
+    the model a request is about, for the metric label of a failed call.
+    """
+
+    async def guarded(payload: bytes, context: Context) -> bytes:
+        model = ""
+        with tracing.call_span(method, protocol, invocation_headers(context)) as span:
+            try:
+                request = parse(payload)
+                if model_of is not None:
+                    model = model_of(request)
+                reply = await handler(request, context)
+                return reply.SerializeToString()
+            except grpc.aio.AbortError:
+                raise
+            except Exception as exc:
+                error = service.error_of(exc, protocol, method, model)
+                tracing.record_error(span, exc)
+        service.count_failed(model, protocol, error.grpc_code)
+        await abort(context, error)
 
     return grpc.unary_unary_rpc_method_handler(
-        wrapped,
-        request_deserializer=request_cls.FromString,
-        response_serializer=lambda m: m.SerializeToString(),
+        guarded, request_deserializer=_identity, response_serializer=_identity
+    )
+
+
+def infer_method(
+    service: InferenceService,
+    protocol: str,
+    method: str,
+    *,
+    encoding: str,
+    decode: Callable[[bytes], InferRequest],
+    encode: Callable[[InferResponse, InferRequest], bytes],
+) -> grpc.RpcMethodHandler:
+    """A unary inference method, raw request bytes in, raw response bytes out.
+
+    Shared by every gRPC inference frontend (OIP ModelInfer, TF Serving Predict): the
+    client's deadline and trace context go into the request's context, the lifecycle
+    is ``InferenceService.serve`` (which counts, times, traces and maps the request's
+    errors), and the ``server-timing`` trailer goes out on every outcome (QueueFull
+    adds ``retry-after``). ``encoding`` names the raw form a backend may hand back
+    untouched. The boundary here catches only what escapes the lifecycle; no span or
+    context manager of its own, no extra frame: this is the hot path.
+    """
+
+    async def guarded(payload: bytes, context: Context) -> bytes:
+        try:
+            headers = invocation_headers(context)
+            ctx = service.new_context(protocol, headers, context.time_remaining())
+            ctx.accepts_raw = encoding
+            result, entries = await service.serve(ctx, payload, decode, encode)
+            trailer = ((TIMING_KEY, format_server_timing(entries)),)
+            if isinstance(result, InferGWError):
+                await abort(context, result, trailer)
+            context.set_trailing_metadata(trailer)
+            return result
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            error = service.error_of(exc, protocol, method)
+        service.count_failed("", protocol, error.grpc_code)
+        await abort(context, error)
+
+    return grpc.unary_unary_rpc_method_handler(
+        guarded, request_deserializer=_identity, response_serializer=_identity
+    )
+
+
+def stream_method(
+    service: InferenceService,
+    protocol: str,
+    method: str,
+    handler: Callable[[AsyncIterator[bytes], Context], AsyncIterator[Message]],
+) -> grpc.RpcMethodHandler:
+    """A bidirectional stream of raw requests behind the boundary, one span for the stream.
+
+    Each message's own errors are answered in the stream by the handler; an exception
+    escaping it ends the stream with a status, as for a unary call.
+    """
+
+    async def guarded(requests: AsyncIterator[bytes], context: Context) -> AsyncIterator[bytes]:
+        with tracing.call_span(method, protocol, invocation_headers(context)) as span:
+            try:
+                async for reply in handler(requests, context):
+                    yield reply.SerializeToString()
+                return
+            except grpc.aio.AbortError:
+                raise
+            except Exception as exc:
+                error = service.error_of(exc, protocol, method)
+                tracing.record_error(span, exc)
+        service.count_failed("", protocol, error.grpc_code)
+        await abort(context, error)
+
+    return grpc.stream_stream_rpc_method_handler(
+        guarded, request_deserializer=_identity, response_serializer=_identity
     )
 
 
 def generic_handler(servicer: OipServicer) -> grpc.GenericRpcHandler:
+    service = servicer.service
+
+    def unary(
+        method: str,
+        handler: Callable[[M, Context], Awaitable[Message]],
+        request_cls: type[M],
+        model_of: Callable[[M], str] | None = None,
+    ) -> grpc.RpcMethodHandler:
+        return unary_method(service, PROTOCOL, method, handler, parser(request_cls), model_of)
+
+    s = servicer
     return grpc.method_handlers_generic_handler(
         SERVICE_NAME,
         {
-            "ModelInfer": grpc.unary_unary_rpc_method_handler(
-                servicer.model_infer, request_deserializer=_identity, response_serializer=_identity
+            "ModelInfer": infer_method(
+                service,
+                PROTOCOL,
+                "ModelInfer",
+                encoding=oip_proto.ENCODING,
+                decode=_decode_oip,
+                encode=_encode_oip,
             ),
-            "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(
-                servicer.model_stream_infer,
-                request_deserializer=_identity,
-                response_serializer=lambda m: m.SerializeToString(),
+            "ModelStreamInfer": stream_method(
+                service, STREAM_PROTOCOL, "ModelStreamInfer", s.model_stream_infer
             ),
-            "ServerLive": _unary(servicer.server_live, pb.ServerLiveRequest),
-            "ServerReady": _unary(servicer.server_ready, pb.ServerReadyRequest),
-            "ModelReady": _unary(servicer.model_ready, pb.ModelReadyRequest),
-            "ServerMetadata": _unary(servicer.server_metadata, pb.ServerMetadataRequest),
-            "ModelMetadata": _unary(servicer.model_metadata, pb.ModelMetadataRequest),
-            "ModelStatistics": _unary(servicer.model_statistics, pb.ModelStatisticsRequest),
-            "RepositoryIndex": _unary(servicer.repository_index, pb.RepositoryIndexRequest),
+            "ServerLive": unary("ServerLive", s.server_live, pb.ServerLiveRequest),
+            "ServerReady": unary("ServerReady", s.server_ready, pb.ServerReadyRequest),
+            "ModelReady": unary(
+                "ModelReady", s.model_ready, pb.ModelReadyRequest, lambda r: r.name
+            ),
+            "ServerMetadata": unary("ServerMetadata", s.server_metadata, pb.ServerMetadataRequest),
+            "ModelMetadata": unary(
+                "ModelMetadata", s.model_metadata, pb.ModelMetadataRequest, lambda r: r.name
+            ),
+            "ModelStatistics": unary(
+                "ModelStatistics", s.model_statistics, pb.ModelStatisticsRequest, lambda r: r.name
+            ),
+            "RepositoryIndex": unary(
+                "RepositoryIndex", s.repository_index, pb.RepositoryIndexRequest
+            ),
         },
     )
 
@@ -274,16 +340,16 @@ def _register_reflection_descriptors() -> None:
 class GrpcFrontend:
     """The gRPC server: OIP service, grpc.health.v1 (following backend readiness), reflection."""
 
-    def __init__(self, service: InferenceService, max_message_bytes: int) -> None:
+    def __init__(
+        self,
+        service: InferenceService,
+        max_message_bytes: int,
+        health_poll_s: float = HEALTH_POLL_S,
+    ) -> None:
         self.service = service
-        # gRPC's own limit sits above ours so that our check, which names the limit, answers.
-        limit = max_message_bytes + 1024 * 1024
+        self.health_poll_s = health_poll_s
         self.server = grpc.aio.server(
-            options=(
-                ("grpc.max_receive_message_length", limit),
-                ("grpc.max_send_message_length", 1 << 30),
-                ("grpc.so_reuseport", 0),
-            )
+            options=grpc_channel.limited_server_options(max_message_bytes)
         )
         self.server.add_generic_rpc_handlers((generic_handler(OipServicer(service)),))
         self.health = health.aio.HealthServicer()
@@ -314,10 +380,23 @@ class GrpcFrontend:
         await self.server.stop(grace_s)
 
     async def _follow_readiness(self) -> None:
+        """grpc.health.v1 follows the backends' readiness, polled every ``health_poll_s``.
+
+        A readiness check that fails is NOT_SERVING (logged when it starts failing),
+        never the end of this task: health would otherwise freeze at its last value.
+        """
         serving = health_pb2.HealthCheckResponse.SERVING
         not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
+        failing = False
         while True:
-            status = serving if await self.service.server_ready() else not_serving
+            try:
+                ready = await self.service.server_ready()
+                failing = False
+            except Exception:
+                if not failing:
+                    log.exception("readiness check failed; health reports NOT_SERVING")
+                ready, failing = False, True
+            status = serving if ready else not_serving
             for name in ("", SERVICE_NAME):
                 await self.health.set(name, status)
-            await asyncio.sleep(HEALTH_POLL_S)
+            await asyncio.sleep(self.health_poll_s)

@@ -3,7 +3,11 @@
 Handlers are thin: the wire work lives in ``oip_json``, the request flow in
 ``InferenceService`` (see its module docstring). Every error leaves in OIP's shape,
 ``{"error": "<message>"}`` with the error's HTTP status; infer responses, errors
-included, carry the gateway's ``Server-Timing`` breakdown.
+included, carry the gateway's ``Server-Timing`` breakdown. One middleware, the
+outermost, is the error boundary of every route (starlette's ServerErrorMiddleware):
+an unexpected exception is a 500 whose message carries an error id that is logged
+with the traceback, never the exception's text; failed calls are counted and their
+span marked. The infer handler answers its own errors (for Server-Timing) the same way.
 
 Request bodies may be gzip/deflate compressed (``tritonclient.http`` can do that):
 aiohttp inflates them, and the size limit applies to the inflated body. Responses
@@ -21,6 +25,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from aiohttp import web
+from opentelemetry.trace import Span
 
 from infergw.gateway.core import tracing
 from infergw.gateway.core.context import RequestContext
@@ -31,11 +36,13 @@ from infergw.vocab.errors import (
     PayloadTooLarge,
     QueueFull,
 )
-from infergw.vocab.types import InferRequest, ModelMetadata, ModelStatistics, TensorSpec
+from infergw.vocab.types import InferRequest
 from infergw.wire.oip_json import (
     HEADER_LENGTH,
     decode_infer_request,
     encode_infer_response,
+    metadata_to_json,
+    statistics_to_json,
 )
 from infergw.wire.server_timing import format_server_timing
 
@@ -51,9 +58,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 def create_rest_app(service: InferenceService) -> web.Application:
     # aiohttp rejects bodies strictly larger than client_max_size, as check_size does.
-    app = web.Application(
-        client_max_size=service.limits.max_message_bytes, middlewares=[_errors_middleware]
-    )
+    app = web.Application(client_max_size=service.limits.max_message_bytes, middlewares=[_boundary])
     app[SERVICE] = service
     app.router.add_get("/v2/health/live", _live)
     app.router.add_get("/v2/health/ready", _ready)
@@ -78,17 +83,14 @@ async def _infer(request: web.Request) -> web.StreamResponse:
     ctx = service.new_context(PROTOCOL, _propagated(request))
     status = "CANCELLED"  # unless we get to set something else: the client went away
     try:
-        with service.server_span(model, ctx) as span:
+        with tracing.server_span(model, ctx.protocol, ctx.headers) as span:
             try:
                 response = await _run_infer(request, service, ctx, model, version)
                 status = "OK"
-            except InferGWError as exc:
-                tracing.record_error(span, exc)
-                response, status = _error_response(exc), exc.grpc_code
             except Exception as exc:
+                error = service.error_of(exc, PROTOCOL, "infer", model)
                 tracing.record_error(span, exc)
-                log.exception("unexpected error in infer for model %r", model)
-                response, status = _json_error(500, "internal error"), "INTERNAL"
+                response, status = _error_response(error), error.grpc_code
     finally:
         entries = service.finish(model, ctx, status)
     response.headers["Server-Timing"] = format_server_timing(entries)
@@ -186,7 +188,7 @@ async def _model_metadata(request: web.Request) -> web.Response:
     model, version = _model_and_version(request)
     router = request.app[SERVICE].router
     metadata = await router.model_metadata(model, version, request.headers.get(PIN_HEADER))
-    return web.json_response(_metadata_json(metadata))
+    return web.json_response(metadata_to_json(metadata))
 
 
 async def _model_ready(request: web.Request) -> web.Response:
@@ -203,7 +205,7 @@ async def _statistics(request: web.Request) -> web.Response:
     model, version = _model_and_version(request)
     router = request.app[SERVICE].router
     stats = await router.model_statistics(model, version, request.headers.get(PIN_HEADER))
-    return web.json_response({"model_stats": [_statistics_json(s) for s in stats]})
+    return web.json_response(statistics_to_json(stats))
 
 
 async def _repository_index(request: web.Request) -> web.Response:
@@ -233,62 +235,46 @@ def _ready_only(body: bytes) -> bool:
     return doc.get("ready") is True
 
 
-def _metadata_json(metadata: ModelMetadata) -> dict[str, Any]:
-    def spec(t: TensorSpec) -> dict[str, Any]:
-        return {"name": t.name, "datatype": t.datatype, "shape": list(t.shape)}
-
-    return {
-        "name": metadata.name,
-        "versions": list(metadata.versions),
-        "platform": metadata.platform,
-        "inputs": [spec(t) for t in metadata.inputs],
-        "outputs": [spec(t) for t in metadata.outputs],
-    }
-
-
-def _statistics_json(stats: ModelStatistics) -> dict[str, Any]:
-    """Triton's statistics extension shape (cache counters are 0: no response cache)."""
-
-    def duration(name: str) -> dict[str, int]:
-        d = getattr(stats, name)
-        return {"count": d.count, "ns": d.ns}
-
-    phases = ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output")
-    inference_stats = {name: duration(name) for name in phases}
-    inference_stats["cache_hit"] = {"count": 0, "ns": 0}
-    inference_stats["cache_miss"] = {"count": 0, "ns": 0}
-    return {
-        "name": stats.name,
-        "version": stats.version,
-        "last_inference": stats.last_inference_ms,
-        "inference_count": stats.inference_count,
-        "execution_count": stats.execution_count,
-        "inference_stats": inference_stats,
-        "batch_stats": [],
-        "memory_usage": [],
-    }
-
-
 # -- errors and helpers ------------------------------------------------------------------
 
 
 @web.middleware
-async def _errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every error in OIP's shape; the infer handler translates its own (for Server-Timing)."""
+async def _boundary(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The outermost error boundary: every error in OIP's shape, failed calls counted.
+
+    Each route but infer runs under a SERVER span of its own, named by the route's
+    template (so names stay few); infer opens, marks and counts its own.
+    """
+    if request.match_info.handler is _infer:
+        return await _answer_errors(request, handler, None, "infer")
+    resource = request.match_info.route.resource
+    name = f"{request.method} {resource.canonical}" if resource is not None else request.method
+    with tracing.call_span(name, PROTOCOL, _propagated(request)) as span:
+        return await _answer_errors(request, handler, span, name)
+
+
+async def _answer_errors(
+    request: web.Request, handler: Handler, span: Span | None, name: str
+) -> web.StreamResponse:
     try:
         return await handler(request)
-    except InferGWError as exc:
-        return _error_response(exc)
-    except web.HTTPRequestEntityTooLarge:
-        limit = request.app[SERVICE].limits.max_message_bytes
-        return _error_response(PayloadTooLarge("request body", None, limit))
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        return _json_error(exc.status, exc.reason, exc.headers)
-    except Exception:
-        log.exception("unexpected error in %s %s", request.method, request.path)
-        return _json_error(500, "internal error")
+    except Exception as exc:
+        service = request.app[SERVICE]
+        model, _ = _model_and_version(request)
+        error: InferGWError
+        if isinstance(exc, web.HTTPRequestEntityTooLarge):
+            error = PayloadTooLarge("request body", None, service.limits.max_message_bytes)
+        elif isinstance(exc, web.HTTPException):
+            if exc.status < 400:
+                raise
+            # aiohttp's own answers (no such route, method not allowed): not our calls
+            return _json_error(exc.status, exc.reason, exc.headers)
+        else:
+            error = service.error_of(exc, PROTOCOL, name, model)
+        if span is not None:
+            tracing.record_error(span, exc)
+            service.count_failed(model, PROTOCOL, error.grpc_code)
+        return _error_response(error)
 
 
 def _error_response(exc: InferGWError) -> web.Response:

@@ -3,10 +3,11 @@
 Served on the gateway's gRPC server next to the OIP service, so a TF Serving client
 just points at the gateway's gRPC port. Predict runs through the same
 ``InferenceService`` pipeline as OIP ModelInfer (decode/validate, admission, backend,
-encode; Server-Timing trailer; metrics with protocol ``tfserving``), with the same
-error mapping. Predict is registered without (de)serializers: the request bytes are
-parsed once and kept, so a ``tfserving`` backend can forward them unchanged, and its
-undecoded response is sent on as is. The gateway exposes one signature per model,
+encode; Server-Timing trailer; metrics with protocol ``tfserving``), and every
+method sits behind the same error boundary (``infergw.gateway.frontends.grpc``).
+Predict is registered without (de)serializers: the request bytes are parsed once
+and kept, so a ``tfserving`` backend can forward them unchanged, and its undecoded
+response is sent on as is. The gateway exposes one signature per model,
 ``serving_default``; Classify/Regress/MultiInference (tf.Example inputs) answer
 UNIMPLEMENTED. Nothing here imports TensorFlow.
 """
@@ -14,16 +15,24 @@ UNIMPLEMENTED. Nothing here imports TensorFlow.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Awaitable, Callable
 
 import grpc
-from google.protobuf.message import DecodeError
+from google.protobuf.empty_pb2 import Empty
+from google.protobuf.message import DecodeError, Message
 
 from infergw.gateway.core.service import PIN_HEADER, InferenceService
-from infergw.gateway.frontends.grpc import GrpcFrontend, invocation_headers, serve_infer
+from infergw.gateway.frontends.grpc import (
+    Context,
+    GrpcFrontend,
+    infer_method,
+    invocation_headers,
+    parser,
+    unary_method,
+)
 from infergw.proto.tfs import get_model_metadata_pb2 as meta_pb
 from infergw.proto.tfs import predict_pb2, prediction_service_pb2
-from infergw.vocab.errors import InferGWError, InvalidArgument, Unimplemented
+from infergw.vocab.errors import InvalidArgument, Unimplemented
 from infergw.vocab.types import InferRequest, InferResponse
 from infergw.wire import tfserving as codec
 
@@ -33,10 +42,6 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = prediction_service_pb2.DESCRIPTOR.services_by_name["PredictionService"].full_name
 PROTOCOL = "tfserving"
 UNIMPLEMENTED_METHODS = ("Classify", "Regress", "MultiInference")
-
-
-def _identity(payload: bytes) -> bytes:
-    return payload
 
 
 def check_signature(name: str) -> None:
@@ -50,7 +55,8 @@ class TfServingServicer:
     def __init__(self, service: InferenceService) -> None:
         self.service = service
 
-    def _decode(self, payload: bytes) -> InferRequest:
+    def decode(self, payload: bytes) -> InferRequest:
+        """Predict's request; Predict runs the lifecycle of OIP ModelInfer (``infer_method``)."""
         try:
             msg = predict_pb2.PredictRequest.FromString(payload)
         except DecodeError as exc:
@@ -58,21 +64,9 @@ class TfServingServicer:
         check_signature(msg.model_spec.signature_name)
         return codec.request_from_proto(msg, self.service.limits.max_message_bytes, payload)
 
-    async def predict(self, payload: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        """The same lifecycle as OIP ModelInfer (``serve_infer``), TF Serving's messages."""
-        return await serve_infer(
-            self.service,
-            context,
-            payload,
-            protocol=PROTOCOL,
-            encoding=codec.ENCODING,
-            decode=self._decode,
-            encode=_encode,
-        )
-
     async def get_model_metadata(
-        self, request: meta_pb.GetModelMetadataRequest, context: grpc.aio.ServicerContext
-    ) -> meta_pb.GetModelMetadataResponse:
+        self, request: meta_pb.GetModelMetadataRequest, context: Context
+    ) -> Message:
         """TF Serving's rules: ``signature_def`` must be asked for, and is all there is."""
         fields = list(request.metadata_field)
         if not fields:
@@ -95,39 +89,35 @@ def _encode(response: InferResponse, request: InferRequest) -> bytes:
     return codec.response_to_proto(response, request.outputs).SerializeToString()
 
 
-def _unary(handler: Any, request_cls: Any) -> grpc.RpcMethodHandler:
-    async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        try:
-            return await handler(request, context)
-        except InferGWError as exc:
-            await context.abort(grpc.StatusCode[exc.grpc_code], exc.message)
+def _unimplemented(method: str) -> Callable[[Empty, Context], Awaitable[Message]]:
+    async def refuse(request: Empty, context: Context) -> Message:
+        raise Unimplemented(f"{method} (tf.Example inputs) is not served; use Predict")
 
-    return grpc.unary_unary_rpc_method_handler(
-        wrapped,
-        request_deserializer=request_cls.FromString,
-        response_serializer=lambda m: m.SerializeToString(),
-    )
+    return refuse
 
 
-def _unimplemented(method: str) -> grpc.RpcMethodHandler:
-    async def handler(payload: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        exc = Unimplemented(f"{method} (tf.Example inputs) is not served; use Predict")
-        await context.abort(grpc.StatusCode[exc.grpc_code], exc.message)
-        raise AssertionError("unreachable")  # abort raises
-
-    return grpc.unary_unary_rpc_method_handler(
-        handler, request_deserializer=_identity, response_serializer=_identity
-    )
+def _ignored(payload: bytes) -> Empty:
+    """The request of an unimplemented method is not parsed: any bytes are UNIMPLEMENTED."""
+    return Empty()
 
 
 def generic_handler(servicer: TfServingServicer) -> grpc.GenericRpcHandler:
+    service, p = servicer.service, PROTOCOL
     handlers = {
-        "Predict": grpc.unary_unary_rpc_method_handler(
-            servicer.predict, request_deserializer=_identity, response_serializer=_identity
+        "Predict": infer_method(
+            service, p, "Predict", encoding=codec.ENCODING, decode=servicer.decode, encode=_encode
         ),
-        "GetModelMetadata": _unary(servicer.get_model_metadata, meta_pb.GetModelMetadataRequest),
+        "GetModelMetadata": unary_method(
+            service,
+            p,
+            "GetModelMetadata",
+            servicer.get_model_metadata,
+            parser(meta_pb.GetModelMetadataRequest),
+            lambda r: r.model_spec.name,
+        ),
     }
-    handlers.update({m: _unimplemented(m) for m in UNIMPLEMENTED_METHODS})
+    for method in UNIMPLEMENTED_METHODS:  # the request is not looked at
+        handlers[method] = unary_method(service, p, method, _unimplemented(method), _ignored)
     return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
 
 

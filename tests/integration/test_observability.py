@@ -12,9 +12,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 import tritonclient.grpc as tgrpc
-from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
@@ -60,17 +57,6 @@ class OtlpReceiver:
 
 
 @pytest.fixture(scope="module")
-def spans() -> InMemorySpanExporter:
-    exporter = InMemorySpanExporter()
-    provider = trace.get_tracer_provider()
-    if not isinstance(provider, TracerProvider):
-        provider = TracerProvider()
-        trace.set_tracer_provider(provider)
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    return exporter
-
-
-@pytest.fixture(scope="module")
 def traced_stack() -> Iterator[tuple[GatewayThread, OtlpReceiver]]:
     receiver = OtlpReceiver()
     server = TritonServer(otlp_traces_url=receiver.url, trace_rate=1, models=["identity"])
@@ -86,7 +72,10 @@ def traced_stack() -> Iterator[tuple[GatewayThread, OtlpReceiver]]:
         receiver.close()
 
 
-def test_gateway_spans_continue_client_trace_and_triton_joins(spans, traced_stack) -> None:  # type: ignore[no-untyped-def]
+def test_gateway_spans_continue_client_trace_and_triton_joins(
+    span_exporter: InMemorySpanExporter, traced_stack: tuple[GatewayThread, OtlpReceiver]
+) -> None:
+    """The SDK is installed for this test only (``span_exporter``, tests/conftest.py)."""
     gw, receiver = traced_stack
     client = tgrpc.InferenceServerClient(gw.grpc)
     tensor = tgrpc.InferInput("input", [1, 4], "FP32")
@@ -99,7 +88,7 @@ def test_gateway_spans_continue_client_trace_and_triton_joins(spans, traced_stac
         client.infer("identity", [tensor], headers=headers)
     client.close()
 
-    finished = spans.get_finished_spans()
+    finished = span_exporter.get_finished_spans()
     servers = [s for s in finished if s.kind == SpanKind.SERVER and s.name == "infer identity"]
     assert {f"{s.context.trace_id:032x}" for s in servers} >= set(trace_ids)
     for server_span in servers:

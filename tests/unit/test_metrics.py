@@ -41,3 +41,13 @@ def test_separate_gateways_do_not_share_state() -> None:
     a.observe("m", "b", "rest", "OK", (TimingEntry("total", 1.0),))
     assert "infergw_requests_total" in a.render().decode()
     assert 'model="m"' not in b.render().decode()
+
+
+def test_a_call_without_phases_is_counted_without_histograms() -> None:
+    m = GatewayMetrics()
+    m.observe("_other", "none", "grpc", "INTERNAL", ())
+    m.observe("_other", "none", "grpc", "INTERNAL", ())
+    got = samples(m)
+    base = (("backend", "none"), ("model", "_other"), ("protocol", "grpc"), ("status", "INTERNAL"))
+    assert got[("infergw_requests_total", base)] == 2
+    assert not [key for key in got if key[0].startswith("infergw_phase_duration")]
