@@ -20,9 +20,11 @@ Config (credentials come from the standard AWS chain, never from here)::
         s3_prefix: infergw/
         s3_endpoint_url: http://127.0.0.1:9002
         offload_threshold_bytes: 6225920     # default: 6 MB minus 64 KiB headroom
-        retry_throttled: true                # 429 -> full-jitter backoff within the deadline
-        max_retries: 3
         read_timeout_s: 900
+        retry: {max_retries: 3, base_ms: 50, max_ms: 2000}   # the Retry policy, not this module
+
+A throttled invoke (429 ``TooManyRequestsException``) is ``Throttled``, tried once
+here: retrying it with backoff is the ``Retry`` policy's job (``retry:`` above).
 """
 
 from __future__ import annotations
@@ -31,18 +33,14 @@ import asyncio
 import base64
 import binascii
 import contextlib
-import json
-import random
 import re
-import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from infergw.backends._s3_offload import OffloadSession
 from infergw.gateway.core.backend import BackendBase
 from infergw.gateway.core.context import RequestContext
-from infergw.vocab.datatypes import validate_tensor
 from infergw.vocab.errors import (
     BackendError,
     DeadlineExceeded,
@@ -50,7 +48,7 @@ from infergw.vocab.errors import (
     InvalidArgument,
     ModelNotFound,
     PayloadTooLarge,
-    QueueFull,
+    Throttled,
     Unavailable,
 )
 from infergw.vocab.types import (
@@ -58,15 +56,12 @@ from infergw.vocab.types import (
     InferResponse,
     ModelMetadata,
     Tensor,
-    TensorSpec,
 )
+from infergw.wire import lambda_event
 
 INVOKE_LIMIT_BYTES = 6_291_456
 DEFAULT_THRESHOLD = INVOKE_LIMIT_BYTES - 64 * 1024
-BACKOFF_BASE_S, BACKOFF_CAP_S = 0.05, 2.0
 METADATA_TIMEOUT_S = 120.0
-# The handler's own "your input is wrong" errors: the client's fault, not the backend's.
-INPUT_ERROR_TYPES = frozenset({"InvalidArgument", "ModelInputError"})
 OPTIONS = frozenset(
     {
         "function_name",
@@ -77,8 +72,6 @@ OPTIONS = frozenset(
         "s3_prefix",
         "s3_endpoint_url",
         "offload_threshold_bytes",
-        "retry_throttled",
-        "max_retries",
         "read_timeout_s",
     }
 )
@@ -120,17 +113,6 @@ def parse_report(log: str) -> LambdaReport | None:
         return None
 
 
-def _b64_len(n: int) -> int:
-    return 4 * ((n + 2) // 3)
-
-
-def _throttled(exc: BaseException) -> bool:
-    response = getattr(exc, "response", None)
-    return isinstance(response, dict) and (
-        response.get("Error", {}).get("Code") == "TooManyRequestsException"
-    )
-
-
 def map_aws_error(exc: BaseException, backend: str) -> InferGWError:
     """botocore/aiohttp/timeouts -> the gateway's tree. The one place this happens."""
     from botocore import exceptions as bx
@@ -148,10 +130,10 @@ def map_aws_error(exc: BaseException, backend: str) -> InferGWError:
         if code == "TooManyRequestsException" or status == 429:
             headers = exc.response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
             try:
-                retry_after = max(0.0, float(headers.get("retry-after", "1")))
+                hint = max(0.0, float(headers["retry-after"])) if "retry-after" in headers else None
             except ValueError:
-                retry_after = 1.0
-            return QueueFull(f"{where}: Lambda throttled the invoke ({message})", retry_after)
+                hint = None
+            return Throttled(f"{where}: Lambda throttled the invoke ({message})", hint)
         if code == "RequestEntityTooLargeException" or status == 413:
             return PayloadTooLarge(f"{where}: Lambda invoke payload", None, INVOKE_LIMIT_BYTES)
         if status >= 500 or status in (401, 403, 404) or code == "NoSuchBucket":
@@ -176,8 +158,6 @@ class LambdaBackend(BackendBase):
         s3_prefix: str = "infergw/",
         s3_endpoint_url: str | None = None,
         offload_threshold_bytes: int = DEFAULT_THRESHOLD,
-        retry_throttled: bool = False,
-        max_retries: int = 3,
         read_timeout_s: float = 900.0,
     ) -> None:
         self.name = name
@@ -189,8 +169,6 @@ class LambdaBackend(BackendBase):
         self.s3_prefix = s3_prefix
         self.s3_endpoint_url = s3_endpoint_url
         self.offload_threshold = offload_threshold_bytes
-        self.retry_throttled = retry_throttled
-        self.max_retries = max_retries
         self.read_timeout_s = read_timeout_s
         self._clients: dict[str, Any] = {}
         self._stack: contextlib.AsyncExitStack | None = None
@@ -218,8 +196,6 @@ class LambdaBackend(BackendBase):
             s3_prefix=prefix,
             s3_endpoint_url=options.get("s3_endpoint_url"),
             offload_threshold_bytes=int(options.get("offload_threshold_bytes", DEFAULT_THRESHOLD)),
-            retry_throttled=bool(options.get("retry_throttled", False)),
-            max_retries=int(options.get("max_retries", 3)),
             read_timeout_s=float(options.get("read_timeout_s", 900.0)),
         )
 
@@ -236,7 +212,7 @@ class LambdaBackend(BackendBase):
 
                 if self._stack is None:
                     self._stack = contextlib.AsyncExitStack()
-                # Lambda: no botocore retries, throttling is retried here within the deadline.
+                # Lambda: no botocore retries; the Retry policy retries throttling in the deadline.
                 attempts = 1 if service == "lambda" else 2
                 config = AioConfig(
                     retries={"mode": "standard", "total_max_attempts": attempts},
@@ -281,57 +257,32 @@ class LambdaBackend(BackendBase):
                 ctx.timings.add("offload", offload.elapsed_ms, f"backend={self.name}")
 
     async def _event(self, request: InferRequest, offload: OffloadSession | None) -> bytes:
-        inputs: list[dict[str, Any]] = [
-            {"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in request.inputs
-        ]
-        size = sum(_b64_len(len(t.data)) for t in request.inputs)
+        if offload is None:  # nowhere to offload: Lambda itself refuses an event too large
+            return lambda_event.encode_event(_infer_event(request, request.inputs, None))
         # Largest inputs go to S3 first, until what is left fits inline.
-        order = sorted(range(len(inputs)), key=lambda i: -len(request.inputs[i].data))
-        for i in order:
-            tensor = request.inputs[i]
-            if offload is not None and size > self.offload_threshold:
-                inputs[i]["s3"] = await offload.put_input(tensor.name, tensor.data)
-                size -= _b64_len(len(tensor.data))
+        to_s3 = lambda_event.plan_offload(request.inputs, self.offload_threshold)
+        inputs: list[lambda_event.EventTensor] = []
+        for t in request.inputs:
+            if t.name in to_s3:
+                ref = lambda_event.S3Ref(**await offload.put_input(t.name, t.data))
+                inputs.append(lambda_event.S3Tensor(t.name, t.datatype, t.shape, ref))
             else:
-                inputs[i]["data_b64"] = base64.b64encode(tensor.data).decode("ascii")
-        event: dict[str, Any] = {"model": request.model, "id": request.id, "inputs": inputs}
-        if request.outputs:
-            event["outputs"] = [{"name": o.name} for o in request.outputs]
-        if offload is not None:
-            event["output_s3"] = offload.output_target
-        return json.dumps(event).encode()
+                inputs.append(t)
+        target = lambda_event.S3Prefix(**offload.output_target)
+        return lambda_event.encode_event(_infer_event(request, inputs, target))
 
     async def _invoke(self, function: str, event: bytes, ctx: RequestContext) -> dict[str, Any]:
+        """One synchronous invoke within the deadline (throttling raises; never retried here)."""
         client = await self._client("lambda")
-        attempt = 0
-        waited = 0.0
-        while True:
-            try:
-                async with asyncio.timeout(ctx.remaining()):
-                    reply: dict[str, Any] = await client.invoke(
-                        FunctionName=function,
-                        InvocationType="RequestResponse",
-                        LogType="Tail",
-                        Payload=event,
-                    )
-                    reply["Body"] = await reply["Payload"].read()
-            except Exception as exc:
-                if not (self.retry_throttled and _throttled(exc)) or attempt >= self.max_retries:
-                    raise
-                delay = random.uniform(0.0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2**attempt))
-                remaining = ctx.remaining()
-                if remaining is not None and delay >= remaining:
-                    raise
-                attempt += 1
-                t0 = time.perf_counter()
-                await asyncio.sleep(delay)
-                waited += (time.perf_counter() - t0) * 1000.0
-                continue
-            if attempt:
-                # Waiting out throttling is waiting for admission to the backend's capacity.
-                ctx.timings.add("queue", waited, f"backend={self.name};throttled={attempt}")
-            reply["ThrottledRetries"] = attempt
-            return reply
+        async with asyncio.timeout(ctx.remaining()):
+            reply: dict[str, Any] = await client.invoke(
+                FunctionName=function,
+                InvocationType="RequestResponse",
+                LogType="Tail",
+                Payload=event,
+            )
+            reply["Body"] = await reply["Payload"].read()
+        return reply
 
     async def _response(
         self,
@@ -356,41 +307,35 @@ class LambdaBackend(BackendBase):
                     "lambda.max_memory_mb": report.max_memory_mb,
                 }
             )
-        if reply["ThrottledRetries"]:
-            params["lambda.throttled_retries"] = reply["ThrottledRetries"]
-        body = _json(reply["Body"], function)
         if reply.get("FunctionError"):
-            raise _function_error(function, body)
-        outputs = []
-        for item in body.get("outputs") or []:
-            outputs.append(await self._output(item, offload))
+            raise _function_error(function, reply["Body"])
+        try:
+            body = lambda_event.decode_reply(reply["Body"])
+        except InvalidArgument as exc:  # a bad reply is the function's fault, not the client's
+            raise BackendError(f"Lambda function {function!r}: bad reply: {exc.message}") from exc
+        outputs = [await self._output(t, offload) for t in body.outputs]
         return InferResponse(
             model=request.model,
-            version=str(body.get("model_version", "")),
-            id=str(body.get("id", request.id)),
+            version=body.model_version,
+            id=request.id if body.id is None else body.id,
             outputs=tuple(outputs),
             parameters=params,
         )
 
-    async def _output(self, item: Any, offload: OffloadSession | None) -> Tensor:
-        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
-            raise BackendError("function returned a malformed output entry")
-        name = item["name"]
-        if "s3" in item:
-            if offload is None:
-                raise BackendError(f"function returned output {name!r} via S3, not configured")
-            data = await offload.get_output(offload.check_output_ref(item["s3"], name))
-        else:
-            try:
-                data = base64.b64decode(str(item.get("data_b64", "")), validate=True)
-            except binascii.Error as exc:
-                raise BackendError(f"function returned output {name!r} with bad base64") from exc
+    async def _output(
+        self, output: lambda_event.EventTensor, offload: OffloadSession | None
+    ) -> Tensor:
+        if not isinstance(output, lambda_event.S3Tensor):
+            return output
+        name = output.name
+        if offload is None:
+            raise BackendError(f"function returned output {name!r} via S3, not configured")
+        ref = {"bucket": output.ref.bucket, "key": output.ref.key}
+        data = await offload.get_output(offload.check_output_ref(ref, name))
         try:
-            tensor = Tensor(name, str(item["datatype"]), tuple(item["shape"]), data)
-            validate_tensor(tensor)
-        except (KeyError, TypeError, InvalidArgument) as exc:
+            return output.with_data(data)
+        except InvalidArgument as exc:
             raise BackendError(f"function returned a malformed output {name!r}: {exc}") from exc
-        return tensor
 
     async def ready(self) -> bool:
         return True  # serverless: there is nothing to be ready; invokes start environments
@@ -400,27 +345,19 @@ class LambdaBackend(BackendBase):
 
     async def model_metadata(self, model: str, version: str = "") -> ModelMetadata:
         function = self._function(model)
-        event = json.dumps({"action": "metadata", "model": model}).encode()
+        event = lambda_event.encode_event(lambda_event.MetadataEvent(model))
         try:
             ctx = RequestContext(protocol="internal")
             ctx.with_timeout(METADATA_TIMEOUT_S)  # may pay a cold start, but not forever
             reply = await self._invoke(function, event, ctx)
         except Exception as exc:
             raise map_aws_error(exc, self.name) from exc
-        body = _json(reply["Body"], function)
         if reply.get("FunctionError"):
-            raise _function_error(function, body)
-
-        def specs(items: Any) -> tuple[TensorSpec, ...]:
-            return tuple(TensorSpec(s["name"], s["datatype"], tuple(s["shape"])) for s in items)
-
-        return ModelMetadata(
-            model,
-            ("1",),
-            str(body.get("platform", "")),
-            specs(body["inputs"]),
-            specs(body["outputs"]),
-        )
+            raise _function_error(function, reply["Body"])
+        try:
+            return lambda_event.decode_metadata(reply["Body"], model)
+        except InvalidArgument as exc:
+            raise BackendError(f"Lambda function {function!r}: bad reply: {exc.message}") from exc
 
     async def close(self) -> None:
         stack, self._stack = self._stack, None
@@ -438,22 +375,27 @@ def _decode_log(value: Any) -> str:
         return ""
 
 
-def _json(payload: bytes, function: str) -> dict[str, Any]:
-    try:
-        body = json.loads(payload)
-    except ValueError:
-        body = None
-    if not isinstance(body, dict):
-        raise BackendError(f"Lambda function {function!r} returned a response that is not JSON")
-    return body
+def _infer_event(
+    request: InferRequest,
+    inputs: Sequence[lambda_event.EventTensor],
+    output_s3: lambda_event.S3Prefix | None,
+) -> lambda_event.InferEvent:
+    return lambda_event.InferEvent(
+        model=request.model,
+        inputs=tuple(inputs),
+        id=request.id,
+        outputs=tuple(o.name for o in request.outputs),
+        output_s3=output_s3,
+    )
 
 
-def _function_error(function: str, body: Mapping[str, Any]) -> InferGWError:
+def _function_error(function: str, payload: bytes) -> InferGWError:
     """X-Amz-Function-Error: the function's own message, which is what the user needs."""
-    error_type = str(body.get("errorType", "Error"))
-    message = str(body.get("errorMessage", "no message"))
-    if error_type in INPUT_ERROR_TYPES:
-        return InvalidArgument(message)
-    if error_type == "Sandbox.Timedout" or "Task timed out after" in message:
-        return DeadlineExceeded(f"Lambda function {function!r}: {message}")
-    return BackendError(f"Lambda function {function!r} failed ({error_type}): {message}")
+    error = lambda_event.decode_function_error(payload)
+    if error.is_input_error:
+        return InvalidArgument(error.message)
+    if error.error_type == "Sandbox.Timedout" or "Task timed out after" in error.message:
+        return DeadlineExceeded(f"Lambda function {function!r}: {error.message}")
+    return BackendError(
+        f"Lambda function {function!r} failed ({error.error_type}): {error.message}"
+    )

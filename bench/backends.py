@@ -3,7 +3,9 @@
 For each backend (triton, lambda, sagemaker, cloudrun) and model (minilm, yolo):
 warm p50/p95/p99 end-to-end with the Server-Timing split (queue, coldstart,
 compute, protocol), and time to first prediction after scale-to-zero, split into
-initialisation (what the backend reports as coldstart) and the rest.
+initialisation (what the backend reports as coldstart) and the rest. Both are the
+load generator's own ``warm`` and ``cold`` scenarios (``infergw bench``), run
+against the stack's ready file.
 
     .venv/bin/python bench/backends.py [--requests 50] [--cold 3] [--out out/bench]
 
@@ -15,81 +17,97 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import platform
 import statistics
 import tempfile
-import urllib.request
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from infergw.clients import GrpcClient, InferGWError
-from infergw.deploy.local.cloudrun_standin import scale_to_zero as cloudrun_scale_to_zero
-from infergw.deploy.local.demo import SENTENCES, local_stack_process
+from infergw.deploy.local.demo import READY_FILE, local_stack_process
+from infergw.loadgen import payloads, scenarios, standins
+from infergw.loadgen.progress import Progress
+from infergw.loadgen.settings import Settings
 
-BACKENDS = ("triton", "lambda", "sagemaker", "cloudrun")
-RNG = np.random.default_rng(0)
-WORKLOADS: dict[str, dict[str, np.ndarray]] = {
-    "minilm": {"text": np.array(SENTENCES[:1], dtype=np.object_)},
-    "yolo": {"images": RNG.random((1, 3, 640, 640), np.float32)},
-}
-
-
-def scale_to_zero(info: dict[str, Any], backend: str, model: str) -> None:
-    """Use the stand-ins' admin routes (stand-in only; the real clouds scale on their own)."""
-    endpoints = info["backends"]
-    if backend == "lambda":
-        url = f"{endpoints['lambda']['endpoint']}/_infergw/functions/infergw-{model}/scale-to-zero"
-    elif backend == "sagemaker":
-        url = (
-            f"{endpoints['sagemaker']['endpoint']}/_infergw/endpoints/infergw-{model}/scale-to-zero"
-        )
-    else:
-        asyncio.run(cloudrun_scale_to_zero(endpoints["cloudrun"]["grpc"]))
-        return
-    urllib.request.urlopen(urllib.request.Request(url, method="POST"), timeout=30).read()
+MODELS = ("minilm", "yolo")
+WARMUP_S = 1.0  # about the 3 warm-up requests this script sent before (yolo: ~0.2 s each)
+REQUEST_TIMEOUT_S = 120.0
 
 
-def pct(values: list[float], q: float) -> float:
-    return float(np.percentile(values, q)) if values else float("nan")
+def _context() -> scenarios.Context:
+    return scenarios.Context(asyncio.Event(), Progress(False), [])
 
 
-def warm(client: GrpcClient, model: str, backend: str, n: int) -> dict[str, float]:
-    pin = None if backend == "triton" else backend
-    for _ in range(3):
-        client.infer(model, WORKLOADS[model], backend=pin)
-    timings = [client.infer(model, WORKLOADS[model], backend=pin).timing for _ in range(n)]
-    e2e = [t.end_to_end_ms for t in timings]
+async def warm(s: Settings, n: int) -> dict[str, float] | str:
+    """The warm scenario, one request at a time: its percentiles and split medians, or
+    why no request succeeded."""
+    ctx = _context()
+    (run,) = await scenarios.warm(
+        s.replace(scenario="warm", concurrency=1, requests=n, warmup=WARMUP_S), ctx
+    )
+    if not run["ok"]:
+        return await asyncio.to_thread(_why_failed, s, run["errors"])
+    latency, split = run["latency_ms"], run["split_ms"]
 
     def med(phase: str) -> float:
-        values = [t.server[phase] for t in timings if phase in t.server]
-        return statistics.median(values) if values else float("nan")
+        return float((split.get(phase) or {}).get("p50", math.nan))
 
     return {
-        "p50": pct(e2e, 50),
-        "p95": pct(e2e, 95),
-        "p99": pct(e2e, 99),
+        "p50": latency["p50"],
+        "p95": latency["p95"],
+        "p99": latency["p99"],
         "queue": med("queue"),
         "offload": med("offload"),
         "compute": med("compute"),
         "backend": med("backend"),
-        "protocol": statistics.median(t.protocol_ms for t in timings),
+        "protocol": med("protocol"),
     }
 
 
-def cold(
-    info: dict[str, Any], client: GrpcClient, model: str, backend: str, n: int
-) -> list[dict[str, float]]:
-    runs = []
-    for _ in range(n):
-        scale_to_zero(info, backend, model)
-        t = client.infer(model, WORKLOADS[model], backend=backend).timing
-        init = t.server.get("coldstart", 0.0)
-        runs.append(
-            {"first_ms": t.end_to_end_ms, "init_ms": init, "rest_ms": t.end_to_end_ms - init}
-        )
-    return runs
+async def cold(s: Settings, n: int) -> list[dict[str, float]]:
+    """The cold scenario: ``n`` times scale to zero (through the ready file) + one request."""
+    (run,) = await scenarios.cold(s.replace(scenario="cold", repeats=n), _context())
+    return [
+        {"first_ms": c["first_ms"], "init_ms": c["init_ms"], "rest_ms": c["inference_ms"]}
+        for c in run["cold"]
+    ]
+
+
+def _why_failed(s: Settings, errors: dict[str, int]) -> str:
+    """The gateway's own message for a cell that never succeeds (one SDK call)."""
+    assert s.target is not None
+    with GrpcClient(s.target, timeout=REQUEST_TIMEOUT_S) as client:
+        try:
+            client.infer(s.model, payloads.model_inputs(s.model, s.seed), backend=s.backend)
+        except InferGWError as exc:  # e.g. yolo's 4.9 MB over SageMaker's 4 MB
+            return f"{type(exc).__name__}: {exc.message}"
+    return f"failed: {errors}"
+
+
+async def measure(ready_file: Path, requests: int, cold_starts: int) -> dict[str, Any]:
+    info = standins.read_ready_file(ready_file)
+    results: dict[str, Any] = {"warm": {}, "cold": {}, "errors": {}}
+    for model in MODELS:
+        for backend in info["backends"]:
+            key = f"{model}/{backend}"
+            s = Settings(
+                target=info["gateway"]["grpc"],
+                model=model,
+                backend=backend,
+                timeout=REQUEST_TIMEOUT_S,
+                no_server_stats=True,
+                stack_ready_file=str(ready_file),
+            )
+            outcome = await warm(s, requests)
+            if isinstance(outcome, str):
+                results["errors"][key] = outcome
+            else:
+                results["warm"][key] = outcome
+                if backend in standins.scalable(info):
+                    results["cold"][key] = await cold(s, cold_starts)
+            print(f"measured {key}", flush=True)
+    return results
 
 
 def main() -> int:
@@ -98,23 +116,9 @@ def main() -> int:
     parser.add_argument("--cold", type=int, default=3, help="cold starts per serverless cell")
     parser.add_argument("--out", type=Path, default=Path("out/bench"))
     args = parser.parse_args()
-    results: dict[str, Any] = {"warm": {}, "cold": {}, "errors": {}}
+    with tempfile.TemporaryDirectory() as tmp, local_stack_process(Path(tmp)):
+        results = asyncio.run(measure(Path(tmp) / READY_FILE, args.requests, args.cold))
     results["machine"] = platform.uname()._asdict()
-    with tempfile.TemporaryDirectory() as tmp, local_stack_process(Path(tmp)) as info:
-        client = GrpcClient(info["gateway"]["grpc"], timeout=120)
-        try:
-            for model in WORKLOADS:
-                for backend in BACKENDS:
-                    key = f"{model}/{backend}"
-                    try:
-                        results["warm"][key] = warm(client, model, backend, args.requests)
-                        if backend != "triton":
-                            results["cold"][key] = cold(info, client, model, backend, args.cold)
-                    except InferGWError as exc:  # e.g. yolo's 4.9 MB over SageMaker's 4 MB
-                        results["errors"][key] = f"{type(exc).__name__}: {exc.message}"
-                    print(f"measured {key}", flush=True)
-        finally:
-            client.close()
     print(format_report(results))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "backends.json").write_text(json.dumps(results, indent=2))
@@ -129,7 +133,7 @@ def format_report(results: dict[str, Any]) -> str:
     ]
     for key, w in results["warm"].items():
         lines.append(
-            f"{key:20} {w['p50']:8.2f} {w['p95']:8.2f} {w['p99']:8.2f} {w['queue']:7.2f} "
+            f"{key:20} {w['p50']:8.2f} {w['p95']:8.2f} {w['p99']:8.2f} {_ms(w['queue']):>7} "
             f"{_ms(w['offload']):>8} {_ms(w['compute']):>8} {w['protocol']:9.2f}"
         )
     for key, error in results["errors"].items():
@@ -137,6 +141,9 @@ def format_report(results: dict[str, Any]) -> str:
     lines += ["", "time to first prediction after scale-to-zero (ms; median of runs)"]
     lines.append(f"{'model/backend':20} {'first':>8} {'init':>8} {'inference':>10}")
     for key, runs in results["cold"].items():
+        if not runs:
+            lines.append(f"{key:20} no successful cold start")
+            continue
         med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
         lines.append(
             f"{key:20} {med['first_ms']:8.1f} {med['init_ms']:8.1f} {med['rest_ms']:10.1f}"

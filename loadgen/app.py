@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from infergw.loadgen.progress import Progress
+from infergw.loadgen.settings import Settings
+from infergw.wire.protocols import Protocol
 
 SCHEMA = "infergw.bench/1"
 
@@ -26,19 +28,19 @@ class UsageError(ValueError):
     """A bad combination of options: reported as ``error: ...`` with exit status 2."""
 
 
-def validate(s: argparse.Namespace) -> None:
+def resolve(s: Settings) -> Settings:
     """Fill scenario defaults and reject combinations that cannot mean anything."""
     from infergw.loadgen import payloads, standins
 
-    s.model = s.model or "identity"
-    if s.stack_ready_file and not s.target:
-        info = standins.read_ready_file(s.stack_ready_file)
+    info = standins.read_ready_file(s.stack_ready_file) if s.stack_ready_file else None
+    if info is not None and not s.target:
         gateway = info["gateway"]
-        s.target = gateway["grpc"] if s.protocol == "grpc" else gateway["http"]
         if s.scenario == "protocol":
-            s.target, s.http_target = gateway["grpc"], s.http_target or gateway["http"]
-    if not s.target:
-        s.target = s.http_target if s.protocol != "grpc" and s.http_target else None
+            s = s.replace(target=gateway["grpc"], http_target=s.http_target or gateway["http"])
+        else:
+            s = s.replace(target=gateway["http"] if s.protocol.is_rest else gateway["grpc"])
+    if not s.target and s.protocol.is_rest and s.http_target:
+        s = s.replace(target=s.http_target)
     if not s.target:
         raise UsageError("--target HOST:PORT is required (or --stack-ready-file)")
     for name in ("duration", "rate", "timeout", "slo_ms"):
@@ -51,48 +53,63 @@ def validate(s: argparse.Namespace) -> None:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1")
     if s.warmup is not None and s.warmup < 0:
         raise UsageError("--warmup must be >= 0")
+    if s.model not in payloads.MODEL_INPUTS:
+        raise UsageError(
+            f"--model {s.model}: inputs are generated for {', '.join(payloads.MODEL_INPUTS)}"
+        )
     if s.scenario in ("scale", "trace") and s.concurrency is not None:
         raise UsageError(f"{s.scenario} is open loop: use --rate, not --concurrency")
     if s.scenario in ("concurrency", "protocol", "cold") and s.rate is not None:
         raise UsageError(f"{s.scenario} is closed loop: --rate does not apply")
     if s.scenario == "cold":
-        if s.concurrency is not None:
-            raise UsageError("cold sends one request per cold start: --concurrency does not apply")
-        serverless = s.backend in standins.SERVERLESS
-        if not ((s.stack_ready_file and serverless) or s.cold_wait is not None):
-            raise UsageError(
-                "cold needs --stack-ready-file with --backend lambda|sagemaker|cloudrun "
-                "(the stand-ins scale to zero on request) or --cold-wait SECONDS"
-            )
+        _check_cold(s, info)
     if s.scenario == "protocol":
-        _validate_protocol(s, payloads)
+        s = _resolve_protocol(s)
     if s.scenario == "trace" and s.trace_csv and not Path(s.trace_csv).is_file():
         raise UsageError(f"--trace-csv {s.trace_csv}: no such file")
     if s.scenario == "scale" and (s.ramp_from < 0 or s.ramp_to <= 0 or s.hold < 0):
         raise UsageError("--ramp-from must be >= 0, --ramp-to > 0, --hold >= 0")
+    return s
 
 
-def _validate_protocol(s: argparse.Namespace, payloads: Any) -> None:
+def _check_cold(s: Settings, info: dict[str, Any] | None) -> None:
+    from infergw.loadgen import standins
+
+    if s.concurrency is not None:
+        raise UsageError("cold sends one request per cold start: --concurrency does not apply")
+    if s.cold_wait is not None:
+        return
+    scalable = standins.scalable(info) if info is not None else []
+    if s.backend is None or s.backend not in scalable:
+        names = "|".join(scalable) or "lambda|sagemaker|cloudrun"
+        raise UsageError(
+            f"cold needs --stack-ready-file with --backend {names} "
+            "(the stand-ins scale to zero on request) or --cold-wait SECONDS"
+        )
+
+
+def _resolve_protocol(s: Settings) -> Settings:
+    from infergw.loadgen import payloads
+
     if s.model != "identity":
         raise UsageError("the protocol sweep sizes the identity model's input: --model identity")
-    s.sizes = s.sizes or ",".join(payloads.DEFAULT_SWEEP)
+    s = s.replace(sizes=s.sizes or ",".join(payloads.DEFAULT_SWEEP))
+    assert s.sizes is not None
     try:
         for size in s.sizes.split(","):
             payloads.parse_size(size)
+        protocols = [Protocol.parse(p) for p in s.protocols.split(",")]
     except ValueError as exc:
-        raise UsageError(str(exc)) from None
-    protocols = [p.strip() for p in s.protocols.split(",")]
-    unknown = set(protocols) - {"grpc", "rest", "rest-binary"}
-    if unknown or not protocols:
-        raise UsageError(f"--protocols: unknown {sorted(unknown)}; use grpc,rest,rest-binary")
-    if any(p != "grpc" for p in protocols) and not s.http_target:
+        raise UsageError(f"{exc}") from None
+    if any(p.is_rest for p in protocols) and not s.http_target:
         raise UsageError(
             "the protocol scenario sends gRPC to --target and REST to --http-target: "
             "give --http-target HOST:PORT (or --protocols grpc)"
         )
+    return s
 
 
-async def run_scenario(s: argparse.Namespace, progress: Progress) -> tuple[list[Any], bool]:
+async def run_scenario(s: Settings, progress: Progress) -> tuple[list[Any], bool]:
     from infergw.loadgen.scenarios import SCENARIOS, Context
 
     ctx = Context(asyncio.Event(), progress, [])
@@ -113,9 +130,8 @@ async def run_scenario(s: argparse.Namespace, progress: Progress) -> tuple[list[
 
 
 def build_result(
-    s: argparse.Namespace, runs: list[Any], started: dt.datetime, elapsed: float
+    s: Settings, runs: list[Any], started: dt.datetime, elapsed: float
 ) -> dict[str, Any]:
-    settings = {k: v for k, v in vars(s).items() if not callable(v) and k != "command"}
     return {
         "schema": SCHEMA,
         "scenario": s.scenario,
@@ -126,29 +142,29 @@ def build_result(
         "backend": s.backend,
         "started_at": started.isoformat(timespec="seconds"),
         "duration_s": elapsed,
-        "settings": json.loads(json.dumps(settings, default=str)),
+        "settings": json.loads(json.dumps(s.as_dict(), default=str)),
         "runs": runs,
     }
 
 
 def main(args: argparse.Namespace) -> int:
     try:
-        validate(args)
-    except (UsageError, ValueError) as exc:
+        s = resolve(Settings.from_namespace(args))
+    except ValueError as exc:  # UsageError, or a bad ready file / protocol name
         print(f"infergw bench: error: {exc}", file=sys.stderr)
         return 2
-    progress = Progress(args.progress)
+    progress = Progress(s.progress)
     started = dt.datetime.now(dt.UTC)
     t0 = time.perf_counter()
     try:
-        runs, interrupted = asyncio.run(run_scenario(args, progress))
+        runs, interrupted = asyncio.run(run_scenario(s, progress))
     except ValueError as exc:  # e.g. a stand-in that cannot scale to zero
         print(f"infergw bench: error: {exc}", file=sys.stderr)
         return 2
-    result = build_result(args, runs, started, time.perf_counter() - t0)
+    result = build_result(s, runs, started, time.perf_counter() - t0)
     if interrupted:
         result["interrupted"] = True
-    emit(result, Path(args.out) if args.out else None)
+    emit(result, Path(s.out) if s.out else None)
     return 130 if interrupted else 0
 
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from infergw.loadgen.settings import DEFAULTS as D
+from infergw.wire.protocols import Protocol
+
 SCENARIOS = ("warm", "cold", "scale", "protocol", "concurrency", "trace")
 EPILOG = """\
 examples:
@@ -33,7 +36,7 @@ def register(sub: Any) -> None:
     p.add_argument("scenario", choices=SCENARIOS)
     p.add_argument("--target", help="HOST:PORT (gRPC address in the protocol scenario)")
     p.add_argument("--http-target", help="HOST:PORT of the REST endpoint (protocol scenario)")
-    p.add_argument("--protocol", choices=("grpc", "rest", "rest-binary"), default="grpc")
+    p.add_argument("--protocol", choices=[p.value for p in Protocol], default=D.protocol.value)
     p.add_argument("--model", help="model name (default identity)")
     p.add_argument("--backend", help="pin a gateway backend (x-infergw-backend)")
     bound = p.add_mutually_exclusive_group()
@@ -43,40 +46,46 @@ def register(sub: Any) -> None:
     load.add_argument("--rate", type=float, help="open loop: requests per second")
     load.add_argument("--concurrency", type=int, help="closed loop: requests in flight")
     p.add_argument("--warmup", type=float, help="seconds of warm-up, excluded (per run)")
-    p.add_argument("--slo-ms", type=float, default=500.0, help="latency SLO (default 500)")
+    p.add_argument("--slo-ms", type=float, default=D.slo_ms, help="latency SLO (default 500)")
     p.add_argument("--out", help="write result.json, result.csv and report.html here")
-    p.add_argument("--seed", type=int, default=0, help="seed for schedules and inputs")
-    p.add_argument("--arrival", choices=("constant", "poisson"), default="constant")
+    p.add_argument("--seed", type=int, default=D.seed, help="seed for schedules and inputs")
+    p.add_argument("--arrival", choices=("constant", "poisson"), default=D.arrival)
     p.add_argument("--payload-bytes", type=int, help="identity models: input tensor size")
-    p.add_argument("--timeout", type=float, default=120.0, help="per-request timeout (s)")
-    p.add_argument("--max-outstanding", type=int, default=10_000, help="open loop: drop beyond")
+    p.add_argument("--timeout", type=float, default=D.timeout, help="per-request timeout (s)")
+    p.add_argument(
+        "--max-outstanding", type=int, default=D.max_outstanding, help="open loop: drop beyond"
+    )
     p.add_argument("--no-server-stats", action="store_true", help="skip the statistics diff")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--stack-ready-file", help="`infergw local up --ready-file` JSON")
     cold = p.add_argument_group("cold")
-    cold.add_argument("--repeats", type=int, default=3, help="cold starts to measure")
+    cold.add_argument("--repeats", type=int, default=D.repeats, help="cold starts to measure")
     cold.add_argument("--cold-wait", type=float, help="seconds to wait for scale-to-zero")
     scale = p.add_argument_group("scale")
-    scale.add_argument("--ramp-from", type=float, default=1.0, help="rps (default 1)")
-    scale.add_argument("--ramp-to", type=float, default=100.0, help="rps (default 100)")
-    scale.add_argument("--hold", type=float, default=10.0, help="seconds at the peak after it")
-    scale.add_argument("--steady-window", type=float, default=10.0, help="sliding window (s)")
+    scale.add_argument("--ramp-from", type=float, default=D.ramp_from, help="rps (default 1)")
+    scale.add_argument("--ramp-to", type=float, default=D.ramp_to, help="rps (default 100)")
+    scale.add_argument("--hold", type=float, default=D.hold, help="seconds at the peak after it")
+    scale.add_argument(
+        "--steady-window", type=float, default=D.steady_window, help="sliding window (s)"
+    )
     proto = p.add_argument_group("protocol")
     proto.add_argument("--sizes", help="payload sizes, e.g. 1KB,mobilenet,1MB,yolov5,8MB")
-    proto.add_argument("--protocols", default="grpc,rest,rest-binary")
+    proto.add_argument("--protocols", default=D.protocols)
     conc = p.add_argument_group("concurrency")
     conc.add_argument("--levels", help="comma-separated levels (default 1,2,4,...,64)")
     tr = p.add_argument_group("trace")
     tr.add_argument("--trace-csv", help="CSV of arrival timestamps (first column)")
-    tr.add_argument("--trace-unit", choices=("s", "ms"), default="s")
-    tr.add_argument("--trace-speedup", type=float, default=1.0)
-    tr.add_argument("--trace-kind", choices=("onoff", "mmpp"), default="mmpp")
-    tr.add_argument("--on-rate", type=float, default=50.0, help="onoff: rps while on")
-    tr.add_argument("--mean-on", type=float, default=2.0, help="onoff: mean on period (s)")
-    tr.add_argument("--mean-off", type=float, default=4.0, help="onoff: mean off period (s)")
-    tr.add_argument("--mmpp-rates", default="5,50", help="mmpp: rps per state")
-    tr.add_argument("--mmpp-dwell", default="10,3", help="mmpp: mean seconds per state")
-    tr.add_argument("--diurnal-amplitude", type=float, default=0.5, help="0..1 (default 0.5)")
+    tr.add_argument("--trace-unit", choices=("s", "ms"), default=D.trace_unit)
+    tr.add_argument("--trace-speedup", type=float, default=D.trace_speedup)
+    tr.add_argument("--trace-kind", choices=("onoff", "mmpp"), default=D.trace_kind)
+    tr.add_argument("--on-rate", type=float, default=D.on_rate, help="onoff: rps while on")
+    tr.add_argument("--mean-on", type=float, default=D.mean_on, help="onoff: mean on period (s)")
+    tr.add_argument("--mean-off", type=float, default=D.mean_off, help="onoff: mean off period (s)")
+    tr.add_argument("--mmpp-rates", default=D.mmpp_rates, help="mmpp: rps per state")
+    tr.add_argument("--mmpp-dwell", default=D.mmpp_dwell, help="mmpp: mean seconds per state")
+    tr.add_argument(
+        "--diurnal-amplitude", type=float, default=D.diurnal_amplitude, help="0..1 (default 0.5)"
+    )
     tr.add_argument("--diurnal-period", type=float, help="seconds (default: the run)")
     p.set_defaults(func=_run)
 

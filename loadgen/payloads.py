@@ -7,6 +7,7 @@ compression or caching can flatter a result).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 import numpy as np
 
@@ -22,29 +23,28 @@ DEFAULT_SWEEP = ("1KB", "16KB", "128KB", "mobilenet", "1MB", "inceptionv3", "yol
 _UNITS = {"": 1, "b": 1, "kb": 1024, "mb": 1024 * 1024}
 
 
-def model_inputs(
-    model: str, seed: int = 0, payload_bytes: int | None = None
-) -> dict[str, np.ndarray]:
-    """Inputs for an example model (identity, identity_int64, minilm, mobilenet, yolo).
+Inputs = dict[str, np.ndarray]
+# Example model -> its inputs from (generator, payload_bytes); payload_bytes sizes only
+# the identity models' tensors, others take their natural input.
+MODEL_INPUTS: dict[str, Callable[[np.random.Generator, int | None], Inputs]] = {
+    "identity": lambda rng, n: {"input": rng.random((1, max(1, (n or 64) // 4)), np.float32)},
+    "identity_int64": lambda rng, n: {
+        "input": rng.integers(0, 1 << 30, (1, max(1, (n or 64) // 8)), dtype=np.int64)
+    },
+    "minilm": lambda rng, n: {"text": np.array([SENTENCE], dtype=np.object_)},
+    "mobilenet": lambda rng, n: {"image": rng.random((1, 224, 224, 3), dtype=np.float32)},
+    "yolo": lambda rng, n: {"images": rng.random((1, 3, 640, 640), dtype=np.float32)},
+}
 
-    ``payload_bytes`` sizes the identity model's tensor (rounded down to whole FP32
+
+def model_inputs(model: str, seed: int = 0, payload_bytes: int | None = None) -> Inputs:
+    """Inputs for an example model (``MODEL_INPUTS``).
+
+    ``payload_bytes`` sizes the identity model's tensor (rounded down to whole
     values); other models take their natural input. Unknown models need
     ``inputs_from_metadata``.
     """
-    rng = np.random.default_rng(seed)
-    if model == "identity":
-        columns = max(1, (payload_bytes or 64) // 4)
-        return {"input": rng.random((1, columns), dtype=np.float32)}
-    if model == "identity_int64":
-        columns = max(1, (payload_bytes or 64) // 8)
-        return {"input": rng.integers(0, 1 << 30, (1, columns), dtype=np.int64)}
-    if model == "minilm":
-        return {"text": np.array([SENTENCE], dtype=np.object_)}
-    if model == "mobilenet":
-        return {"image": rng.random((1, 224, 224, 3), dtype=np.float32)}
-    if model == "yolo":
-        return {"images": rng.random((1, 3, 640, 640), dtype=np.float32)}
-    raise KeyError(model)
+    return MODEL_INPUTS[model](np.random.default_rng(seed), payload_bytes)
 
 
 _DTYPES = {

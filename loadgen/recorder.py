@@ -19,7 +19,9 @@ from infergw.loadgen.timeseries import TimeSeries
 # What a sender returns: (error code or None when OK, raw Server-Timing or None, bytes received).
 Outcome = tuple[str | None, str | None, int]
 
-SPLIT_PHASES = ("protocol", "queue", "backend_queue", "coldstart", "compute", "offload")
+# ``protocol`` is derived; the others are the server's own. ``backend`` (the gateway's
+# round trip) contains compute and the rest: it is recorded, not stacked with them.
+SPLIT_PHASES = ("protocol", "queue", "backend_queue", "coldstart", "compute", "offload", "backend")
 _QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"')
 LATE_S = 0.001  # a send dispatched more than this after its intended time is "late"
 

@@ -1,8 +1,10 @@
 """The scenarios, named after the published serverless-inference experiments.
 
-Each takes the parsed settings and a ``Context`` and returns the result's ``runs``.
+Each takes the ``Settings`` and a ``Context`` and returns the result's ``runs``.
 They share one measuring step (``Context.measure``): open a sender, run a loop with
-server statistics fetched around the measurement window, close the sender.
+server statistics fetched around the measurement window, close the sender. ``warm``
+and ``cold`` are also what the demo and ``bench/backends.py`` measure with: they may
+pass their own ``inputs`` instead of the example model's.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import Callable, Coroutine, Iterable, Iterator
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,11 +23,14 @@ from infergw.loadgen.progress import Progress
 from infergw.loadgen.recorder import Recorder
 from infergw.loadgen.runner import closed_loop, open_loop
 from infergw.loadgen.server_stats import StatsWindow
+from infergw.loadgen.settings import Settings
 from infergw.loadgen.targets import make_sender
 from infergw.loadgen.timeseries import Window, steady_state
+from infergw.wire.protocols import Protocol
 
 Run = dict[str, Any]
-Scenario = Callable[[Any, "Context"], Coroutine[Any, Any, list[Run]]]
+Inputs = Mapping[str, np.ndarray]
+Scenario = Callable[[Settings, "Context"], Coroutine[Any, Any, list[Run]]]
 DEFAULT_LEVELS = (1, 2, 4, 8, 16, 32, 64)
 
 
@@ -44,12 +49,12 @@ class Context:
 
     async def measure(
         self,
-        s: Any,
+        s: Settings,
         label: str,
         params: dict[str, Any],
         *,
-        inputs: dict[str, np.ndarray],
-        protocol: str | None = None,
+        inputs: Inputs,
+        protocol: Protocol | None = None,
         schedule: Iterable[float] | None = None,
         concurrency: int | None = None,
         duration_s: float | None = None,
@@ -99,24 +104,24 @@ class Context:
         return run
 
 
-def address_for(s: Any, protocol: str) -> str:
+def address_for(s: Settings, protocol: Protocol) -> str:
     """gRPC goes to ``--target``; REST to ``--http-target`` when given, else ``--target``."""
-    if protocol != "grpc" and s.http_target:
-        return str(s.http_target)
+    if protocol.is_rest and s.http_target:
+        return s.http_target
     return str(s.target)
 
 
-def inputs_for(s: Any) -> dict[str, np.ndarray]:
+def inputs_for(s: Settings) -> Inputs:
     return payloads.model_inputs(s.model, s.seed, s.payload_bytes)
 
 
-def arrivals(s: Any, rate: float) -> Iterator[float]:
+def arrivals(s: Settings, rate: float) -> Iterator[float]:
     if s.arrival == "poisson":
         return schedules.poisson(rate, s.seed)
     return schedules.constant(rate)
 
 
-def bounds(s: Any, default_duration: float) -> tuple[float | None, int | None]:
+def bounds(s: Settings, default_duration: float) -> tuple[float | None, int | None]:
     """(duration, requests) for one run: ``--requests`` wins, else ``--duration``."""
     if s.requests is not None:
         return None, s.requests
@@ -126,13 +131,12 @@ def bounds(s: Any, default_duration: float) -> tuple[float | None, int | None]:
 # --- scenarios -----------------------------------------------------------------------
 
 
-async def warm(s: Any, ctx: Context) -> list[Run]:
+async def warm(s: Settings, ctx: Context, inputs: Inputs | None = None) -> list[Run]:
     """Pre-warmed, fixed concurrency (default 40) or a fixed open-loop rate."""
     duration, requests = bounds(s, 10.0)
     ctx.progress.stage(0, 1, "warm")
-    params: dict[str, Any] = {"payload_bytes": None}
-    inputs = inputs_for(s)
-    params["payload_bytes"] = int(sum(a.nbytes for a in inputs.values()))
+    inputs = inputs_for(s) if inputs is None else inputs
+    params: dict[str, Any] = {"payload_bytes": int(sum(a.nbytes for a in inputs.values()))}
     if s.rate is not None:
         await ctx.measure(
             s,
@@ -159,10 +163,10 @@ async def warm(s: Any, ctx: Context) -> list[Run]:
     return ctx.runs
 
 
-async def cold(s: Any, ctx: Context) -> list[Run]:
+async def cold(s: Settings, ctx: Context, inputs: Inputs | None = None) -> list[Run]:
     """Time to first prediction after scale-to-zero, split into init and inference."""
     info = standins.read_ready_file(s.stack_ready_file) if s.stack_ready_file else None
-    inputs = inputs_for(s)
+    inputs = inputs_for(s) if inputs is None else inputs
     address = address_for(s, s.protocol)
     sender = make_sender(
         s.protocol, address, s.model, inputs, backend=s.backend, timeout_s=s.timeout
@@ -201,7 +205,7 @@ def _cold_split(first_ms: float, timing: str | None) -> dict[str, float]:
     return {"first_ms": first_ms, "init_ms": init, "inference_ms": first_ms - init}
 
 
-async def scale(s: Any, ctx: Context) -> list[Run]:
+async def scale(s: Settings, ctx: Context) -> list[Run]:
     """Open-loop ramp (default 1 -> 100 QPS), then a hold; time to steady state."""
     peak = s.rate if s.rate is not None else s.ramp_to
     ramp_s = s.duration if s.duration is not None else 60.0
@@ -223,10 +227,10 @@ async def scale(s: Any, ctx: Context) -> list[Run]:
     return ctx.runs
 
 
-async def protocol(s: Any, ctx: Context) -> list[Run]:
+async def protocol(s: Settings, ctx: Context) -> list[Run]:
     """Payload sweep on ``identity``: gRPC vs REST JSON vs REST binary."""
-    protocols = [p.strip() for p in s.protocols.split(",")]
-    sizes = [x.strip() for x in s.sizes.split(",")]
+    protocols = [Protocol.parse(p) for p in s.protocols.split(",")]
+    sizes = [x.strip() for x in (s.sizes or ",".join(payloads.DEFAULT_SWEEP)).split(",")]
     duration, requests = (s.duration, None) if s.duration is not None else (None, s.requests or 20)
     cells = [(size, p) for size in sizes for p in protocols]
     for i, (size, proto) in enumerate(cells):
@@ -249,7 +253,7 @@ async def protocol(s: Any, ctx: Context) -> list[Run]:
     return ctx.runs
 
 
-async def concurrency(s: Any, ctx: Context) -> list[Run]:
+async def concurrency(s: Settings, ctx: Context) -> list[Run]:
     """Closed loop at 1, 2, 4, ... 64 in flight: the latency/throughput curve."""
     levels = _levels(s)
     duration, requests = bounds(s, 5.0)
@@ -271,7 +275,7 @@ async def concurrency(s: Any, ctx: Context) -> list[Run]:
     return ctx.runs
 
 
-def _levels(s: Any) -> list[int]:
+def _levels(s: Settings) -> list[int]:
     if s.levels:
         return [int(x) for x in s.levels.split(",")]
     if s.concurrency:
@@ -279,7 +283,7 @@ def _levels(s: Any) -> list[int]:
     return list(DEFAULT_LEVELS)
 
 
-async def trace(s: Any, ctx: Context) -> list[Run]:
+async def trace(s: Settings, ctx: Context) -> list[Run]:
     """Replay ``--trace-csv`` or a generated bursty trace (on/off or MMPP), open loop."""
     schedule, params, length = trace_schedule(s)
     duration = s.duration if s.duration is not None else length
@@ -297,7 +301,7 @@ async def trace(s: Any, ctx: Context) -> list[Run]:
     return ctx.runs
 
 
-def trace_schedule(s: Any) -> tuple[Iterator[float], dict[str, Any], float]:
+def trace_schedule(s: Settings) -> tuple[Iterator[float], dict[str, Any], float]:
     """(offsets, params describing them, natural length in seconds)."""
     if s.trace_csv:
         offsets = list(schedules.trace_csv(s.trace_csv, s.trace_unit, s.trace_speedup))
@@ -305,20 +309,33 @@ def trace_schedule(s: Any) -> tuple[Iterator[float], dict[str, Any], float]:
         return iter(offsets), params, offsets[-1] + 1e-3
     length = s.duration if s.duration is not None else 60.0
     period = s.diurnal_period or length
-    common = {"diurnal_amplitude": s.diurnal_amplitude, "diurnal_period_s": period, "seed": s.seed}
+    common: dict[str, Any] = {
+        "diurnal_amplitude": s.diurnal_amplitude,
+        "diurnal_period_s": period,
+        "seed": s.seed,
+    }
     if s.trace_kind == "onoff":
         on_rate = s.rate if s.rate is not None else s.on_rate
-        gen = schedules.onoff(on_rate, s.mean_on, s.mean_off, **common)
+        gen = schedules.onoff(
+            on_rate,
+            s.mean_on,
+            s.mean_off,
+            diurnal_amplitude=s.diurnal_amplitude,
+            diurnal_period_s=period,
+            seed=s.seed,
+        )
         params = {"trace": "onoff", "on_rate": on_rate, "mean_on_s": s.mean_on}
         params |= {"mean_off_s": s.mean_off, **common}
         return gen, params, length
     rates = [float(x) for x in s.mmpp_rates.split(",")]
     dwell = [float(x) for x in s.mmpp_dwell.split(",")]
-    gen = schedules.mmpp(rates, dwell, **common)
+    gen = schedules.mmpp(
+        rates, dwell, diurnal_amplitude=s.diurnal_amplitude, diurnal_period_s=period, seed=s.seed
+    )
     return gen, {"trace": "mmpp", "rates": rates, "mean_dwell_s": dwell, **common}, length
 
 
-def _warmup(s: Any, default: float) -> float:
+def _warmup(s: Settings, default: float) -> float:
     return float(s.warmup) if s.warmup is not None else default
 
 

@@ -13,23 +13,18 @@ import logging
 from typing import Any
 
 from infergw.vocab.types import ModelStatistics
+from infergw.wire.protocols import Protocol
 
 log = logging.getLogger(__name__)
+STATS_TIMEOUT_S = 10.0
 
 
-def _client(protocol: str, address: str) -> Any:
-    from infergw.clients import AsyncGrpcClient, AsyncHttpClient
-
-    if protocol == "grpc":
-        return AsyncGrpcClient(address, timeout=10.0)
-    return AsyncHttpClient(address, timeout=10.0)
-
-
-async def fetch(protocol: str, address: str, model: str) -> ModelStatistics | None:
+async def fetch(protocol: Protocol, address: str, model: str) -> ModelStatistics | None:
     """The model's cumulative statistics, or None when the endpoint has none."""
+    from infergw.clients.factory import connect_async
     from infergw.vocab.errors import InferGWError
 
-    client = _client(protocol, address)
+    client = connect_async(protocol, address, timeout=STATS_TIMEOUT_S)
     try:
         stats = await client.model_statistics(model)
     except (InferGWError, OSError) as exc:
@@ -96,7 +91,7 @@ def diff(before: ModelStatistics | None, after: ModelStatistics | None) -> dict[
 class StatsWindow:
     """Fetch before (``begin``, used as the loops' ``on_measure_start``) and after."""
 
-    def __init__(self, protocol: str, address: str, model: str, enabled: bool = True) -> None:
+    def __init__(self, protocol: Protocol, address: str, model: str, enabled: bool = True) -> None:
         self.protocol, self.address, self.model, self.enabled = protocol, address, model, enabled
         self.before: ModelStatistics | None = None
 

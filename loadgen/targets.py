@@ -13,7 +13,9 @@ Open Inference Protocol endpoint; ``backend`` adds the ``x-infergw-backend`` pin
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Mapping
+from functools import partial
 from typing import Any
 
 import grpc
@@ -22,18 +24,16 @@ import numpy as np
 
 from infergw.loadgen.recorder import Outcome
 from infergw.vocab.datatypes import tensor_from_numpy
+from infergw.vocab.errors import InferGWError
 from infergw.vocab.types import InferRequest, RequestedOutput
+from infergw.wire import grpc_channel
+from infergw.wire.protocols import Protocol
+from infergw.wire.server_timing import HEADER, join_server_timing, server_timing_from_metadata
+from infergw.wire.status import ERROR_FOR_HTTP
 
-PROTOCOLS = ("grpc", "rest", "rest-binary")
 MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
 PIN_HEADER = "x-infergw-backend"
 GRPC_FRAME = 5
-MAX_MESSAGE = 256 * 1024 * 1024
-GRPC_OPTIONS = (
-    ("grpc.max_send_message_length", MAX_MESSAGE),
-    ("grpc.max_receive_message_length", MAX_MESSAGE),
-    ("grpc.use_local_subchannel_pool", 1),  # a private connection, never shared
-)
 
 
 def infer_request(
@@ -50,7 +50,7 @@ def infer_request(
 class GrpcSender:
     """OIP gRPC ``ModelInfer`` with a pre-serialized request."""
 
-    protocol = "grpc"
+    protocol = Protocol.GRPC
 
     def __init__(
         self,
@@ -72,7 +72,8 @@ class GrpcSender:
         self._infer: Any = None
 
     async def open(self) -> None:
-        self._channel = grpc.aio.insecure_channel(self.address, options=GRPC_OPTIONS)
+        # A private connection, never shared with another sender's.
+        self._channel = grpc_channel.aio_channel(self.address, private=True)
         self._infer = self._channel.unary_unary(MODEL_INFER)  # bytes in, bytes out
 
     async def send(self) -> Outcome:
@@ -83,10 +84,7 @@ class GrpcSender:
             return exc.code().name, None, 0
         except Exception as exc:  # the client itself failed: count it, keep going
             return type(exc).__name__, None, 0
-        timing = None
-        for key, value in await call.trailing_metadata() or ():
-            if key == "server-timing":
-                timing = value if timing is None else f"{timing}, {value}"
+        timing = server_timing_from_metadata(await call.trailing_metadata())
         return None, timing, len(reply) + GRPC_FRAME
 
     async def close(self) -> None:
@@ -113,7 +111,7 @@ class RestSender:
 
         from infergw.wire.oip_json import HEADER_LENGTH, encode_infer_request
 
-        self.protocol = "rest-binary" if binary else "rest"
+        self.protocol = Protocol.REST_BINARY if binary else Protocol.REST
         origin = address if "://" in address else f"http://{address}"
         self.url = f"{origin.rstrip('/')}/v2/models/{quote(model, safe='')}/infer"
         body, header_length = encode_infer_request(
@@ -127,6 +125,9 @@ class RestSender:
                 "content-type": "application/octet-stream",
                 HEADER_LENGTH: str(header_length),
             }
+        # aiohttp asks for gzip by default, and a server that honours it (the gateway
+        # does) spends the measured time compressing: ask for the bytes as they are.
+        self.headers["accept-encoding"] = "identity"
         if backend:
             self.headers[PIN_HEADER] = backend
         self.timeout_s = timeout_s
@@ -148,7 +149,7 @@ class RestSender:
             ) as response:
                 body = await response.read()
                 status = response.status
-                timing = response.headers.getall("Server-Timing", None)
+                timing = join_server_timing(response.headers.getall(HEADER, ()))
         except TimeoutError:
             return "DEADLINE_EXCEEDED", None, 0
         except OSError:
@@ -157,7 +158,7 @@ class RestSender:
             return _transport_code(exc), None, 0
         if status != 200:
             return _http_code(status), None, len(body)
-        return None, ", ".join(timing) if timing else None, len(body)
+        return None, timing, len(body)
 
     async def close(self) -> None:
         if self._session is not None:
@@ -166,11 +167,8 @@ class RestSender:
 
 
 def _http_code(status: int) -> str:
-    """The gRPC code name for an HTTP status (as the SDK maps it), with the status."""
-    from infergw.clients._errors import HTTP_ERRORS
-
-    cls = HTTP_ERRORS.get(status)
-    return f"{cls.grpc_code if cls else 'INTERNAL'} (HTTP {status})"
+    """The gRPC code name for an HTTP status (the one table the SDK maps it by), with it."""
+    return f"{ERROR_FOR_HTTP.get(status, InferGWError).grpc_code} (HTTP {status})"
 
 
 def _transport_code(exc: Exception) -> str:
@@ -181,24 +179,37 @@ def _transport_code(exc: Exception) -> str:
     return type(exc).__name__
 
 
+Sender = GrpcSender | RestSender
+
+
+class SenderFactory(typing.Protocol):
+    def __call__(
+        self,
+        address: str,
+        model: str,
+        inputs: Mapping[str, np.ndarray],
+        *,
+        backend: str | None,
+        timeout_s: float,
+    ) -> Sender: ...
+
+
+SENDERS: Mapping[Protocol, SenderFactory] = {
+    Protocol.GRPC: GrpcSender,
+    Protocol.REST: partial(RestSender, binary=False),
+    Protocol.REST_BINARY: partial(RestSender, binary=True),
+}
+
+
 def make_sender(
-    protocol: str,
+    protocol: Protocol | str,
     address: str,
     model: str,
     inputs: Mapping[str, np.ndarray],
     *,
     backend: str | None = None,
     timeout_s: float = 60.0,
-) -> GrpcSender | RestSender:
-    if protocol == "grpc":
-        return GrpcSender(address, model, inputs, backend=backend, timeout_s=timeout_s)
-    if protocol in ("rest", "rest-binary"):
-        return RestSender(
-            address,
-            model,
-            inputs,
-            binary=protocol == "rest-binary",
-            backend=backend,
-            timeout_s=timeout_s,
-        )
-    raise ValueError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS}")
+) -> Sender:
+    """The sender for ``protocol`` (a ``ValueError`` names the valid ones)."""
+    factory = SENDERS[Protocol.parse(protocol)]
+    return factory(address, model, inputs, backend=backend, timeout_s=timeout_s)

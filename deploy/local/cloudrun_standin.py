@@ -18,28 +18,32 @@ front end does. Like Cloud Run:
 - a request running longer than ``request_timeout_s`` (Cloud Run: 300 s) is cut
   with UNAVAILABLE (Cloud Run's 504).
 
-Stand-in-only admin, on the same port (no Cloud Run equivalent; for tests and
-benchmarks): unary ``/infergw.local.CloudRunAdmin/ScaleToZero`` and ``.../Stats``
-take any bytes and answer JSON text; ``scale_to_zero(endpoint)`` calls the first.
-In-process, ``CloudRunStandIn.scale_to_zero()`` does the same.
+Stand-in-only admin (no Cloud Run equivalent; for tests and benchmarks), over HTTP
+on a port of its own (``admin_endpoint``), shaped like the Lambda and SageMaker
+stand-ins' admin routes: ``POST /_infergw/services/{service}/scale-to-zero`` stops
+the idle instances now, ``GET /_infergw/services/{service}`` answers pool statistics.
+``scale_to_zero(url)`` posts to such a URL; in-process, ``CloudRunStandIn.scale_to_zero()``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import aiohttp
 import grpc
+from aiohttp import web
 
 from infergw.deploy.local.instances import Instance, InstancePool, InstanceStartError, Throttled
 from infergw.gateway.lifecycle import AsyncService
+from infergw.gateway.sites import AppSite
+from infergw.wire import grpc_channel
 
 SERVICE = "/inference.GRPCInferenceService/"
-ADMIN = "/infergw.local.CloudRunAdmin/"
+ADMIN_PREFIX = "/_infergw/services"
 UNARY_METHODS = frozenset(
     SERVICE + m
     for m in (
@@ -67,11 +71,7 @@ CONNECTION_ERROR = (
     "The request failed because either the HTTP response was malformed "
     "or connection to the instance had an error."
 )
-MAX_MESSAGE = 1 << 30
-_OPTIONS = (
-    ("grpc.max_send_message_length", MAX_MESSAGE),
-    ("grpc.max_receive_message_length", MAX_MESSAGE),
-)
+_OPTIONS = grpc_channel.server_options()  # the message limits every channel has
 
 
 def _identity(payload: bytes) -> bytes:
@@ -95,6 +95,7 @@ class CloudRunStandIn(AsyncService):
         start_timeout_s: float = 120.0,
         host: str = "127.0.0.1",
         port: int = 0,
+        admin_port: int = 0,
         env: Mapping[str, str] | None = None,
     ) -> None:
         worker_env = {
@@ -116,8 +117,11 @@ class CloudRunStandIn(AsyncService):
             start_timeout_s=start_timeout_s,
         )
         self.request_timeout_s = request_timeout_s
+        self.service = service
         self.host = host
         self.port = port
+        self.admin_port = admin_port
+        self._admin: AppSite | None = None
         self._server: grpc.aio.Server | None = None
         self._channels: dict[int, grpc.aio.Channel] = {}
 
@@ -135,11 +139,16 @@ class CloudRunStandIn(AsyncService):
         try:
             await self.pool.start()
             await server.start()
+            self._admin = AppSite(self._admin_app(), self.host, self.admin_port)
+            await self._admin.start()
         except BaseException:
             await self.stop()
             raise
 
     async def stop(self) -> None:
+        if self._admin is not None:
+            await self._admin.stop()
+            self._admin = None
         if self._server is not None:
             await self._server.stop(1.0)
             self._server = None
@@ -154,6 +163,38 @@ class CloudRunStandIn(AsyncService):
 
     def stats(self) -> dict[str, int]:
         return self.pool.stats()
+
+    # -- admin (stand-in only) -----------------------------------------------------------
+    @property
+    def admin_endpoint(self) -> str:
+        """``http://host:port`` of the admin routes (while started)."""
+        if self._admin is None:
+            raise RuntimeError("the Cloud Run stand-in is not started")
+        return self._admin.url
+
+    def scale_to_zero_url(self) -> str:
+        return f"{self.admin_endpoint}{ADMIN_PREFIX}/{self.service}/scale-to-zero"
+
+    def _admin_app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post(ADMIN_PREFIX + "/{name}/scale-to-zero", self._scale_to_zero_route)
+        app.router.add_get(ADMIN_PREFIX + "/{name}", self._stats_route)
+        return app
+
+    def _known(self, request: web.Request) -> web.Response | None:
+        name = request.match_info["name"]
+        if name == self.service:
+            return None
+        return web.json_response({"error": f"service {name!r} not found"}, status=404)
+
+    async def _scale_to_zero_route(self, request: web.Request) -> web.Response:
+        unknown = self._known(request)
+        if unknown is not None:
+            return unknown
+        return web.json_response({"service": self.service, "stopped": await self.scale_to_zero()})
+
+    async def _stats_route(self, request: web.Request) -> web.Response:
+        return self._known(request) or web.json_response({"service": self.service, **self.stats()})
 
     # -- forwarding ------------------------------------------------------------------
     async def forward(
@@ -219,8 +260,8 @@ class CloudRunStandIn(AsyncService):
         channel = self._channels.get(instance.id)
         if channel is None:
             await self._prune_channels()  # a new instance: drop those of reaped ones
-            channel = self._channels[instance.id] = grpc.aio.insecure_channel(
-                f"127.0.0.1:{instance.port}", options=_OPTIONS
+            channel = self._channels[instance.id] = grpc_channel.aio_channel(
+                f"127.0.0.1:{instance.port}"
             )
         return channel
 
@@ -229,11 +270,6 @@ class CloudRunStandIn(AsyncService):
         live = {i.id for i in self.pool.instances if i.alive} if keep is None else set(keep)
         gone = [iid for iid in self._channels if iid not in live]
         await asyncio.gather(*(self._channels.pop(iid).close() for iid in gone))
-
-    async def admin(self, method: str, context: grpc.aio.ServicerContext) -> bytes:
-        if method == ADMIN + "ScaleToZero":
-            return json.dumps({"stopped": await self.scale_to_zero()}).encode()
-        return json.dumps(self.stats()).encode()
 
 
 async def _exited(instance: Instance, wait_s: float = 0.5) -> bool:
@@ -245,7 +281,7 @@ async def _exited(instance: Instance, wait_s: float = 0.5) -> bool:
 
 
 class _Handler(grpc.GenericRpcHandler):
-    """Routes OIP unary methods to ``forward`` and the admin methods to ``admin``."""
+    """Routes OIP unary methods to ``forward``."""
 
     def __init__(self, standin: CloudRunStandIn) -> None:
         self.standin = standin
@@ -261,31 +297,25 @@ class _Handler(grpc.GenericRpcHandler):
         return handler
 
     def _make(self, method: str) -> grpc.RpcMethodHandler | None:
-        standin = self.standin
-        if method in UNARY_METHODS:
-
-            async def forward(payload: bytes, context: grpc.aio.ServicerContext) -> bytes:
-                return await standin.forward(method, payload, context)
-
-            fn: Any = forward
-        elif method in (ADMIN + "ScaleToZero", ADMIN + "Stats"):
-
-            async def admin(_: bytes, context: grpc.aio.ServicerContext) -> bytes:
-                return await standin.admin(method, context)
-
-            fn = admin
-        else:
+        if method not in UNARY_METHODS:
             return None  # UNIMPLEMENTED, as for any unknown method
+        standin = self.standin
+
+        async def forward(payload: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            return await standin.forward(method, payload, context)
+
         return grpc.unary_unary_rpc_method_handler(
-            fn, request_deserializer=_identity, response_serializer=_identity
+            forward, request_deserializer=_identity, response_serializer=_identity
         )
 
 
-async def scale_to_zero(endpoint: str, timeout_s: float = 30.0) -> int:
-    """Ask a running stand-in (e.g. one started by ``infergw local up``) to scale to zero."""
-    async with grpc.aio.insecure_channel(endpoint) as channel:
-        rpc = channel.unary_unary(
-            ADMIN + "ScaleToZero", request_serializer=_identity, response_deserializer=_identity
-        )
-        reply = json.loads(await rpc(b"", timeout=timeout_s))
-    return int(reply["stopped"])
+async def scale_to_zero(url: str, timeout_s: float = 30.0) -> int:
+    """POST a stand-in's ``scale_to_zero_url()`` (e.g. one ``infergw local up`` started);
+    returns how many instances stopped."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(url, timeout=aiohttp.ClientTimeout(total=timeout_s)) as reply,
+    ):
+        reply.raise_for_status()
+        body: dict[str, Any] = await reply.json()
+    return int(body["stopped"])

@@ -42,6 +42,7 @@ from aiohttp import web
 
 from infergw.deploy.local.instances import InstancePool, InstanceStartError, Throttled
 from infergw.gateway.lifecycle import AsyncService
+from infergw.gateway.sites import AppSite
 
 log = logging.getLogger(__name__)
 
@@ -128,12 +129,16 @@ class LambdaStandIn(AsyncService):
         self.functions = {f.name: f for f in functions}
         self.host, self.port, self.region = host, port, region
         self.pools: dict[str, InstancePool] = {}
-        self._runner: web.AppRunner | None = None
+        self._site: AppSite | None = None
         self._session: aiohttp.ClientSession | None = None
 
     @property
     def endpoint(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+    def scale_to_zero_url(self, function: str) -> str:
+        """The admin route that stops ``function``'s idle environments (stand-in only)."""
+        return scale_to_zero_url(self.endpoint, function)
 
     def _arn(self, name: str) -> str:
         return f"arn:aws:lambda:{self.region}:{ACCOUNT}:function:{name}"
@@ -148,11 +153,9 @@ class LambdaStandIn(AsyncService):
             app.router.add_post("/2015-03-31/functions/{name}/invocations", self._invoke)
             app.router.add_post("/_infergw/functions/{name}/scale-to-zero", self._scale_to_zero)
             app.router.add_get("/_infergw/functions/{name}", self._stats)
-            self._runner = web.AppRunner(app, access_log=None)
-            await self._runner.setup()
-            site = web.TCPSite(self._runner, self.host, self.port)
-            await site.start()
-            self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            self._site = AppSite(app, self.host, self.port)
+            await self._site.start()
+            self.port = self._site.port
         except BaseException:
             await self.stop()
             raise
@@ -177,9 +180,9 @@ class LambdaStandIn(AsyncService):
         )
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        if self._site is not None:
+            await self._site.stop()
+            self._site = None
         if self._session is not None:
             await self._session.close()
             self._session = None

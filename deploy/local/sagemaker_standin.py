@@ -50,6 +50,7 @@ from infergw.deploy.local.instances import (
     Throttled,
 )
 from infergw.gateway.lifecycle import AsyncService
+from infergw.gateway.sites import AppSite
 from infergw.wire import sagemaker as wire
 
 SERVERLESS_MAX_PAYLOAD = 4 * 1024 * 1024  # 4 MB, InvokeEndpoint on serverless endpoints
@@ -115,13 +116,17 @@ class SageMakerStandIn(AsyncService):
         self.account = account
         self.region = region
         self.pools: dict[str, InstancePool] = {}
-        self._runner: web.AppRunner | None = None
+        self._site: AppSite | None = None
         self._session: aiohttp.ClientSession | None = None
 
     @property
     def endpoint(self) -> str:
         """The ``endpoint_url`` for botocore clients."""
         return f"http://{self.host}:{self.port}"
+
+    def scale_to_zero_url(self, endpoint_name: str) -> str:
+        """The admin route that stops the endpoint's idle instances (stand-in only)."""
+        return f"{self.endpoint}{ADMIN_PREFIX}/endpoints/{endpoint_name}/scale-to-zero"
 
     async def start(self) -> None:
         try:
@@ -142,19 +147,17 @@ class SageMakerStandIn(AsyncService):
             app.router.add_post("/endpoints/{name}/invocations", self._invoke)
             app.router.add_post(ADMIN_PREFIX + "/endpoints/{name}/scale-to-zero", self._to_zero)
             app.router.add_get(ADMIN_PREFIX + "/endpoints", self._stats)
-            self._runner = web.AppRunner(app, access_log=None)
-            await self._runner.setup()
-            site = web.TCPSite(self._runner, self.host, self.port)
-            await site.start()
-            self.port = self._runner.addresses[0][1]
+            self._site = AppSite(app, self.host, self.port)
+            await self._site.start()
+            self.port = self._site.port
         except BaseException:
             await self.stop()
             raise
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        if self._site is not None:
+            await self._site.stop()
+            self._site = None
         pools, self.pools = list(self.pools.values()), {}
         await asyncio.gather(*(p.close() for p in pools))
         if self._session is not None:

@@ -11,6 +11,11 @@ Every model routes to Triton by default; ``x-infergw-backend: NAME`` pins anothe
 ``infergw local up`` runs it in the foreground; ``infergw demo`` and the tests use
 ``LocalStack`` as an async context manager. Every process it starts is stopped on
 exit, including when start-up fails half-way.
+
+The serverless kinds are entries of ``SERVERLESS`` (kind -> ``Serverless`` provider):
+each starts its stand-in and says what the gateway needs to reach it and what the
+ready file tells clients, including one ``scale_to_zero`` admin URL per model, which
+is all the load generator needs to force a cold start.
 """
 
 from __future__ import annotations
@@ -20,9 +25,9 @@ import contextlib
 import json
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from infergw.deploy.local.cloudrun_standin import CloudRunStandIn
 from infergw.deploy.local.lambda_standin import FunctionConfig, LambdaStandIn
@@ -37,9 +42,9 @@ from infergw.models.registry import MODELS
 log = logging.getLogger(__name__)
 
 EXAMPLE_MODELS = tuple(MODELS)  # identity, identity_int64, minilm, mobilenet, yolo
-BACKENDS = ("triton", "lambda", "sagemaker", "cloudrun")
 BUCKET = "infergw-offload"
 READY_TIMEOUT_S = 120.0
+SCALE_TO_ZERO = "scale_to_zero"  # the ready file's {model: admin URL}, per backend
 # Every model process (Triton's stubs, functions, containers) gets the same BLAS
 # threading, as the launcher gives Triton: comparisons between backends stay fair and
 # several model processes do not oversubscribe the cores.
@@ -51,6 +56,161 @@ LOCAL_AWS_ENV = {
     "AWS_SECRET_ACCESS_KEY": "infergw-local",
     "AWS_DEFAULT_REGION": "us-east-1",
 }
+
+
+class Serverless(Protocol):
+    """One serverless backend of the stack: its stand-in, started and stopped here."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None:
+        """Stop whatever ``start`` got to (it may have failed half-way)."""
+
+    async def scale_to_zero(self) -> None: ...
+
+    def backend_config(self) -> dict[str, Any]:
+        """The gateway's ``backends.NAME`` entry for it."""
+
+    def ready_entry(self) -> dict[str, Any]:
+        """The ready file's ``backends.NAME``: its endpoints and ``scale_to_zero`` URLs."""
+
+    def shared_endpoints(self) -> dict[str, Any]:
+        """Top-level ready-file entries it brings along (the S3 server, for Lambda)."""
+
+
+def _per_model(models: Sequence[str]) -> dict[str, str]:
+    """One function / endpoint per example model, named as the SAM template does."""
+    return {model: f"infergw-{model}" for model in models}
+
+
+class LambdaProvider:
+    """The Invoke API stand-in, one function per model, with moto's S3 for offload."""
+
+    def __init__(self, models: Sequence[str], idle_timeout_s: float) -> None:
+        self.functions = _per_model(models)
+        self.idle_timeout_s = idle_timeout_s
+        self.s3 = MotoS3(buckets=[BUCKET])
+        self.standin: LambdaStandIn | None = None
+
+    async def start(self) -> None:
+        s3_endpoint = await asyncio.to_thread(self.s3.start)
+        env = {**{k: os.environ[k] for k in LOCAL_AWS_ENV}, "AWS_ENDPOINT_URL_S3": s3_endpoint}
+        self.standin = LambdaStandIn(
+            [
+                FunctionConfig(
+                    fn, env={**env, "INFERGW_MODELS": model}, idle_timeout_s=self.idle_timeout_s
+                )
+                for model, fn in self.functions.items()
+            ]
+        )
+        await self.standin.start()
+
+    async def stop(self) -> None:
+        if self.standin is not None:
+            await self.standin.stop()
+            self.standin = None
+        await asyncio.to_thread(self.s3.stop)
+
+    async def scale_to_zero(self) -> None:
+        assert self.standin is not None
+        for pool in self.standin.pools.values():
+            await pool.scale_to_zero()
+
+    def backend_config(self) -> dict[str, Any]:
+        assert self.standin is not None
+        return {
+            "kind": "lambda",
+            "endpoint_url": self.standin.endpoint,
+            "functions": self.functions,
+            "function_name": self.functions["identity"],
+            "s3_bucket": BUCKET,
+            "s3_endpoint_url": self.s3.endpoint,
+        }
+
+    def ready_entry(self) -> dict[str, Any]:
+        assert self.standin is not None
+        urls = {m: self.standin.scale_to_zero_url(fn) for m, fn in self.functions.items()}
+        return {"endpoint": self.standin.endpoint, SCALE_TO_ZERO: urls}
+
+    def shared_endpoints(self) -> dict[str, Any]:
+        return {"s3": {"endpoint": self.s3.endpoint, "bucket": BUCKET}}
+
+
+class SageMakerProvider:
+    """The InvokeEndpoint stand-in, one serverless endpoint per model."""
+
+    def __init__(self, models: Sequence[str], idle_timeout_s: float) -> None:
+        self.endpoints = _per_model(models)
+        self.standin = SageMakerStandIn(
+            [
+                ServerlessEndpoint(ep, (m,), idle_timeout_s=idle_timeout_s)
+                for m, ep in self.endpoints.items()
+            ]
+        )
+
+    async def start(self) -> None:
+        await self.standin.start()
+
+    async def stop(self) -> None:
+        await self.standin.stop()
+
+    async def scale_to_zero(self) -> None:
+        for pool in self.standin.pools.values():
+            await pool.scale_to_zero()
+
+    def backend_config(self) -> dict[str, Any]:
+        return {
+            "kind": "sagemaker",
+            "endpoint_url": self.standin.endpoint,
+            "endpoints": self.endpoints,
+            "endpoint_name": self.endpoints["identity"],
+        }
+
+    def ready_entry(self) -> dict[str, Any]:
+        urls = {m: self.standin.scale_to_zero_url(ep) for m, ep in self.endpoints.items()}
+        return {"endpoint": self.standin.endpoint, SCALE_TO_ZERO: urls}
+
+    def shared_endpoints(self) -> dict[str, Any]:
+        return {}
+
+
+class CloudRunProvider:
+    """The h2c stand-in: one service serving every model."""
+
+    def __init__(self, models: Sequence[str], idle_timeout_s: float) -> None:
+        self.models = tuple(models)
+        self.standin = CloudRunStandIn(self.models, idle_timeout_s=idle_timeout_s)
+
+    async def start(self) -> None:
+        await self.standin.start()
+
+    async def stop(self) -> None:
+        await self.standin.stop()
+
+    async def scale_to_zero(self) -> None:
+        await self.standin.scale_to_zero()
+
+    def backend_config(self) -> dict[str, Any]:
+        return {"kind": "cloudrun", "url": f"h2c://{self.standin.endpoint}"}
+
+    def ready_entry(self) -> dict[str, Any]:
+        url = self.standin.scale_to_zero_url()  # one service: every model's instances
+        return {
+            "grpc": self.standin.endpoint,
+            "admin": self.standin.admin_endpoint,
+            SCALE_TO_ZERO: dict.fromkeys(self.models, url),
+        }
+
+    def shared_endpoints(self) -> dict[str, Any]:
+        return {}
+
+
+SERVERLESS: dict[str, Callable[[Sequence[str], float], Serverless]] = {
+    "lambda": LambdaProvider,
+    "sagemaker": SageMakerProvider,
+    "cloudrun": CloudRunProvider,
+}
+BACKENDS = ("triton", *SERVERLESS)
 
 
 def local_config(
@@ -83,10 +243,7 @@ class LocalStack(AsyncService):
         self.kinds = tuple(backends)
         self.idle_timeout_s = idle_timeout_s
         self.triton = TritonServer()
-        self.s3: MotoS3 | None = None
-        self.lambda_: LambdaStandIn | None = None
-        self.sagemaker: SageMakerStandIn | None = None
-        self.cloudrun: CloudRunStandIn | None = None
+        self.serverless: dict[str, Serverless] = {}
         self.gateway: Gateway | None = None
 
     async def start(self) -> None:
@@ -108,71 +265,26 @@ class LocalStack(AsyncService):
 
     async def _start_serverless(self) -> dict[str, dict[str, Any]]:
         """Start the stand-ins that were asked for; returns their gateway backend config."""
-        config: dict[str, dict[str, Any]] = {}
-        idle = self.idle_timeout_s
-        if "lambda" in self.kinds:
-            self.s3 = MotoS3(buckets=[BUCKET])
-            s3_endpoint = await asyncio.to_thread(self.s3.start)
-            env = {
-                **{k: os.environ[k] for k in LOCAL_AWS_ENV},
-                "AWS_ENDPOINT_URL_S3": s3_endpoint,
-            }
-            functions = {model: f"infergw-{model}" for model in EXAMPLE_MODELS}
-            self.lambda_ = LambdaStandIn(
-                [
-                    FunctionConfig(fn, env={**env, "INFERGW_MODELS": model}, idle_timeout_s=idle)
-                    for model, fn in functions.items()
-                ]
-            )
-            await self.lambda_.start()
-            config["lambda"] = {
-                "kind": "lambda",
-                "endpoint_url": self.lambda_.endpoint,
-                "functions": functions,
-                "function_name": functions["identity"],
-                "s3_bucket": BUCKET,
-                "s3_endpoint_url": s3_endpoint,
-            }
-        if "sagemaker" in self.kinds:
-            endpoints = {model: f"infergw-{model}" for model in EXAMPLE_MODELS}
-            self.sagemaker = SageMakerStandIn(
-                [ServerlessEndpoint(ep, (m,), idle_timeout_s=idle) for m, ep in endpoints.items()]
-            )
-            await self.sagemaker.start()
-            config["sagemaker"] = {
-                "kind": "sagemaker",
-                "endpoint_url": self.sagemaker.endpoint,
-                "endpoints": endpoints,
-                "endpoint_name": endpoints["identity"],
-            }
-        if "cloudrun" in self.kinds:
-            self.cloudrun = CloudRunStandIn(EXAMPLE_MODELS, idle_timeout_s=idle)
-            await self.cloudrun.start()
-            config["cloudrun"] = {"kind": "cloudrun", "url": f"h2c://{self.cloudrun.endpoint}"}
-        return config
+        for kind in self.kinds:
+            if kind in SERVERLESS:
+                provider = self.serverless[kind] = SERVERLESS[kind](
+                    EXAMPLE_MODELS, self.idle_timeout_s
+                )
+                await provider.start()
+        return {kind: p.backend_config() for kind, p in self.serverless.items()}
 
     async def scale_to_zero(self) -> None:
         """Stop every idle serverless instance now, so the next request is a cold start."""
-        pools = []
-        for standin in (self.lambda_, self.sagemaker):
-            if standin is not None:
-                pools.extend(standin.pools.values())
-        for pool in pools:
-            await pool.scale_to_zero()
-        if self.cloudrun is not None:
-            await self.cloudrun.scale_to_zero()
+        for provider in self.serverless.values():
+            await provider.scale_to_zero()
 
     async def stop(self) -> None:
         if self.gateway is not None:
             await self.gateway.stop()
             self.gateway = None
-        for standin in (self.cloudrun, self.sagemaker, self.lambda_):
-            if standin is not None:
-                await standin.stop()
-        self.cloudrun = self.sagemaker = self.lambda_ = None
-        if self.s3 is not None:
-            await asyncio.to_thread(self.s3.stop)
-            self.s3 = None
+        providers, self.serverless = list(self.serverless.values()), {}
+        for provider in reversed(providers):
+            await provider.stop()
         await asyncio.to_thread(self.triton.stop)
 
     def endpoints(self) -> dict[str, Any]:
@@ -180,15 +292,10 @@ class LocalStack(AsyncService):
         assert self.gateway is not None
         triton = self.triton.endpoints
         backends: dict[str, Any] = {"triton": {"grpc": triton.grpc, "http": triton.http}}
-        if self.lambda_ is not None:
-            backends["lambda"] = {"endpoint": self.lambda_.endpoint}
-        if self.sagemaker is not None:
-            backends["sagemaker"] = {"endpoint": self.sagemaker.endpoint}
-        if self.cloudrun is not None:
-            backends["cloudrun"] = {"grpc": self.cloudrun.endpoint}
         info: dict[str, Any] = {"gateway": dict(self.gateway.addresses), "backends": backends}
-        if self.s3 is not None:
-            info["s3"] = {"endpoint": self.s3.endpoint, "bucket": BUCKET}
+        for kind, provider in self.serverless.items():
+            backends[kind] = provider.ready_entry()
+            info.update(provider.shared_endpoints())
         return info
 
 

@@ -96,7 +96,7 @@ async def test_first_request_after_scale_to_zero_carries_coldstart(
     standin: CloudRunStandIn, backend: CloudRunBackend
 ) -> None:
     await backend.infer(identity_request(np.zeros((1, 1), np.float32)), ctx())  # warm
-    assert await scale_to_zero(standin.endpoint) >= 1  # the admin method, as a benchmark would
+    assert await scale_to_zero(standin.scale_to_zero_url()) >= 1  # admin route, as bench does
     assert standin.stats()["instances"] == 0
     first, second = ctx(), ctx()
     await backend.infer(identity_request(np.ones((1, 4), np.float32)), first)

@@ -25,7 +25,9 @@ import pytest_asyncio
 from infergw.backends.aws_lambda import LambdaBackend
 from infergw.deploy.local.lambda_standin import FunctionConfig, LambdaStandIn, scale_to_zero_url
 from infergw.deploy.local.s3 import MotoS3
+from infergw.gateway.core.config import BackendConfig, RetryConfig
 from infergw.gateway.core.context import RequestContext
+from infergw.gateway.core.policies import build_stack
 from infergw.models import load_model
 from infergw.vocab.datatypes import tensor_from_numpy, tensor_to_numpy
 from infergw.vocab.errors import (
@@ -34,6 +36,7 @@ from infergw.vocab.errors import (
     InvalidArgument,
     PayloadTooLarge,
     QueueFull,
+    Throttled,
     Unavailable,
 )
 from infergw.vocab.types import InferRequest
@@ -224,7 +227,13 @@ async def test_throttling_storm_is_mapped_or_retried_and_nothing_hangs(
     async with aiohttp.ClientSession() as http:
         await http.post(scale_to_zero_url(standin.endpoint, "throttled"))
     plain = backend(standin, None, function_name="throttled")
-    patient = backend(standin, None, function_name="throttled", retry_throttled=True, max_retries=8)
+    # The stack a configured backend gets; `retry:` adds the Retry policy to it.
+    retry = RetryConfig(max_retries=8, base_ms=50.0, max_ms=2000.0)
+    patient = build_stack(
+        backend(standin, None, function_name="throttled"),
+        BackendConfig(name="lambda", kind="lambda", retry=retry),
+    )
+    contexts = [ctx(15) for _ in range(6)]
     try:
         async with asyncio.timeout(30):
             first = await asyncio.gather(
@@ -232,7 +241,7 @@ async def test_throttling_storm_is_mapped_or_retried_and_nothing_hangs(
                 return_exceptions=True,
             )
             second = await asyncio.gather(
-                *(patient.infer(identity_request((1, 4)), ctx(15)) for _ in range(6)),
+                *(patient.infer(identity_request((1, 4)), c) for c in contexts),
                 return_exceptions=True,
             )
     finally:
@@ -241,9 +250,18 @@ async def test_throttling_storm_is_mapped_or_retried_and_nothing_hangs(
     throttled = [r for r in first if isinstance(r, QueueFull)]
     assert throttled and all(isinstance(r, QueueFull) or hasattr(r, "outputs") for r in first)
     assert "throttled" in throttled[0].message and throttled[0].retry_after_s > 0
+    assert all(isinstance(r, Throttled) for r in throttled)  # retryable, unlike admission's
     assert all(isinstance(r, QueueFull) or hasattr(r, "outputs") for r in second)
     retried = [r for r in second if not isinstance(r, BaseException)]
     assert any(r.parameters.get("lambda.throttled_retries", 0) > 0 for r in retried)
+    for reply, c in zip(second, contexts, strict=True):
+        if isinstance(reply, BaseException) or not reply.parameters.get("lambda.throttled_retries"):
+            continue
+        retries = int(reply.parameters["lambda.throttled_retries"])
+        # each try its own backend entry; the waits one queue entry with the count
+        attempts = [e.description for e in c.timings.entries if e.name == "backend"]
+        assert attempts == [f"backend=lambda;attempt={n}" for n in range(1, retries + 2)]
+        assert f"backend=lambda;throttled={retries}" in [e.description for e in c.timings.entries]
 
 
 async def test_payload_over_the_limit_without_offload_is_413(standin: LambdaStandIn) -> None:

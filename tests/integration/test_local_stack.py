@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from infergw.clients import GrpcClient, HttpClient
-from infergw.deploy.local.stack import BUCKET
+from infergw.deploy.local.stack import BUCKET, EXAMPLE_MODELS
+from infergw.loadgen import standins
 from tests.integration.conftest import StackThread
 
 pytestmark = pytest.mark.integration
@@ -43,6 +44,9 @@ def test_ready_file_document_lists_every_backend(stack: StackThread) -> None:
     info = stack.stack.endpoints()
     assert set(info["backends"]) == {"triton", *SERVERLESS}
     assert info["s3"]["bucket"] == BUCKET
+    assert standins.scalable(info) == sorted(SERVERLESS)  # Triton's models stay loaded
+    for backend in SERVERLESS:
+        assert set(info["backends"][backend]["scale_to_zero"]) == set(EXAMPLE_MODELS)
 
 
 @pytest.mark.parametrize("backend", SERVERLESS)
@@ -88,3 +92,17 @@ def test_first_request_after_scale_to_zero_is_a_cold_start(
     assert t.protocol_ms == pytest.approx(
         t.end_to_end_ms - sum(t.server.get(p, 0.0) for p in ("queue", "coldstart", "compute"))
     )
+
+
+@pytest.mark.parametrize("backend", SERVERLESS)
+def test_the_ready_files_scale_to_zero_route_makes_the_next_request_cold(
+    stack: StackThread, backend: str
+) -> None:
+    """What ``infergw bench cold --stack-ready-file`` does: one HTTP POST per backend."""
+    info = stack.stack.endpoints()
+    x = {"input": np.ones((1, 4), np.float32)}
+    with GrpcClient(info["gateway"]["grpc"], timeout=120) as c:
+        c.infer("identity", x, backend=backend)  # an instance exists
+        stack.run(standins.scale_to_zero(info, backend, "identity"))
+        cold = c.infer("identity", x, backend=backend)
+    assert cold.timing.server["coldstart"] > 0
