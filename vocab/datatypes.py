@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -16,7 +17,7 @@ from infergw.vocab.errors import InvalidArgument
 from infergw.vocab.types import Tensor
 
 # OIP datatype -> numpy dtype (little-endian). BYTES is variable-size.
-NUMPY_DTYPES: dict[str, np.dtype] = {
+NUMPY_DTYPES: dict[str, np.dtype[Any]] = {
     "BOOL": np.dtype("?"),
     "UINT8": np.dtype("<u1"),
     "UINT16": np.dtype("<u2"),
@@ -114,7 +115,7 @@ def deserialize_bytes(data: bytes | memoryview) -> list[bytes]:
     return items
 
 
-def datatype_of(array: np.ndarray) -> str:
+def datatype_of(array: np.ndarray[Any, Any]) -> str:
     if array.dtype.kind in ("O", "S", "U"):
         return "BYTES"
     for name, dtype in NUMPY_DTYPES.items():
@@ -123,7 +124,7 @@ def datatype_of(array: np.ndarray) -> str:
     raise InvalidArgument(f"numpy dtype {array.dtype} has no OIP datatype")
 
 
-def tensor_from_numpy(name: str, array: np.ndarray) -> Tensor:
+def tensor_from_numpy(name: str, array: np.ndarray[Any, Any]) -> Tensor:
     datatype = datatype_of(array)
     if datatype == "BYTES":
         items = [x if isinstance(x, bytes) else str(x).encode() for x in array.reshape(-1)]
@@ -133,7 +134,7 @@ def tensor_from_numpy(name: str, array: np.ndarray) -> Tensor:
     return Tensor(name=name, datatype=datatype, shape=tuple(array.shape), data=data)
 
 
-def tensor_to_numpy(tensor: Tensor) -> np.ndarray:
+def tensor_to_numpy(tensor: Tensor) -> np.ndarray[Any, Any]:
     if tensor.datatype == "BYTES":
         return np.array(deserialize_bytes(tensor.data), dtype=np.object_).reshape(tensor.shape)
     dtype = NUMPY_DTYPES[tensor.datatype]
