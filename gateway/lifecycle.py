@@ -1,8 +1,7 @@
-"""One way to run a long-lived component: ``start()``/``stop()``, or ``(async) with``.
+"""One way to run a long-lived component: ``start()``/``stop()``, or ``async with``.
 
-The gateway, the local stack, every stand-in and the servers it launches share these,
-so each defines only what starting and stopping mean for it: ``AsyncService`` for
-components of the event loop, ``Service`` for blocking ones (a process launcher).
+The gateway, the local stack, every stand-in and the aiohttp sites share it, so each
+defines only what starting and stopping mean for it.
 """
 
 from __future__ import annotations
@@ -29,25 +28,3 @@ class AsyncService:
         tb: TracebackType | None,
     ) -> None:
         await self.stop()
-
-
-class Service:
-    """The blocking twin of ``AsyncService``: ``with`` starts, and stops on the way out."""
-
-    def start(self) -> None:
-        raise NotImplementedError
-
-    def stop(self) -> None:
-        raise NotImplementedError
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

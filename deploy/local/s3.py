@@ -21,7 +21,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
-from infergw.gateway.lifecycle import Service
 from infergw.gateway.processes import ProcessGroup, ProcessStartError
 
 START_TIMEOUT_S = 30.0
@@ -50,7 +49,7 @@ def _free_port(host: str) -> int:
         return port
 
 
-class MotoS3(Service):
+class MotoS3:
     def __init__(self, buckets: Sequence[str] = (), host: str = "127.0.0.1") -> None:
         self.host = host
         self.buckets = tuple(buckets)
@@ -124,6 +123,18 @@ class MotoS3(Service):
         group, self._group = self._group, None
         if group is not None:
             group.stop()
+
+    def __enter__(self) -> MotoS3:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
 
     async def __aenter__(self) -> MotoS3:
         try:

@@ -33,8 +33,8 @@ import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
 
-from infergw.gateway.lifecycle import Service
 from infergw.gateway.processes import ProcessGroup, ProcessStartError
 
 BUNDLED_REPOSITORY = Path(__file__).resolve().parent / "model_repository"
@@ -87,7 +87,7 @@ class TritonDist:
         return dist
 
 
-class TritonServer(Service):
+class TritonServer:
     """A ``tritonserver`` child process serving a model repository on loopback.
 
     Use as a context manager or call ``start()``/``stop()``. ``stop()`` is idempotent and
@@ -210,6 +210,18 @@ class TritonServer(Service):
             + "\nlog tail:\n"
             + "\n".join(lines[-LOG_TAIL_LINES:])
         )
+
+    def __enter__(self) -> TritonServer:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
 
     # -- internals ----------------------------------------------------------------------
 
