@@ -30,6 +30,10 @@ class EchoBackend(BackendBase):
         self.calls: list[InferRequest] = []
         self.cancelled = 0
         self.closed = False
+        # Set when a call reaches the backend / when one is cancelled there: tests wait on
+        # these instead of sleeping.
+        self.started = asyncio.Event()
+        self.cancelled_event = asyncio.Event()
 
     @classmethod
     def from_config(cls, name: str, options: Mapping[str, Any]) -> EchoBackend:
@@ -37,6 +41,7 @@ class EchoBackend(BackendBase):
 
     async def infer(self, request: InferRequest, ctx: RequestContext) -> InferResponse:
         self.calls.append(request)
+        self.started.set()
         if request.model not in ("identity", "echo"):
             raise ModelNotFound(request.model)
         try:
@@ -44,6 +49,7 @@ class EchoBackend(BackendBase):
                 await asyncio.sleep(self.delay_s)
         except asyncio.CancelledError:
             self.cancelled += 1
+            self.cancelled_event.set()
             raise
         if self.error is not None:
             raise self.error

@@ -47,12 +47,15 @@ async def slow() -> AsyncIterator[tuple[str, EchoBackend]]:
         await frontend.stop(0)
 
 
+WAIT_S = 5.0  # bound on every wait for an event below
+
+
 async def test_queue_full_is_resource_exhausted_with_retry_after(slow) -> None:  # type: ignore[no-untyped-def]
-    address, _ = slow
+    address, backend = slow
     async with grpc.aio.insecure_channel(address) as channel:
         rpc = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
         first = asyncio.ensure_future(rpc(request_bytes(), timeout=5))
-        await asyncio.sleep(0.1)
+        await asyncio.wait_for(backend.started.wait(), WAIT_S)  # the one slot is taken
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await rpc(request_bytes(), timeout=5)
         assert await first
@@ -71,7 +74,7 @@ async def test_deadline_cancels_backend_call(slow) -> None:  # type: ignore[no-u
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await rpc(request_bytes(), timeout=0.1)
         assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-        await asyncio.sleep(0.2)
+        await asyncio.wait_for(backend.cancelled_event.wait(), WAIT_S)
         assert backend.cancelled == 1
         # the slot was released: the next request is admitted and answered
         assert await rpc(request_bytes(), timeout=5)
@@ -82,9 +85,9 @@ async def test_client_cancel_cancels_backend_call(slow) -> None:  # type: ignore
     async with grpc.aio.insecure_channel(address) as channel:
         rpc = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
         call = rpc(request_bytes(), timeout=5)
-        await asyncio.sleep(0.1)
+        await asyncio.wait_for(backend.started.wait(), WAIT_S)
         call.cancel()
-        await asyncio.sleep(0.2)
+        await asyncio.wait_for(backend.cancelled_event.wait(), WAIT_S)
         assert backend.cancelled == 1
         assert await rpc(request_bytes(), timeout=5)
 
