@@ -13,6 +13,7 @@ Failures raise the core exception tree (``infergw.vocab.errors``), re-exported
 here: ``NotFound``, ``InvalidArgument``, ``Unavailable``, ``DeadlineExceeded``...
 """
 
+from infergw.clients.factory import connect, connect_async
 from infergw.clients.grpc_client import AsyncGrpcClient, GrpcClient
 from infergw.clients.http_client import AsyncHttpClient, HttpClient
 from infergw.clients.timing import TimingBreakdown, TimingEntry
@@ -35,6 +36,7 @@ from infergw.vocab.errors import (
     Unimplemented,
 )
 from infergw.vocab.types import ModelMetadata, ModelStatistics, TensorSpec
+from infergw.wire.protocols import Protocol
 
 __all__ = [
     "AsyncGrpcClient",
@@ -54,6 +56,7 @@ __all__ = [
     "NotFound",
     "PayloadTooLarge",
     "PermissionDenied",
+    "Protocol",
     "QueueFull",
     "ResourceExhausted",
     "ServerMetadata",
@@ -63,4 +66,6 @@ __all__ = [
     "Unauthenticated",
     "Unavailable",
     "Unimplemented",
+    "connect",
+    "connect_async",
 ]

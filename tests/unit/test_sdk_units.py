@@ -11,10 +11,7 @@ import grpc.aio
 import numpy as np
 import pytest
 
-from infergw.clients import (
-    TimingBreakdown,
-    _errors,
-)
+from infergw.clients import GrpcClient, HttpClient, TimingBreakdown, _errors, connect
 from infergw.clients._convert import build_request
 from infergw.vocab import errors
 from infergw.vocab.errors import (
@@ -228,3 +225,27 @@ def test_unsupported_numpy_dtype_fails_before_sending() -> None:
 def test_timeout_becomes_microsecond_parameter() -> None:
     request = build_request("identity", {"input": np.ones(2, np.float32)}, timeout=1.5)
     assert request.parameters["timeout"] == 1_500_000
+
+
+# --- choosing a client by protocol name ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "cls", "binary"),
+    [("grpc", GrpcClient, None), ("rest", HttpClient, False), ("rest-binary", HttpClient, True)],
+)
+def test_connect_picks_the_client_for_the_protocol(
+    name: str, cls: type, binary: bool | None
+) -> None:
+    client = connect(name, "127.0.0.1:1")
+    try:
+        assert type(client) is cls
+        if binary is not None:
+            assert isinstance(client, HttpClient) and client.binary is binary
+    finally:
+        client.close()
+
+
+def test_connect_refuses_an_unknown_protocol_naming_the_valid_ones() -> None:
+    with pytest.raises(ValueError, match="grpc, rest, rest-binary"):
+        connect("http2", "127.0.0.1:1")
