@@ -6,7 +6,8 @@ log tail gives ``compute`` (Duration) and ``coldstart`` (Init Duration, cold inv
 only); Billed Duration and memory go into the response parameters for cost. When
 the event would exceed the 6 MB synchronous limit, inputs travel through S3
 (``offload``); outputs the function put in S3 are fetched and deleted, and no
-object of the request survives it, failed or not.
+object of the request survives it, whatever ends it: ``_s3_offload`` cleans up in
+a tracked task, after the function returns, so a cancelled request answers at once.
 
 Config (credentials come from the standard AWS chain, never from here)::
 
@@ -20,7 +21,11 @@ Config (credentials come from the standard AWS chain, never from here)::
         s3_prefix: infergw/
         s3_endpoint_url: http://127.0.0.1:9002
         offload_threshold_bytes: 6225920     # default: 6 MB minus 64 KiB headroom
-        read_timeout_s: 900
+        read_timeout_s: 900                  # the invoke's; a function may run 15 min
+        s3_connect_timeout_s: 5              # S3 connect/read timeouts: a hung S3 fails fast
+        s3_read_timeout_s: 30                #   (offload I/O also stays inside the deadline)
+        s3_sweep_interval_s: 600             # orphan sweep (crashes); 0 = off
+        s3_orphan_age_s: 3600                # older request objects under s3_prefix go
         retry: {max_retries: 3, base_ms: 50, max_ms: 2000}   # the Retry policy, not this module
 
 A throttled invoke (429 ``TooManyRequestsException``) is ``Throttled``, tried once
@@ -34,11 +39,17 @@ import base64
 import binascii
 import contextlib
 import re
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from infergw.backends._s3_offload import OffloadSession
+from infergw.backends._s3_offload import (
+    DEFAULT_ORPHAN_AGE_S,
+    DEFAULT_SWEEP_INTERVAL_S,
+    Offload,
+    OffloadSession,
+)
 from infergw.gateway.core.backend import BackendBase
 from infergw.gateway.core.context import RequestContext
 from infergw.vocab.errors import (
@@ -73,6 +84,10 @@ OPTIONS = frozenset(
         "s3_endpoint_url",
         "offload_threshold_bytes",
         "read_timeout_s",
+        "s3_connect_timeout_s",
+        "s3_read_timeout_s",
+        "s3_sweep_interval_s",
+        "s3_orphan_age_s",
     }
 )
 
@@ -146,6 +161,8 @@ def map_aws_error(exc: BaseException, backend: str) -> InferGWError:
 
 
 class LambdaBackend(BackendBase):
+    native_deadline = True  # infer runs inside asyncio.timeout(ctx.remaining()), S3 included
+
     def __init__(
         self,
         name: str,
@@ -159,6 +176,10 @@ class LambdaBackend(BackendBase):
         s3_endpoint_url: str | None = None,
         offload_threshold_bytes: int = DEFAULT_THRESHOLD,
         read_timeout_s: float = 900.0,
+        s3_connect_timeout_s: float = 5.0,
+        s3_read_timeout_s: float = 30.0,
+        s3_sweep_interval_s: float = DEFAULT_SWEEP_INTERVAL_S,
+        s3_orphan_age_s: float = DEFAULT_ORPHAN_AGE_S,
     ) -> None:
         self.name = name
         self.function_name = function_name
@@ -170,6 +191,18 @@ class LambdaBackend(BackendBase):
         self.s3_endpoint_url = s3_endpoint_url
         self.offload_threshold = offload_threshold_bytes
         self.read_timeout_s = read_timeout_s
+        self.s3_timeouts = (s3_connect_timeout_s, s3_read_timeout_s)
+        self._offload = (
+            None
+            if not s3_bucket
+            else Offload(
+                lambda: self._client("s3"),
+                s3_bucket,
+                s3_prefix,
+                sweep_interval_s=s3_sweep_interval_s,
+                orphan_age_s=s3_orphan_age_s,
+            )
+        )
         self._clients: dict[str, Any] = {}
         self._stack: contextlib.AsyncExitStack | None = None
         self._lock: asyncio.Lock | None = None
@@ -197,7 +230,16 @@ class LambdaBackend(BackendBase):
             s3_endpoint_url=options.get("s3_endpoint_url"),
             offload_threshold_bytes=int(options.get("offload_threshold_bytes", DEFAULT_THRESHOLD)),
             read_timeout_s=float(options.get("read_timeout_s", 900.0)),
+            s3_connect_timeout_s=float(options.get("s3_connect_timeout_s", 5.0)),
+            s3_read_timeout_s=float(options.get("s3_read_timeout_s", 30.0)),
+            s3_sweep_interval_s=float(options.get("s3_sweep_interval_s", DEFAULT_SWEEP_INTERVAL_S)),
+            s3_orphan_age_s=float(options.get("s3_orphan_age_s", DEFAULT_ORPHAN_AGE_S)),
         )
+
+    @property
+    def offload(self) -> Offload | None:
+        """The S3 offload space (None without ``s3_bucket``): pending cleanups, the sweep."""
+        return self._offload
 
     async def _client(self, service: str) -> Any:
         """One aiobotocore client per service, created lazily in the running loop."""
@@ -214,10 +256,13 @@ class LambdaBackend(BackendBase):
                     self._stack = contextlib.AsyncExitStack()
                 # Lambda: no botocore retries; the Retry policy retries throttling in the deadline.
                 attempts = 1 if service == "lambda" else 2
+                connect, read = (5.0, self.read_timeout_s)
+                if service == "s3":
+                    connect, read = self.s3_timeouts
                 config = AioConfig(
                     retries={"mode": "standard", "total_max_attempts": attempts},
-                    connect_timeout=5,
-                    read_timeout=self.read_timeout_s,
+                    connect_timeout=connect,
+                    read_timeout=read,
                     max_pool_connections=64,
                 )
                 endpoint = self.endpoint_url if service == "lambda" else self.s3_endpoint_url
@@ -235,14 +280,16 @@ class LambdaBackend(BackendBase):
 
     async def infer(self, request: InferRequest, ctx: RequestContext) -> InferResponse:
         function = self._function(request.model)
-        offload: OffloadSession | None = None
+        session: OffloadSession | None = None
         failed = True
         try:
-            if self.s3_bucket:
-                offload = OffloadSession(await self._client("s3"), self.s3_bucket, self.s3_prefix)
-            event = await self._event(request, offload)
-            reply = await self._invoke(function, event, ctx)
-            response = await self._response(request, function, reply, offload, ctx)
+            # Everything, offload I/O included, inside the deadline (native_deadline).
+            async with asyncio.timeout(ctx.remaining()):
+                if self._offload is not None:
+                    session = await self._offload.session()
+                event = await self._event(request, session)
+                reply = await self._invoke(function, event, session)
+                response = await self._response(request, function, reply, session, ctx)
             failed = False
             return response
         except InferGWError:
@@ -250,11 +297,21 @@ class LambdaBackend(BackendBase):
         except Exception as exc:
             raise map_aws_error(exc, self.name) from exc
         finally:
-            if offload is not None and (offload.created or failed):
-                # Shielded: a cancelled request (deadline) still removes its objects.
-                await asyncio.shield(offload.cleanup(failed))
-            if offload is not None and offload.calls:
-                ctx.timings.add("offload", offload.elapsed_ms, f"backend={self.name}")
+            if session is not None:
+                await self._release(session, failed, ctx)
+
+    async def _release(self, session: OffloadSession, failed: bool, ctx: RequestContext) -> None:
+        """Hand the request's objects to a tracked cleanup, and wait for it within what is
+        left of the deadline, so the bucket is clean when the answer leaves. A cancelled
+        request does not wait: its cleanup may have to outwait the function."""
+        assert self._offload is not None
+        cleanup = self._offload.release(session, failed=failed)
+        task = asyncio.current_task()
+        if cleanup is not None and not (task is not None and task.cancelling()):
+            left = None if ctx.deadline is None else max(0.0, ctx.deadline - time.monotonic())
+            await asyncio.wait({cleanup}, timeout=left)  # never cancels the cleanup
+        if session.calls:
+            ctx.timings.add("offload", session.elapsed_ms, f"backend={self.name}")
 
     async def _event(self, request: InferRequest, offload: OffloadSession | None) -> bytes:
         if offload is None:  # nowhere to offload: Lambda itself refuses an event too large
@@ -271,17 +328,27 @@ class LambdaBackend(BackendBase):
         target = lambda_event.S3Prefix(**offload.output_target)
         return lambda_event.encode_event(_infer_event(request, inputs, target))
 
-    async def _invoke(self, function: str, event: bytes, ctx: RequestContext) -> dict[str, Any]:
-        """One synchronous invoke within the deadline (throttling raises; never retried here)."""
+    async def _invoke(
+        self, function: str, event: bytes, session: OffloadSession | None = None
+    ) -> dict[str, Any]:
+        """One synchronous invoke (throttling raises; never retried here); the caller
+        bounds it. With offload, the invoke is a task the session keeps: a request that
+        gives up on it leaves it running, so its cleanup can wait for the function."""
+        call = self._invoke_once(function, event)
+        if session is None:
+            return await call
+        session.invoke = asyncio.ensure_future(call)
+        return await asyncio.shield(session.invoke)
+
+    async def _invoke_once(self, function: str, event: bytes) -> dict[str, Any]:
         client = await self._client("lambda")
-        async with asyncio.timeout(ctx.remaining()):
-            reply: dict[str, Any] = await client.invoke(
-                FunctionName=function,
-                InvocationType="RequestResponse",
-                LogType="Tail",
-                Payload=event,
-            )
-            reply["Body"] = await reply["Payload"].read()
+        reply: dict[str, Any] = await client.invoke(
+            FunctionName=function,
+            InvocationType="RequestResponse",
+            LogType="Tail",
+            Payload=event,
+        )
+        reply["Body"] = await reply["Payload"].read()
         return reply
 
     async def _response(
@@ -347,9 +414,8 @@ class LambdaBackend(BackendBase):
         function = self._function(model)
         event = lambda_event.encode_event(lambda_event.MetadataEvent(model))
         try:
-            ctx = RequestContext(protocol="internal")
-            ctx.with_timeout(METADATA_TIMEOUT_S)  # may pay a cold start, but not forever
-            reply = await self._invoke(function, event, ctx)
+            async with asyncio.timeout(METADATA_TIMEOUT_S):  # may pay a cold start, not forever
+                reply = await self._invoke(function, event)
         except Exception as exc:
             raise map_aws_error(exc, self.name) from exc
         if reply.get("FunctionError"):
@@ -360,6 +426,8 @@ class LambdaBackend(BackendBase):
             raise BackendError(f"Lambda function {function!r}: bad reply: {exc.message}") from exc
 
     async def close(self) -> None:
+        if self._offload is not None:
+            await self._offload.close()  # pending cleanups still need the S3 client
         stack, self._stack = self._stack, None
         self._clients.clear()
         if stack is not None:

@@ -40,6 +40,7 @@ from infergw.vocab.errors import (
     Unavailable,
 )
 from infergw.vocab.types import InferRequest
+from tests.integration.aws import fake_aws_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
@@ -66,12 +67,7 @@ def rogue_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def aws_env() -> Iterator[None]:
-    with pytest.MonkeyPatch.context() as mp:
-        for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
-            mp.delenv(key, raising=False)
-        for key, value in {**CREDS, "AWS_DEFAULT_REGION": "us-east-1"}.items():
-            mp.setenv(key, value)
-        mp.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    with fake_aws_env(CREDS):
         yield
 
 
