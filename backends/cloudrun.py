@@ -181,7 +181,9 @@ class CloudRunBackend(OipGrpcBackend):
 
     def _open_channel(self) -> grpc.aio.Channel:
         creds = grpc.ssl_channel_credentials() if self.tls else None
-        return grpc_channel.aio_channel(self.target, credentials=creds)
+        return grpc_channel.aio_channel(
+            self.target, credentials=creds, options=grpc_channel.FAST_RECONNECT
+        )
 
     async def _metadata(self, ctx: RequestContext | None) -> Metadata | None:
         headers = await super()._metadata(ctx)

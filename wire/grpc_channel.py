@@ -28,6 +28,7 @@ import grpc
 import grpc.aio
 
 __all__ = [
+    "FAST_RECONNECT",
     "KEEPALIVE_OPTIONS",
     "LIMIT_SLACK_BYTES",
     "MAX_MESSAGE_BYTES",
@@ -46,6 +47,16 @@ Option: TypeAlias = tuple[str, int | str]
 MAX_MESSAGE_BYTES = 1 << 30
 UNLIMITED = -1  # gRPC's "no limit"
 LIMIT_SLACK_BYTES = 1024 * 1024  # see limited_server_options
+
+# For a channel to a server that restarts (a supervised Triton, a sidecar's neighbour):
+# connection attempts while it is down every 0.1 s growing to 0.5 s, cheap (a refused
+# connect), so a restarted server is used again within ~0.5 s of being ready; gRPC's
+# default backoff grows to 120 s.
+FAST_RECONNECT: tuple[Option, ...] = (
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 500),
+)
 
 KEEPALIVE_OPTIONS: tuple[Option, ...] = (
     ("grpc.keepalive_time_ms", 120_000),

@@ -6,6 +6,10 @@ Use it as a sync or async context manager::
 
     async with MotoS3(buckets=["infergw-offload"]) as s3:
         s3.endpoint  # http://127.0.0.1:PORT
+
+For fault injection, ``freeze()`` stops the server (SIGSTOP to its group) so it
+hangs the way a stuck S3 does: connections are accepted by the kernel and never
+answered. ``thaw()`` resumes it; ``stop()`` thaws first so SIGTERM is handled.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import signal
 import socket
 import sys
 import urllib.error
@@ -21,7 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
-from infergw.gateway.processes import ProcessGroup, ProcessStartError
+from infergw.gateway.processes import ProcessGroup, ProcessStartError, signal_group
 
 START_TIMEOUT_S = 30.0
 STOP_GRACE_S = 5.0
@@ -66,11 +71,23 @@ class MotoS3:
     def running(self) -> bool:
         return self._group is not None and self._group.poll() is None
 
+    @property
+    def pid(self) -> int | None:
+        return self._group.pid if self._group is not None else None
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Block until the server exits on its own; its exit code."""
+        if self._group is None:
+            raise RuntimeError("MotoS3 is not running")
+        return self._group.wait(timeout)
+
     def start(self) -> str:
+        """Start on a free port; after ``stop()``, on the port it had (clients keep it)."""
         last: Exception | None = None
-        for _ in range(PORT_ATTEMPTS):  # a free port can be taken between probe and bind
+        fixed = self.port
+        for _ in range(1 if fixed else PORT_ATTEMPTS):  # a free port can be taken meanwhile
             try:
-                self._launch(_free_port(self.host))
+                self._launch(fixed or _free_port(self.host))
                 self._create_buckets()
                 return self.endpoint
             except S3StartError as exc:
@@ -119,9 +136,21 @@ class MotoS3:
         finally:
             client.close()
 
+    def freeze(self) -> None:
+        """Hang the server: it accepts connections (the kernel does) but answers nothing."""
+        if self._group is None:
+            raise RuntimeError("MotoS3 is not running")
+        signal_group(self._group.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """Resume a frozen server (a no-op when it is not frozen)."""
+        if self._group is not None:
+            signal_group(self._group.pid, signal.SIGCONT)
+
     def stop(self) -> None:
         group, self._group = self._group, None
         if group is not None:
+            signal_group(group.pid, signal.SIGCONT)  # a stopped process cannot handle SIGTERM
             group.stop()
 
     def __enter__(self) -> MotoS3:

@@ -10,7 +10,9 @@
 Every model routes to Triton by default; ``x-infergw-backend: NAME`` pins another.
 ``infergw local up`` runs it in the foreground; ``infergw demo`` and the tests use
 ``LocalStack`` as an async context manager. Every process it starts is stopped on
-exit, including when start-up fails half-way.
+exit, including when start-up fails half-way. While it runs, Triton and moto's S3 are
+supervised (``supervisor``): one that exits has its process group reaped and is
+restarted on the same ports, with backoff, so the gateway's addresses stay valid.
 
 The serverless kinds are entries of ``SERVERLESS`` (kind -> ``Serverless`` provider):
 each starts its stand-in and says what the gateway needs to reach it and what the
@@ -33,7 +35,8 @@ from infergw.deploy.local.cloudrun_standin import CloudRunStandIn
 from infergw.deploy.local.lambda_standin import FunctionConfig, LambdaStandIn
 from infergw.deploy.local.s3 import MotoS3
 from infergw.deploy.local.sagemaker_standin import SageMakerStandIn, ServerlessEndpoint
-from infergw.deploy.triton.launcher import TritonServer
+from infergw.deploy.local.supervisor import Child, RestartPolicy, Supervisor
+from infergw.deploy.triton.launcher import TritonEndpoints, TritonServer
 from infergw.gateway.app import Gateway
 from infergw.gateway.core.config import GatewayConfig, parse_config
 from infergw.gateway.lifecycle import AsyncService
@@ -77,6 +80,13 @@ class Serverless(Protocol):
     def shared_endpoints(self) -> dict[str, Any]:
         """Top-level ready-file entries it brings along (the S3 server, for Lambda)."""
 
+    def children(self) -> dict[str, Child]:
+        """Its servers that run as processes, to be kept running (by name).
+
+        The stand-ins themselves serve from this process; the instances they start
+        are theirs to manage (reaped when idle, replaced when gone).
+        """
+
 
 def _per_model(models: Sequence[str]) -> dict[str, str]:
     """One function / endpoint per example model, named as the SAM template does."""
@@ -90,10 +100,12 @@ class LambdaProvider:
         self.functions = _per_model(models)
         self.idle_timeout_s = idle_timeout_s
         self.s3 = MotoS3(buckets=[BUCKET])
+        self.s3_endpoint = ""
         self.standin: LambdaStandIn | None = None
 
     async def start(self) -> None:
-        s3_endpoint = await asyncio.to_thread(self.s3.start)
+        # Kept: a restarted S3 binds the same port, and is unreachable while down.
+        self.s3_endpoint = s3_endpoint = await asyncio.to_thread(self.s3.start)
         env = {**{k: os.environ[k] for k in LOCAL_AWS_ENV}, "AWS_ENDPOINT_URL_S3": s3_endpoint}
         self.standin = LambdaStandIn(
             [
@@ -124,7 +136,7 @@ class LambdaProvider:
             "functions": self.functions,
             "function_name": self.functions["identity"],
             "s3_bucket": BUCKET,
-            "s3_endpoint_url": self.s3.endpoint,
+            "s3_endpoint_url": self.s3_endpoint,
         }
 
     def ready_entry(self) -> dict[str, Any]:
@@ -133,7 +145,10 @@ class LambdaProvider:
         return {"endpoint": self.standin.endpoint, SCALE_TO_ZERO: urls}
 
     def shared_endpoints(self) -> dict[str, Any]:
-        return {"s3": {"endpoint": self.s3.endpoint, "bucket": BUCKET}}
+        return {"s3": {"endpoint": self.s3_endpoint, "bucket": BUCKET}}
+
+    def children(self) -> dict[str, Child]:
+        return {"moto_server": self.s3}
 
 
 class SageMakerProvider:
@@ -173,6 +188,9 @@ class SageMakerProvider:
     def shared_endpoints(self) -> dict[str, Any]:
         return {}
 
+    def children(self) -> dict[str, Child]:
+        return {}
+
 
 class CloudRunProvider:
     """The h2c stand-in: one service serving every model."""
@@ -202,6 +220,9 @@ class CloudRunProvider:
         }
 
     def shared_endpoints(self) -> dict[str, Any]:
+        return {}
+
+    def children(self) -> dict[str, Child]:
         return {}
 
 
@@ -235,6 +256,7 @@ class LocalStack(AsyncService):
         *,
         backends: Sequence[str] = BACKENDS,
         idle_timeout_s: float = 300.0,
+        restart_policy: RestartPolicy | None = None,
     ) -> None:
         unknown = set(backends) - set(BACKENDS)
         if unknown or "triton" not in backends:
@@ -245,6 +267,10 @@ class LocalStack(AsyncService):
         self.triton = TritonServer()
         self.serverless: dict[str, Serverless] = {}
         self.gateway: Gateway | None = None
+        self.restart_policy = restart_policy
+        self.supervisors: dict[str, Supervisor] = {}
+        # Kept across restarts (which bind the same ports), also while Triton is down.
+        self._triton_endpoints: TritonEndpoints | None = None
 
     async def start(self) -> None:
         try:
@@ -252,12 +278,13 @@ class LocalStack(AsyncService):
                 os.environ.setdefault(key, value)
             triton_started = asyncio.create_task(asyncio.to_thread(self.triton.start))
             serverless = await self._start_serverless()
-            endpoints = await triton_started
+            endpoints = self._triton_endpoints = await triton_started
             self.gateway = Gateway(local_config(endpoints.grpc, self.listen, serverless))
             await self.gateway.start()
             async with asyncio.timeout(READY_TIMEOUT_S):
                 while not await self.gateway.router.ready():  # noqa: ASYNC110 - polling
                     await asyncio.sleep(0.1)
+            self._supervise()
         except BaseException:
             with contextlib.suppress(Exception):
                 await self.stop()
@@ -273,12 +300,24 @@ class LocalStack(AsyncService):
                 await provider.start()
         return {kind: p.backend_config() for kind, p in self.serverless.items()}
 
+    def _supervise(self) -> None:
+        """Restart Triton and the stand-ins' servers when they exit (on the same ports)."""
+        children: dict[str, Child] = {"tritonserver": self.triton}
+        for provider in self.serverless.values():
+            children.update(provider.children())
+        for name, child in children.items():
+            supervisor = self.supervisors[name] = Supervisor(name, child, self.restart_policy)
+            supervisor.start()
+
     async def scale_to_zero(self) -> None:
         """Stop every idle serverless instance now, so the next request is a cold start."""
         for provider in self.serverless.values():
             await provider.scale_to_zero()
 
     async def stop(self) -> None:
+        supervisors, self.supervisors = list(self.supervisors.values()), {}
+        for supervisor in supervisors:  # first, so that stopping a child is not a crash
+            await supervisor.stop()
         if self.gateway is not None:
             await self.gateway.stop()
             self.gateway = None
@@ -290,7 +329,8 @@ class LocalStack(AsyncService):
     def endpoints(self) -> dict[str, Any]:
         """The ready-file document (see the core issue and DESIGN.md)."""
         assert self.gateway is not None
-        triton = self.triton.endpoints
+        assert self._triton_endpoints is not None
+        triton = self._triton_endpoints
         backends: dict[str, Any] = {"triton": {"grpc": triton.grpc, "http": triton.http}}
         info: dict[str, Any] = {"gateway": dict(self.gateway.addresses), "backends": backends}
         for kind, provider in self.serverless.items():

@@ -92,6 +92,8 @@ class TritonServer:
 
     Use as a context manager or call ``start()``/``stop()``. ``stop()`` is idempotent and
     safe after a failed ``start()``; an ``atexit`` hook stops a server left running.
+    ``start()`` after ``stop()`` (a restart, as the local stack's supervisor does) binds
+    the ports the first start chose.
     """
 
     def __init__(
@@ -285,6 +287,8 @@ class TritonServer:
                 what = f"tritonserver exited with code {exc.returncode} during startup"
             raise self._startup_error(what) from exc
         self._endpoints = endpoints
+        # A restart (start after stop) keeps these, so clients' addresses stay valid.
+        self.ports = (grpc_port, http_port, metrics_port)
         return endpoints
 
     def _model_args(self) -> list[str]:

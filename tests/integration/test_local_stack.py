@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
 from collections.abc import Iterator
 
 import boto3
@@ -10,8 +13,14 @@ import pytest
 
 from infergw.clients import GrpcClient, HttpClient
 from infergw.deploy.local.stack import BUCKET, EXAMPLE_MODELS
+from infergw.gateway.processes import group_members
 from infergw.loadgen import standins
 from tests.integration.conftest import StackThread
+from tests.integration.test_supervision import (
+    RESTART_TIMEOUT_S,
+    SERVE_AFTER_READY_S,
+    kill_and_measure,
+)
 
 pytestmark = pytest.mark.integration
 SERVERLESS = ("lambda", "sagemaker", "cloudrun")
@@ -106,3 +115,36 @@ def test_the_ready_files_scale_to_zero_route_makes_the_next_request_cold(
         stack.run(standins.scale_to_zero(info, backend, "identity"))
         cold = c.infer("identity", x, backend=backend)
     assert cold.timing.server["coldstart"] > 0
+
+
+def test_the_stack_supervises_triton_and_s3(stack: StackThread) -> None:
+    assert set(stack.stack.supervisors) == {"tritonserver", "moto_server"}
+
+
+def test_a_killed_triton_is_restarted_on_its_ports_and_served_within_a_second(
+    stack: StackThread,
+) -> None:
+    """Item 6 of the hardening issue: it stayed a zombie with 7 stubs running."""
+    before = stack.stack.endpoints()
+    lag, old_pid, old_members = kill_and_measure(
+        stack.stack.supervisors["tritonserver"], before["gateway"]["grpc"]
+    )
+    print(f"\nstack: first success through the gateway {lag * 1000:.0f} ms after Triton was ready")
+    assert len(old_members) > 1 and not group_members(old_pid)  # stubs included
+    assert stack.stack.endpoints()["backends"]["triton"] == before["backends"]["triton"]
+    assert lag < SERVE_AFTER_READY_S
+
+
+def test_a_killed_s3_is_restarted_and_lambda_offload_works_again(stack: StackThread) -> None:
+    supervisor = stack.stack.supervisors["moto_server"]
+    restarts, pid = supervisor.restarts, supervisor.child.pid
+    assert pid is not None
+    os.killpg(pid, signal.SIGKILL)
+
+    async def restarted() -> None:
+        async with asyncio.timeout(RESTART_TIMEOUT_S):
+            await supervisor.wait_restarted(restarts + 1)
+
+    stack.run(restarted())
+    assert not group_members(pid)
+    test_yolo_through_lambda_travels_via_s3_and_leaves_nothing(stack)  # same port, bucket back
