@@ -19,6 +19,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from infergw.gateway import logs
 from infergw.vocab.errors import InferGWError, InvalidArgument
 
 
@@ -50,6 +51,15 @@ def _listen_overrides(args: argparse.Namespace) -> dict[str, object]:
     return {k: v for k, v in pairs.items() if v is not None}
 
 
+def throttle_exhaustion_logs() -> None:
+    """Out of file descriptors: one log line per interval, not a traceback per connection."""
+    from infergw.gateway.sites import ExhaustionLogFilter
+
+    exhaustion = ExhaustionLogFilter()
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(exhaustion)
+
+
 async def run_until_signal(start: Callable[[asyncio.Event], Awaitable[None]]) -> None:
     """Run ``start(stop_event)``; SIGINT/SIGTERM set the event for a clean shutdown."""
     stop = asyncio.Event()
@@ -67,6 +77,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     config = config.replace(listen=config.listen.replace(**_listen_overrides(args)))
     configure_tracing(config.tracing)
+    throttle_exhaustion_logs()
 
     async def serve(stop: asyncio.Event) -> None:
         try:
@@ -88,6 +99,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_local_up(args: argparse.Namespace) -> int:
     from infergw.deploy.local.stack import run_local_stack
 
+    throttle_exhaustion_logs()
     asyncio.run(
         run_until_signal(
             lambda stop: run_local_stack(stop, args.ready_file, _listen_overrides(args))
@@ -135,10 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logs.configure(verbose=args.verbose)  # redacts secrets and payloads, whoever logs
     try:
         return int(args.func(args))
     except InferGWError as exc:  # bad config or arguments: one line per problem, no traceback

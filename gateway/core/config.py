@@ -4,7 +4,9 @@ Why pydantic v2: the best-kept validation library, and its errors carry exact ke
 
 Example::
 
-    listen: {host: 0.0.0.0, grpc_port: 8001, http_port: 8000, metrics_port: 8002}
+    listen: {host: 0.0.0.0, grpc_port: 8001, http_port: 8000, metrics_port: 8002,
+             idle_timeout_s: 75, body_timeout_s: 60, max_connections: 4096,
+             drain_delay_s: 0, drain_grace_s: 30}
     limits: {max_message_bytes: 67108864}
     allow_backend_pinning: true
     tracing: {otlp_endpoint: http://collector:4318/v1/traces, service_name: infergw}
@@ -61,6 +63,7 @@ MAX_PROBLEMS = 10  # lines in one error; the rest are counted
 
 Port = Annotated[int, Field(ge=0, le=65535)]  # 0: any free port (reported once bound)
 Milliseconds = Annotated[float, Field(gt=0)]
+Seconds = Annotated[float, Field(gt=0)]
 Names = Annotated[tuple[str, ...], Strict(False)]  # a YAML list (of strict strings)
 
 
@@ -96,10 +99,30 @@ class Section(BaseModel):
 
 
 class ListenConfig(Section):
+    """Where the gateway listens, how long it lets a connection idle, and how it drains.
+
+    ``idle_timeout_s`` closes a connection that has not sent a complete request head
+    within that time of opening or of its last response: idle keep-alive and slow
+    headers alike (aiohttp's ``keepalive_timeout``). Longer than a load balancer's own
+    idle timeout (AWS ALB: 60 s), so the balancer, not the gateway, closes first.
+    ``body_timeout_s`` answers 408 when a request body makes no progress that long.
+    ``max_connections`` caps open REST connections; ``None`` is a quarter of the
+    process's open-file limit, so the cap is met before the descriptors run out.
+    On SIGTERM the gateway reports not ready (gRPC health NOT_SERVING, REST 503) for
+    ``drain_delay_s`` while still serving, then stops accepting and gives in-flight
+    calls up to ``drain_grace_s`` (Kubernetes' default terminationGracePeriodSeconds)
+    before cancelling them. Keep both within the orchestrator's own grace period.
+    """
+
     host: str = "0.0.0.0"
     grpc_port: Port = 8001
     http_port: Port = 8000
     metrics_port: Port = 8002
+    idle_timeout_s: Seconds = 75.0
+    body_timeout_s: Seconds = 60.0
+    max_connections: Annotated[int, Field(ge=1)] | None = None
+    drain_delay_s: Annotated[float, Field(ge=0)] = 0.0
+    drain_grace_s: Annotated[float, Field(ge=0)] = 30.0
 
 
 class LimitsConfig(Section):

@@ -66,6 +66,7 @@ class InferenceService:
         self.server_name = server_name
         self.version = VERSION
         self.extensions = EXTENSIONS
+        self.draining = False  # set on shutdown: not ready, while in-flight calls finish
 
     def new_context(
         self,
@@ -78,12 +79,7 @@ class InferenceService:
         ctx = RequestContext(protocol=protocol, timings=timings or Timings())
         ctx.with_timeout(timeout_s)
         ctx.pinned_backend = headers.get(PIN_HEADER) or None
-        traceparent = headers.get("traceparent")
-        if traceparent:
-            ctx.headers["traceparent"] = traceparent
-            state = headers.get("tracestate")
-            if state:
-                ctx.headers["tracestate"] = state
+        ctx.headers.update(tracing.trace_context(headers))  # invalid ones are ignored (W3C)
         return ctx
 
     def check_size(self, size: int, what: str = "request message") -> None:
@@ -133,7 +129,7 @@ class InferenceService:
                         self.validate(request)
                     finally:
                         timings.add_since("decode", timings.started)
-                    tracing.set_model(span, model)
+                    tracing.set_model(span, model, self.router.is_known(model))
                     response = await self.infer(request, ctx)
                     encode_t0 = time.perf_counter()
                     body = encode(response, request)
@@ -186,4 +182,4 @@ class InferenceService:
         self.metrics.observe(self.model_label(model), NO_BACKEND, protocol, status, ())
 
     async def server_ready(self) -> bool:
-        return await self.router.ready()
+        return not self.draining and await self.router.ready()

@@ -17,6 +17,7 @@ message carrying an error id that is logged with the traceback
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -374,9 +375,22 @@ class GrpcFrontend:
         await self.server.start()
         self._health_task = asyncio.create_task(self._follow_readiness())
 
+    async def drain(self) -> None:
+        """grpc.health.v1 says NOT_SERVING from now on, while calls are still served.
+
+        Readiness polling stops, and the servicer ignores later updates (its graceful
+        shutdown), so a balancer's health check steers new calls elsewhere.
+        """
+        task, self._health_task = self._health_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.health.enter_graceful_shutdown()
+
     async def stop(self, grace_s: float = 1.0) -> None:
-        if self._health_task is not None:
-            self._health_task.cancel()
+        """Drain, refuse new calls, give those in flight ``grace_s`` to finish, cancel the rest."""
+        await self.drain()
         await self.server.stop(grace_s)
 
     async def _follow_readiness(self) -> None:

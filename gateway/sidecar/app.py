@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 
@@ -28,13 +29,6 @@ from infergw.wire import grpc_channel
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-# Reconnect to a restarted upstream within ~2 s (gRPC's default backoff grows to 120 s),
-# e.g. when the sidecar starts before the server next to it.
-FAST_RECONNECT: tuple[grpc_channel.Option, ...] = (
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 2000),
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,12 +43,15 @@ class SidecarConfig:
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     health_interval_s: float = 2.0
     health_model: str | None = None  # tfserving: the model whose status means "ready"
+    drain_grace_s: float = 30.0  # on stop: how long calls in flight may take to finish
 
     def __post_init__(self) -> None:
         if self.protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {PROTOCOLS}, not {self.protocol!r}")
         if self.max_message_bytes <= 0:
             raise ValueError("max_message_bytes must be positive")
+        if self.drain_grace_s < 0:
+            raise ValueError("drain_grace_s must be >= 0")
 
 
 class Sidecar(AsyncService):
@@ -63,6 +60,7 @@ class Sidecar(AsyncService):
         self.metrics = SidecarMetrics()
         self.addresses: dict[str, str] = {}
         self.health: UpstreamHealth | None = None
+        self._health_servicer: health.aio.HealthServicer | None = None
         self._channel: grpc.aio.Channel | None = None
         self._server: grpc.aio.Server | None = None
         self._http: HttpProxy | None = None
@@ -94,13 +92,13 @@ class Sidecar(AsyncService):
             config.upstream,
             max_message_bytes=grpc_channel.UNLIMITED,
             private=True,
-            options=FAST_RECONNECT,
+            options=grpc_channel.FAST_RECONNECT,  # e.g. started before its upstream
         )
         server = self._server = grpc.aio.server(
             options=grpc_channel.limited_server_options(config.max_message_bytes)
         )
         # Health first: handlers are consulted in order, and the proxy takes any method.
-        servicer = health.aio.HealthServicer()
+        servicer = self._health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
         proxy = GrpcProxy(self._channel, config.upstream, self.metrics, config.max_message_bytes)
         server.add_generic_rpc_handlers((proxy,))
@@ -123,20 +121,30 @@ class Sidecar(AsyncService):
             port,
             handler_cancellation=handler_cancellation,  # a client gone cancels upstream
             auto_decompress=False,  # bodies are forwarded as sent, compressed or not
+            shutdown_timeout_s=self.config.drain_grace_s,
         )
         await site.start()
         self._sites.append(site)
         return site.address
 
     async def stop(self) -> None:
+        """Drain: NOT_SERVING, refuse new calls, give those in flight ``drain_grace_s``."""
         if self.health is not None:
             await self.health.stop()
             self.health = None
-        if self._server is not None:
-            await self._server.stop(1.0)
-            self._server = None
-        while self._sites:
-            await self._sites.pop().stop()
+        if self._health_servicer is not None:
+            await self._health_servicer.enter_graceful_shutdown()
+            self._health_servicer = None
+        server, self._server = self._server, None
+        sites, self._sites = self._sites, []
+        grace = self.config.drain_grace_s
+        # gRPC and the REST proxy drain together; metrics (the last site) stay up until then.
+        stops = [site.stop() for site in sites[:-1]]
+        if server is not None:
+            stops.append(server.stop(grace))
+        await asyncio.gather(*stops)
+        for site in sites[-1:]:
+            await site.stop()
         if self._http is not None:
             await self._http.close()
             self._http = None

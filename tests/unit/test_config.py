@@ -117,6 +117,26 @@ BAD = [
         {**DOC, "listen": {"grpc_port": 8001.0}},
         "config: listen.grpc_port: must be an integer, got number",
     ),
+    (
+        {**DOC, "listen": {"drain_grace_s": -1}},
+        "config: listen.drain_grace_s: must be >= 0, got integer -1",
+    ),
+    (
+        {**DOC, "listen": {"drain_grace": 5}},
+        "config: listen.drain_grace: unknown key; did you mean 'drain_grace_s'?",
+    ),
+    (
+        {**DOC, "listen": {"idle_timeout_s": 0}},
+        "config: listen.idle_timeout_s: must be > 0, got integer 0",
+    ),
+    (
+        {**DOC, "listen": {"body_timeout_s": "60s"}},
+        "config: listen.body_timeout_s: must be a number, got string '60s'",
+    ),
+    (
+        {**DOC, "listen": {"max_connections": 0}},
+        "config: listen.max_connections: must be >= 1, got integer 0",
+    ),
     ({**DOC, "limits": {"max_message_bytes": 0}}, "config: limits.max_message_bytes: must be >= 1"),
     ({**DOC, "tracing": {"service_name": ""}}, "config: tracing.service_name: must not be empty"),
     (
@@ -278,3 +298,15 @@ def test_sections_can_be_built_in_python() -> None:
         BackendConfig(name="echo", kind="echo", max_queue="5")  # type: ignore[arg-type]
     cfg = GatewayConfig(backends=(backend,), routes=(RouteConfig(model="*", backend="echo"),))
     assert cfg.routes[0].backend == "echo"
+
+
+def test_listen_defaults_drain_like_kubernetes_and_time_out_idle_connections() -> None:
+    listen = parse_config(DOC).listen
+    assert listen.drain_grace_s == 30.0  # terminationGracePeriodSeconds' default
+    assert listen.drain_delay_s == 0.0
+    assert listen.idle_timeout_s == 75.0 and listen.body_timeout_s == 60.0
+    assert listen.max_connections is None  # a quarter of the open-file limit, at start
+    tuned = parse_config(
+        {**DOC, "listen": {"drain_grace_s": 5, "drain_delay_s": 1.5, "max_connections": 100}}
+    ).listen
+    assert (tuned.drain_grace_s, tuned.drain_delay_s, tuned.max_connections) == (5, 1.5, 100)
