@@ -16,6 +16,10 @@ Model metadata and Triton's statistics extension have one converter pair each
 here (``metadata_to_json``/``metadata_from_json``, ``statistics_to_json``/
 ``statistics_from_json``), used by the REST frontend and the SDK.
 
+JSON is parsed and written with orjson: fast, strict UTF-8 (a lone surrogate is refused,
+and named by its field), and tensor data is written straight from numpy arrays. What
+other wires cannot carry is refused here as a client's mistake, not left to fail in a
+backend's encoder: integer parameters outside int64 (OIP gRPC's ``int64_param``).
 Binary tensors stay ``memoryview`` slices of the body: nothing is copied on the
 way in. Declared shapes are checked (``element_count``) before anything sized by
 them is built. Bad requests raise ``InvalidArgument``; a malformed response (or a
@@ -31,6 +35,7 @@ from typing import Any, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
+import orjson
 
 from infergw.vocab.datatypes import (
     NUMPY_DTYPES,
@@ -92,6 +97,8 @@ STATISTICS_PHASES = (
     "compute_output",
 )
 _NO_CACHE = ("cache_hit", "cache_miss")  # Triton's response cache: always 0 here
+# Integer parameters travel as int64 on every other wire (OIP gRPC's ``int64_param``).
+_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 
 
 # -- public API ----------------------------------------------------------------------
@@ -355,20 +362,82 @@ def _split(body: Body, header_length: int | None, what: str) -> tuple[JsonObject
         raise InvalidArgument(
             f"{what}: {HEADER_LENGTH} {header_length} is outside the {len(view)}-byte body"
         )
-    head = body[:header_length] if isinstance(body, bytes) else bytes(view[:header_length])
+    head = view[:header_length]
     try:
-        doc = json.loads(head)
-    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError
-        raise InvalidArgument(f"{what}: malformed JSON: {exc}") from exc
+        doc = orjson.loads(head)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidArgument(f"{what}: {_json_error(head, exc)}") from exc
     if not isinstance(doc, dict):
         raise InvalidArgument(f"{what}: the JSON header must be an object")
     return doc, _Blobs(view[header_length:], what)
 
 
+class _NonFinite(list):  # type: ignore[type-arg]
+    """Tensor data holding NaN or an infinity, which only the stdlib writes as JSON does."""
+
+
+def _dumps(header: JsonObject) -> bytes:
+    tensors = (*header.get("inputs", ()), *header.get("outputs", ()))
+    if any(isinstance(tensor.get("data"), _NonFinite) for tensor in tensors):
+        return json.dumps(header, separators=(",", ":"), default=_numpy_default).encode()
+    return orjson.dumps(header, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def _numpy_default(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def _json_error(head: memoryview, exc: orjson.JSONDecodeError) -> str:
+    """Why a header is refused; a lone surrogate (valid JSON syntax, not UTF-8) by its field.
+
+    orjson refuses ``"\\ud800"`` as it parses; the stdlib parser accepts it, so the error
+    path (only) re-parses with it to name the field, which a client can act on.
+    """
+    if "surrogate" in str(exc):
+        try:
+            where = _surrogate_path(json.loads(bytes(head)), "")
+        except (ValueError, RecursionError):
+            where = None
+        if where is not None:
+            return f"field {where or '(root)'!r} holds a lone UTF-16 surrogate (not valid UTF-8)"
+    return f"malformed JSON: {exc}"
+
+
+def _surrogate_path(value: Any, path: str) -> str | None:
+    """The path of the first string (or key) that cannot be encoded as UTF-8."""
+    if isinstance(value, str):
+        return None if _is_utf8(value) else path
+    if isinstance(value, dict):
+        for key, item in value.items():
+            where = f"{path}.{key}" if path else key
+            if not _is_utf8(key):
+                return path or "(root)"
+            found = _surrogate_path(item, where)
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            found = _surrogate_path(item, f"{path}[{i}]")
+            if found is not None:
+                return found
+    return None
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _assemble(
     header: JsonObject, blobs: list[bytes | memoryview] | None
 ) -> tuple[bytes, int | None]:
-    head = json.dumps(header, separators=(",", ":")).encode()
+    """orjson writes tensor data straight from numpy arrays: no Python object per element."""
+    head = _dumps(header)
     if blobs is None:
         return head, None
     return b"".join([head, *blobs]), len(head)
@@ -539,10 +608,18 @@ def _flatten_strings(data: Any, what: str) -> Iterator[str]:
         raise InvalidArgument(f"{what}: BYTES 'data' must hold strings")
 
 
-def _raw_to_json(tensor: Tensor, what: str) -> list[Any]:
-    """OIP raw layout (already size-checked) -> flat JSON list; BYTES as UTF-8 strings."""
+def _raw_to_json(tensor: Tensor, what: str) -> npt.NDArray[Any] | list[Any]:
+    """OIP raw layout (already size-checked) -> flat JSON array; BYTES as UTF-8 strings.
+
+    Fixed-size data stays a numpy view for orjson to write, unless it holds NaN or an
+    infinity: orjson would write those as ``null``, so such data goes as Python floats,
+    which ``_assemble`` writes as ``NaN``/``Infinity`` the way Python's json module and
+    tritonclient read them.
+    """
     if tensor.datatype != "BYTES":
-        values: list[Any] = np.frombuffer(tensor.data, NUMPY_DTYPES[tensor.datatype]).tolist()
+        values = np.frombuffer(tensor.data, NUMPY_DTYPES[tensor.datatype])
+        if values.dtype.kind == "f" and not np.isfinite(values).all():
+            return _NonFinite(values.tolist())
         return values
     try:
         return [item.decode() for item in deserialize_bytes(tensor.data)]
@@ -610,4 +687,12 @@ def _parameters(value: Any, what: str) -> Parameters:
     for key, item in value.items():
         if not isinstance(item, bool | int | float | str):
             raise InvalidArgument(f"{what}: parameter {key!r} must be a boolean, number or string")
+        if (
+            isinstance(item, int)
+            and not isinstance(item, bool)
+            and not _INT64_MIN <= item <= _INT64_MAX
+        ):
+            raise InvalidArgument(
+                f"{what}: parameter {key!r} is outside the 64-bit signed integer range"
+            )
     return dict(value)

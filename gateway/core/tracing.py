@@ -9,7 +9,7 @@ service copies it into ``ctx.headers``. The CLI installs the SDK
 
 Span layout per request::
 
-    infer {model}                 SERVER  (frontend; continues the client's traceparent)
+    infer [{routed model}]        SERVER  (frontend; continues a valid client traceparent)
     ├── decode / encode           INTERNAL (REST frontend)
     └── backend {name}            CLIENT  one per attempt; its context is injected into
                                           the backend call, so the backend's spans join
@@ -21,6 +21,7 @@ is marked with ``record_error``: status ERROR and the exception's type, never it
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping, MutableMapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 
@@ -28,6 +29,11 @@ from opentelemetry import propagate, trace
 from opentelemetry.trace import NonRecordingSpan, Span, SpanKind, Status, StatusCode
 
 _TRACER_NAME = "infergw"
+# W3C Trace Context: version-traceid-parentid-flags, lower-case hex; a later version may
+# append fields ("-..."), version 00 may not; "ff" and all-zero ids are invalid.
+_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}(-[ -~]*)?")
+_MAX_TRACEPARENT = 256  # bounded: nothing longer is forwarded
+_MAX_TRACESTATE = 512  # W3C: propagate at least 512 characters; we forward at most that
 _NOOP_SPAN: Span = NonRecordingSpan(trace.INVALID_SPAN_CONTEXT)
 _NOOP: AbstractContextManager[Span] = nullcontext(_NOOP_SPAN)
 
@@ -43,18 +49,53 @@ def enabled() -> bool:
     return provider is not None and not isinstance(provider, trace.NoOpTracerProvider)
 
 
+def trace_context(headers: Mapping[str, str]) -> dict[str, str]:
+    """The W3C ``traceparent`` (and ``tracestate``) worth continuing; ``{}`` if invalid.
+
+    W3C says an invalid ``traceparent`` is ignored (the request starts a new trace) and
+    ``tracestate`` goes with it, so neither is forwarded to a backend: an 8,000-character
+    or non-ASCII value must not reach a gRPC backend's metadata.
+    """
+    parent = headers.get("traceparent")
+    if not parent or not valid_traceparent(parent):
+        return {}
+    context = {"traceparent": parent}
+    state = headers.get("tracestate")
+    if state and len(state) <= _MAX_TRACESTATE and state.isascii() and state.isprintable():
+        context["tracestate"] = state
+    return context
+
+
+def valid_traceparent(value: str) -> bool:
+    if len(value) > _MAX_TRACEPARENT or not value.isascii():
+        return False
+    match = _TRACEPARENT.fullmatch(value)
+    if match is None:
+        return False
+    version, trace_id, parent_id, rest = match.groups()
+    return (
+        version != "ff"
+        and not (version == "00" and rest)
+        and trace_id != "0" * 32
+        and parent_id != "0" * 16
+    )
+
+
 def server_span(
-    model: str, protocol: str, carrier: Mapping[str, str]
+    model: str, protocol: str, carrier: Mapping[str, str], routed: bool = False
 ) -> AbstractContextManager[Span]:
     """The per-request SERVER span, continuing any W3C context in ``carrier``.
 
-    ``model`` may be "" until the request is decoded (then ``set_model``). An exception
-    leaving the span sets its status; its text is not recorded (it may hold secrets).
+    Named ``infer {model}`` only for a ``routed`` model (one with a route), else plain
+    ``infer``: names must stay few, and a client can send any model name. The model is
+    always the ``infergw.model`` attribute. ``model`` may be "" until the request is
+    decoded (then ``set_model``). An exception leaving the span sets its status; its
+    text is not recorded (it may hold secrets).
     """
     if not enabled():
         return _NOOP
     return trace.get_tracer(_TRACER_NAME).start_as_current_span(
-        f"infer {model}" if model else "infer",
+        f"infer {model}" if model and routed else "infer",
         context=propagate.extract(carrier),
         kind=SpanKind.SERVER,
         attributes={"infergw.model": model, "rpc.system": protocol},
@@ -62,10 +103,14 @@ def server_span(
     )
 
 
-def set_model(span: Span, model: str) -> None:
-    """Name a server span once the request is decoded (it is opened before, to cover decoding)."""
+def set_model(span: Span, model: str, routed: bool = False) -> None:
+    """Name a server span once the request is decoded (it is opened before, to cover decoding).
+
+    As in ``server_span``, only a ``routed`` model names the span.
+    """
     if span.is_recording():
-        span.update_name(f"infer {model}")
+        if routed:
+            span.update_name(f"infer {model}")
         span.set_attribute("infergw.model", model)
 
 

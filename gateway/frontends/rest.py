@@ -10,8 +10,10 @@ with the traceback, never the exception's text; failed calls are counted and the
 span marked. The infer handler answers its own errors (for Server-Timing) the same way.
 
 Request bodies may be gzip/deflate compressed (``tritonclient.http`` can do that):
-aiohttp inflates them, and the size limit applies to the inflated body. Responses
-are compressed only when the client asks with ``Accept-Encoding``.
+the frontend inflates them itself (serve the app with ``SITE_OPTIONS``), and the size
+limit applies to the inflated body. Responses are compressed only when the client asks
+with ``Accept-Encoding``. Bodies over 1 MB are inflated, decoded and encoded in a worker
+thread so the event loop (which also serves gRPC) keeps answering small calls.
 """
 
 from __future__ import annotations
@@ -20,16 +22,20 @@ import asyncio
 import json
 import logging
 import math
+import zlib
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
+from aiohttp.http_exceptions import HttpProcessingError
 from opentelemetry.trace import Span
 
 from infergw.gateway.core import tracing
 from infergw.gateway.core.context import RequestContext
 from infergw.gateway.core.service import PIN_HEADER, InferenceService
+from infergw.gateway.sites import SiteOptions
 from infergw.vocab.errors import (
     InferGWError,
     InvalidArgument,
@@ -54,24 +60,53 @@ PROTOCOL = "rest"
 PROPAGATED_HEADERS = (PIN_HEADER, "traceparent", "tracestate")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# How a site must serve this app: bodies reach ``_read_body`` as sent (see there), and a
+# request aiohttp cannot parse (two Content-Type headers...) is answered in OIP's shape.
+SITE_OPTIONS = SiteOptions(
+    auto_decompress=False, error_response=lambda status, message: _json_error(status, message)
+)
+# Bodies above this size are inflated, parsed and built in a worker thread, so the
+# event loop keeps serving small calls (a 16 MB JSON body held a gRPC call ~0.9 s).
+_INLINE_BYTES = 1 << 20
 
 
 def create_rest_app(service: InferenceService) -> web.Application:
     # aiohttp rejects bodies strictly larger than client_max_size, as check_size does.
-    app = web.Application(client_max_size=service.limits.max_message_bytes, middlewares=[_boundary])
+    app = web.Application(
+        client_max_size=service.limits.max_message_bytes,
+        middlewares=[_boundary],
+        handler_args={"logger": _ServerLog(logging.getLogger("aiohttp.server"), {})},
+    )
     app[SERVICE] = service
-    app.router.add_get("/v2/health/live", _live)
-    app.router.add_get("/v2/health/ready", _ready)
-    app.router.add_get("/v2", _server_metadata)
-    app.router.add_post("/v2/repository/index", _repository_index)
+    get = partial(app.router.add_get, expect_handler=_expect)
+    post = partial(app.router.add_post, expect_handler=_expect)
+    get("/v2/health/live", _live)
+    get("/v2/health/ready", _ready)
+    get("/v2", _server_metadata)
+    post("/v2/repository/index", _repository_index)
     # Before "/v2/models/{model}", which would otherwise take a model named "stats".
-    app.router.add_get("/v2/models/stats", _statistics)
+    get("/v2/models/stats", _statistics)
     for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
-        app.router.add_get(prefix, _model_metadata)
-        app.router.add_get(prefix + "/ready", _model_ready)
-        app.router.add_post(prefix + "/infer", _infer)
-        app.router.add_get(prefix + "/stats", _statistics)
+        get(prefix, _model_metadata)
+        get(prefix + "/ready", _model_ready)
+        post(prefix + "/infer", _infer)
+        get(prefix + "/stats", _statistics)
     return app
+
+
+async def _expect(request: web.Request) -> web.StreamResponse | None:
+    """``Expect: 100-continue`` as aiohttp does; any other value a 417 in OIP's shape.
+
+    aiohttp's own handler echoes the value into a text body, and a value that is not
+    UTF-8 made that a 500 (it runs outside the middlewares).
+    """
+    if request.version != HttpVersion11:
+        return None
+    if request.headers.get("Expect", "").lower() == "100-continue":
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the body proper has not started
+        return None
+    return _json_error(417, "unsupported Expect header: only 100-continue is supported")
 
 
 # -- inference -------------------------------------------------------------------------
@@ -83,7 +118,8 @@ async def _infer(request: web.Request) -> web.StreamResponse:
     ctx = service.new_context(PROTOCOL, _propagated(request))
     status = "CANCELLED"  # unless we get to set something else: the client went away
     try:
-        with tracing.server_span(model, ctx.protocol, ctx.headers) as span:
+        routed = service.router.is_known(model)
+        with tracing.server_span(model, ctx.protocol, ctx.headers, routed) as span:
             try:
                 response = await _run_infer(request, service, ctx, model, version)
                 status = "OK"
@@ -102,12 +138,24 @@ async def _run_infer(
 ) -> web.Response:
     body = await _read_body(request, service)  # transfer: part of total, not of decode
     with _phase(ctx, "decode"):
-        infer_request = decode_infer_request(model, version, body, _header_length(request))
-        service.validate(infer_request)
+        _check_trace_headers(request)
+        header_length = _header_length(request)
+        if len(body) > _INLINE_BYTES:
+            infer_request = await asyncio.to_thread(
+                _decode, service, model, version, body, header_length
+            )
+        else:
+            infer_request = _decode(service, model, version, body, header_length)
+        del body  # JSON tensors are decoded copies: let the body go (binary ones keep views)
         ctx.with_timeout(_timeout_s(infer_request))
     infer_response = await service.infer(infer_request, ctx)
     with _phase(ctx, "encode"):
-        payload, header_length = encode_infer_response(infer_response, infer_request)
+        if sum(len(t.data) for t in infer_response.outputs) > _INLINE_BYTES:
+            encoded = await asyncio.to_thread(encode_infer_response, infer_response, infer_request)
+        else:
+            encoded = encode_infer_response(infer_response, infer_request)
+        del infer_response
+        payload, header_length = encoded
         if header_length is None:
             response = web.Response(body=payload, content_type="application/json")
         else:
@@ -117,6 +165,18 @@ async def _run_infer(
     return response
 
 
+def _decode(
+    service: InferenceService,
+    model: str,
+    version: str,
+    body: bytes | bytearray,
+    header_length: int | None,
+) -> InferRequest:
+    infer_request = decode_infer_request(model, version, body, header_length)
+    service.validate(infer_request)
+    return infer_request
+
+
 @contextmanager
 def _phase(ctx: RequestContext, name: str) -> Iterator[None]:
     """Times a phase into ``Server-Timing`` and traces it as a child span."""
@@ -124,15 +184,85 @@ def _phase(ctx: RequestContext, name: str) -> Iterator[None]:
         yield
 
 
-async def _read_body(request: web.Request, service: InferenceService) -> bytes:
-    """The (inflated) body, refusing oversized ones before reading them when we can."""
+async def _read_body(request: web.Request, service: InferenceService) -> bytes | bytearray:
+    """The (inflated) body, refusing oversized ones before reading them when we can.
+
+    The site serves this app with ``auto_decompress=False`` (``SITE_OPTIONS``) and the
+    body is inflated here: aiohttp's parser cannot recover from a body that is not the
+    gzip it claims to be, so it dropped the keep-alive connection after a 500. Read raw,
+    a bad body is a 400 and the connection stays usable.
+    """
+    limit = service.limits.max_message_bytes
     if request.content_length is not None:
         service.check_size(request.content_length, "request body")
+    body = await _read_raw(request, limit)
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding == "identity":
+        return body
+    wbits = _WBITS.get(encoding)
+    if wbits is None:
+        raise InvalidArgument(
+            f"unsupported Content-Encoding {encoding[:32]!r}: use gzip or deflate"
+        )
+    if len(body) > _INLINE_BYTES:
+        return await asyncio.to_thread(_inflate, body, wbits, encoding, limit)
+    return _inflate(body, wbits, encoding, limit)
+
+
+async def _read_raw(request: web.Request, limit: int) -> bytearray:
+    """The body as sent, in one buffer sized from Content-Length when there is one.
+
+    Not ``request.read()``: that grows a buffer, copies it into bytes and keeps the copy
+    for the request's lifetime, about 3x the body at its peak for a large body.
+    """
+    stream = request.content
+    size = request.content_length
+    if size is not None:
+        body = bytearray(size)
+        view, filled = memoryview(body), 0
+        while filled < size:
+            chunk = await stream.readany()
+            if not chunk:
+                raise InvalidArgument(f"request body ended after {filled} of {size} bytes")
+            view[filled : filled + len(chunk)] = chunk
+            filled += len(chunk)
+        return body
+    body = bytearray()
+    while chunk := await stream.readany():  # chunked transfer encoding
+        body += chunk
+        if len(body) > limit:
+            raise PayloadTooLarge("request body", None, limit)
+    return body
+
+
+# zlib's wbits per Content-Encoding: gzip framing; zlib framing (RFC 9110's "deflate").
+_WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+
+
+def _inflate(body: bytearray, wbits: int, encoding: str, limit: int) -> bytes:
+    """Inflate at most ``limit`` bytes (a zip bomb stops there); anything malformed is a 400."""
+    inflater = zlib.decompressobj(wbits)
     try:
-        return await request.read()
-    except web.HTTPRequestEntityTooLarge as exc:  # chunked, or inflated past the limit
-        limit = service.limits.max_message_bytes
-        raise PayloadTooLarge("request body", None, limit) from exc
+        data = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        if wbits == zlib.MAX_WBITS:  # some clients send raw deflate for "deflate"
+            return _inflate(body, -zlib.MAX_WBITS, encoding, limit)
+        raise InvalidArgument(f"request body is not valid {encoding} data") from exc
+    if len(data) > limit:
+        raise PayloadTooLarge("request body", None, limit)
+    if not inflater.eof or inflater.unused_data:
+        raise InvalidArgument(
+            f"request body is not valid {encoding} data (truncated or trailing bytes)"
+        )
+    return data
+
+
+def _check_trace_headers(request: web.Request) -> None:
+    """W3C trace headers are ASCII; a non-ASCII one is the client's mistake (gRPC refuses it)."""
+    for name in ("traceparent", "tracestate"):
+        value = request.headers.get(name)
+        if value is not None and not value.isascii():
+            raise InvalidArgument(f"header {name!r} must be ASCII (W3C Trace Context)")
 
 
 def _header_length(request: web.Request) -> int | None:
@@ -223,7 +353,7 @@ async def _repository_index(request: web.Request) -> web.Response:
     return web.json_response(index)
 
 
-def _ready_only(body: bytes) -> bool:
+def _ready_only(body: bytes | bytearray) -> bool:
     if not body.strip():
         return False
     try:
@@ -293,6 +423,32 @@ def _json_error(status: int, message: str, headers: Any = None) -> web.Response:
     return response
 
 
+class _ServerLog(logging.LoggerAdapter[logging.Logger]):
+    """aiohttp's server logger, but a client's malformed request is one WARNING line.
+
+    aiohttp logs every unparsable request (bad header token, duplicate Content-Type...)
+    with a traceback at ERROR; that is the client's mistake, not ours, and the raw bytes
+    in the message may hold a payload or a credential, so only the first line is kept,
+    and only when it quotes none of them.
+    """
+
+    def exception(self, msg: object, *args: object, exc_info: Any = True, **kwargs: Any) -> None:
+        exc = exc_info if isinstance(exc_info, BaseException) else None
+        if not isinstance(exc, HttpProcessingError):
+            self.logger.error(msg, *args, exc_info=exc_info, **kwargs)
+            return
+        first = str(exc.message).partition("\n")[0].strip()
+        if len(first) > 100 or "b'" in first or 'b"' in first:  # it quotes raw bytes
+            first = ""
+        self.logger.warning(
+            "malformed HTTP request from %s answered %s (%s%s)",
+            args[0] if args else "?",
+            exc.code,
+            type(exc).__name__,
+            f": {first}" if first else "",
+        )
+
+
 def _model_and_version(request: web.Request) -> tuple[str, str]:
     info = request.match_info
     return info.get("model", ""), info.get("version", "")
@@ -303,4 +459,4 @@ def _propagated(request: web.Request) -> dict[str, str]:
     return {name: headers[name] for name in PROPAGATED_HEADERS if name in headers}
 
 
-__all__ = ["SERVICE", "create_rest_app"]
+__all__ = ["SERVICE", "SITE_OPTIONS", "create_rest_app"]

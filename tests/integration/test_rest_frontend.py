@@ -22,7 +22,7 @@ from infergw.gateway.core.config import BackendConfig, LimitsConfig, RouteConfig
 from infergw.gateway.core.context import RequestContext
 from infergw.gateway.core.router import Router, wrap_with_policies
 from infergw.gateway.core.service import InferenceService
-from infergw.gateway.frontends.rest import create_rest_app
+from infergw.gateway.frontends.rest import SITE_OPTIONS, create_rest_app
 from infergw.vocab.types import (
     Duration,
     InferRequest,
@@ -67,7 +67,7 @@ async def serve() -> AsyncIterator[Serve]:
         )
         service = InferenceService(router, limits=LimitsConfig(max_message_bytes=max_message_bytes))
         server = TestServer(create_rest_app(service), host="127.0.0.1", port=0)
-        await server.start_server()
+        await server.start_server(auto_decompress=SITE_OPTIONS.auto_decompress)
         servers.append(server)
         return f"127.0.0.1:{server.port}"
 

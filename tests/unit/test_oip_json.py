@@ -316,3 +316,84 @@ def test_non_utf8_bytes_output_cannot_go_as_json() -> None:
         response, InferRequest("m", (), parameters={"binary_data_output": True})
     )
     assert tensor_to_numpy(decode_infer_response(body, header_length).outputs[0])[0] == b"\xff"
+
+
+# -- issue 9 item 1: what other wires cannot carry is refused here, naming the field --------
+_TENSOR = b'"name":"x","datatype":"FP32","shape":[1],"data":[1.0]'
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b'{"parameters":{"foo":9223372036854775808},"inputs":[{' + _TENSOR + b"}]}", "'foo'"),
+        (b'{"parameters":{"foo":18446744073709551615},"inputs":[{' + _TENSOR + b"}]}", "'foo'"),
+        (
+            b'{"parameters":{"timeout":9223372036854775808},"inputs":[{' + _TENSOR + b"}]}",
+            "'timeout'",
+        ),
+        (b'{"inputs":[{' + _TENSOR + b',"parameters":{"p":18446744073709551615}}]}', "'p'"),
+        (
+            b'{"inputs":[{'
+            + _TENSOR
+            + b'}],"outputs":[{"name":"o","parameters":{"q":9223372036854775808}}]}',
+            "'q'",
+        ),
+        (
+            b'{"id":"\\ud800","inputs":[{' + _TENSOR + b"}]}",
+            "field 'id' holds a lone UTF-16 surrogate",
+        ),
+        (b'{"parameters":{"s":"a\\udfff"},"inputs":[{' + _TENSOR + b"}]}", "'parameters.s'"),
+        (
+            b'{"inputs":[{"name":"t","datatype":"BYTES","shape":[2],"data":["ok","\\ud83d"]}]}',
+            r"'inputs\[0\].data\[1\]'",
+        ),
+        (
+            b'{"inputs":[{"name":"\\udc00","datatype":"FP32","shape":[1],"data":[1]}]}',
+            r"'inputs\[0\].name'",
+        ),
+    ],
+    ids=[
+        "int64-max+1",
+        "uint64-max",
+        "timeout-2^63",
+        "input-parameter",
+        "output-parameter",
+        "surrogate-id",
+        "surrogate-parameter",
+        "surrogate-bytes-data",
+        "surrogate-name",
+    ],
+)
+def test_values_other_wires_cannot_carry_are_400s_naming_the_field(
+    body: bytes, message: str
+) -> None:
+    with pytest.raises(InvalidArgument, match=message):
+        decode_infer_request("m", "", body, None)
+
+
+def test_int64_bounds_and_big_numbers_as_doubles_are_accepted() -> None:
+    """The int64 bounds pass; a literal past uint64 or int64's range is a double (as Triton's
+    rapidjson reads it), which every wire carries."""
+    body = b'{"parameters":{"a":9223372036854775807,"b":-9223372036854775808,'
+    body += b'"c":18446744073709551616,"d":-9223372036854775809},'
+    request = decode_infer_request("m", "", body + b'"inputs":[{' + _TENSOR + b"}]}", None)
+    assert request.parameters == {"a": 2**63 - 1, "b": -(2**63), "c": 2.0**64, "d": -(2.0**63)}
+
+
+def test_non_finite_json_outputs_keep_nan_and_infinity() -> None:
+    """orjson would write NaN as null; such data goes through the stdlib writer instead."""
+    values = np.array([1.5, np.nan, np.inf, -np.inf], dtype=np.float32)
+    response = InferResponse(model="m", outputs=(tensor_from_numpy("out", values),))
+    body, header_length = encode_infer_response(response, InferRequest(model="m", inputs=()))
+    assert header_length is None and b"NaN" in body and b"null" not in body
+    np.testing.assert_array_equal(
+        np.array(json.loads(body)["outputs"][0]["data"], np.float32), values
+    )
+
+
+def test_json_outputs_are_written_from_numpy_with_float32_precision() -> None:
+    values = np.array([0.1, 1 / 3], dtype=np.float32)
+    response = InferResponse(model="m", outputs=(tensor_from_numpy("out", values),))
+    body, _ = encode_infer_response(response, InferRequest(model="m", inputs=()))
+    data = json.loads(body)["outputs"][0]["data"]
+    np.testing.assert_array_equal(np.array(data, np.float32), values)
