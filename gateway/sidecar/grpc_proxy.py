@@ -23,10 +23,11 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, nullcontext, suppress
 from typing import Any, NoReturn
 
 import grpc
+from grpc._cython import cygrpc  # type: ignore[attr-defined]  # no stubs; see _send
 
 from infergw.gateway.core import tracing
 from infergw.gateway.sidecar import methods
@@ -157,25 +158,64 @@ class _Rpc:
 
 
 class _RequestPump:
-    """Feeds a client stream upstream, checking sizes and reading the model name."""
+    """Feeds a client stream upstream, checking sizes and reading the model name.
+
+    It writes each message itself instead of handing grpc.aio a request iterator: when
+    the upstream ends a call while a write is in flight (Triton answering UNIMPLEMENTED
+    to reflection before reading the request), grpc.aio's own write replaces the
+    upstream's status with INTERNAL "Internal error from Core" (grpc/grpc#36066; about
+    half of such calls). Here a failed write only stops the feed, as in grpc's sync API,
+    and the upstream's status reaches the client unchanged.
+    """
 
     def __init__(self, rpc: _Rpc, requests: AsyncIterator[bytes]) -> None:
         self.rpc = rpc
         self.requests = requests
         self.too_large: PayloadTooLarge | None = None
-        self.call: grpc.aio.Call | None = None
 
-    async def messages(self) -> AsyncIterator[bytes]:
-        async for message in self.requests:
-            try:
-                self.rpc.check_size(message)
-            except PayloadTooLarge as exc:
-                self.too_large = exc
-                if self.call is not None:
-                    self.call.cancel()
-                return
-            self.rpc.peek_model(message)
-            yield message
+    async def feed(self, call: Any) -> None:
+        """Relay the client's messages, then half-close; stops when the call ends."""
+        try:
+            await call.wait_for_connection()
+            async for message in self.requests:
+                try:
+                    self.rpc.check_size(message)
+                except PayloadTooLarge as exc:
+                    self.too_large = exc
+                    call.cancel()
+                    return
+                self.rpc.peek_model(message)
+                if call.done() or not await _send(call, message):
+                    return
+            await call.done_writing()
+        except (grpc.aio.AioRpcError, cygrpc.InternalError):
+            return  # the call has ended: its status is the reader's to report
+        except Exception:  # the client's stream broke: end the upstream call with it
+            log.debug("client request stream failed", exc_info=True)
+            call.cancel()
+
+    def start(self, call: Any) -> asyncio.Task[None]:
+        return asyncio.get_running_loop().create_task(self.feed(call))
+
+
+async def _send(call: Any, message: bytes) -> bool:
+    """Write one message upstream; False once the upstream has ended the call.
+
+    The private ``_cython_call`` is the layer grpc.aio's ``write`` calls, minus the step
+    that overwrites the upstream's status on failure (see ``_RequestPump``).
+    """
+    try:
+        await call._cython_call.send_serialized_message(message)
+    except cygrpc.InternalError:
+        return False
+    return True
+
+
+async def _stop(task: asyncio.Task[None]) -> None:
+    """Cancel the feed if it still runs and wait for it (it never raises)."""
+    task.cancel()
+    with suppress(asyncio.CancelledError):
+        await task
 
 
 class GrpcProxy(grpc.GenericRpcHandler):
@@ -276,7 +316,8 @@ class GrpcProxy(grpc.GenericRpcHandler):
         pump = _RequestPump(rpc, requests)
         with rpc.spans():
             t0 = time.perf_counter()
-            call = pump.call = stub(pump.messages(), timeout=rpc.timeout(), metadata=rpc.metadata)
+            call = stub(timeout=rpc.timeout(), metadata=rpc.metadata)
+            feed = pump.start(call)
             try:
                 reply: bytes = await call
             except grpc.aio.AioRpcError as exc:
@@ -288,6 +329,8 @@ class GrpcProxy(grpc.GenericRpcHandler):
                     await rpc.reject(pump.too_large)
                 rpc.finish("CANCELLED")
                 raise
+            finally:
+                await _stop(feed)
             rpc.timings.add_since("backend", t0)
             await rpc.pass_initial_metadata(call)
             rpc.succeed(await call.trailing_metadata())
@@ -309,15 +352,16 @@ class GrpcProxy(grpc.GenericRpcHandler):
             except PayloadTooLarge as exc:
                 await rpc.reject(exc)
             rpc.peek_model(request)
-            outgoing: Any = request
         else:
             pump = _RequestPump(rpc, request)
-            outgoing = pump.messages()
         with rpc.spans():
             t0 = time.perf_counter()
-            call = stub(outgoing, timeout=rpc.timeout(), metadata=rpc.metadata)
-            if pump is not None:
-                pump.call = call
+            if pump is None:
+                call = stub(request, timeout=rpc.timeout(), metadata=rpc.metadata)
+                feed = None
+            else:
+                call = stub(timeout=rpc.timeout(), metadata=rpc.metadata)
+                feed = pump.start(call)
             first = True
             try:
                 async for reply in call:
@@ -334,6 +378,9 @@ class GrpcProxy(grpc.GenericRpcHandler):
                     await rpc.reject(pump.too_large)
                 rpc.finish("CANCELLED")
                 raise
+            finally:
+                if feed is not None:
+                    await _stop(feed)
             rpc.timings.add_since("backend", t0)
             if pump is not None and pump.too_large is not None:
                 await rpc.reject(pump.too_large)

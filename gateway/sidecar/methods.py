@@ -44,7 +44,8 @@ class Cardinality(enum.Enum):
 
 STREAMING = {
     f"/{OIP_SERVICE}/ModelStreamInfer": Cardinality.STREAM_STREAM,
-    # Reflection is not served by the sidecar: forwarded, so clients see the upstream's.
+    # Reflection is not served by the sidecar: forwarded, so clients see the upstream's
+    # answer (every time: see grpc_proxy._RequestPump for the grpc.aio race it avoids).
     "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": Cardinality.STREAM_STREAM,
     "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo": Cardinality.STREAM_STREAM,
 }
