@@ -46,6 +46,12 @@ def register(sub: Any) -> None:
         help="tfserving without grpc.health: ready when this model has a version AVAILABLE",
     )
     parser.add_argument(
+        "--drain-grace-s",
+        type=float,
+        default=30.0,
+        help="on SIGTERM: how long calls in flight may take to finish (default 30)",
+    )
+    parser.add_argument(
         "--otlp-endpoint",
         default=None,
         help="OTLP/HTTP traces URL (or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT); off by default",
@@ -75,6 +81,7 @@ def cmd_sidecar(args: argparse.Namespace) -> int:
             metrics_port=args.metrics_port,
             max_message_bytes=args.max_message_bytes,
             health_model=args.health_model,
+            drain_grace_s=args.drain_grace_s,
         )
     except ValueError as exc:
         raise SystemExit(f"infergw sidecar: {exc}") from exc
