@@ -204,8 +204,12 @@ async def _send(call: Any, message: bytes) -> bool:
     The private ``_cython_call`` is the layer grpc.aio's ``write`` calls, minus the step
     that overwrites the upstream's status on failure (see ``_RequestPump``).
     """
+    cython_call = getattr(call, "_cython_call", None)
     try:
-        await call._cython_call.send_serialized_message(message)
+        if cython_call is None:  # a grpcio without that layer: its public write
+            await call.write(message)
+        else:
+            await cython_call.send_serialized_message(message)
     except cygrpc.InternalError:
         return False
     return True
