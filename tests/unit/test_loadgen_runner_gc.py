@@ -29,9 +29,12 @@ async def test_the_heap_is_frozen_during_a_run_and_handed_back_after() -> None:
 
 
 async def test_overlapping_runs_share_one_freeze() -> None:
+    # Frozen objects can still die by refcount, so the count may only shrink while frozen.
     with runner.frozen_heap():
         frozen = gc.get_freeze_count()
+        young = [[] for _ in range(10_000)]  # tracked objects made after the outer freeze
         with runner.frozen_heap():
-            assert gc.get_freeze_count() == frozen
-        assert gc.get_freeze_count() == frozen  # the inner run did not thaw the outer
+            assert gc.get_freeze_count() <= frozen  # the inner run did not freeze again
+        assert gc.get_freeze_count() > frozen - len(young)  # nor thaw the outer one
+        del young
     assert gc.get_freeze_count() == 0
