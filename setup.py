@@ -64,6 +64,7 @@ PACKAGES = {
     "infergw.models": "models",
     "infergw.gateway": "gateway",
     "infergw.gateway.core": "gateway/core",
+    "infergw.gateway.core.routing": "gateway/core/routing",
     "infergw.gateway.frontends": "gateway/frontends",
     "infergw.gateway.sidecar": "gateway/sidecar",
     "infergw.backends": "backends",

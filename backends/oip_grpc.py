@@ -16,16 +16,21 @@ what the trailers say. ``OipGrpcBackend`` is the rest, once:
   a server that was down for a few seconds went unused for seconds more).
 
 Subclasses may override ``_open_channel`` (the default is plaintext to ``url``),
-``_metadata`` and ``_on_trailers``.
+``_metadata`` and ``_on_trailers``. A server that carries ModelStreamInfer itself
+(Triton: decoupled models answer there only) is an ``OipGrpcStreamingBackend``: the
+``StreamingBackend`` capability, on the same channel, with messages as bytes both ways.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 
-from infergw.gateway.core.backend import BackendBase
+from infergw.gateway.core.backend import BackendBase, InferStream, Release
 from infergw.gateway.core.context import RequestContext
 from infergw.proto import grpc_service_pb2 as pb
 from infergw.vocab.types import (
@@ -73,12 +78,14 @@ class OipGrpcBackend(BackendBase):
 
     # -- the shared client ---------------------------------------------------------------
     def _unary(self, method: str, serializer: Any, deserializer: Any) -> Any:
-        rpc = self._rpcs.get(method)
+        # A method may be called typed (``_call``) and as bytes (``forward_unary``).
+        key = f"{method} {'raw' if serializer is _identity else 'typed'}"
+        rpc = self._rpcs.get(key)
         if rpc is None:
             if self._channel is None:
                 # Created lazily: a grpc.aio channel belongs to the running event loop.
                 self._channel = self._open_channel()
-            rpc = self._rpcs[method] = self._channel.unary_unary(
+            rpc = self._rpcs[key] = self._channel.unary_unary(
                 SERVICE + method, request_serializer=serializer, response_deserializer=deserializer
             )
         return rpc
@@ -91,6 +98,16 @@ class OipGrpcBackend(BackendBase):
             return await rpc(request, timeout=timeout_s, metadata=await self._metadata(None))
         except grpc.aio.AioRpcError as exc:
             raise error_from_rpc(exc, backend=self.name) from exc
+
+    async def forward_unary(self, method: str, payload: bytes, timeout_s: float | None) -> bytes:
+        """Call ``method`` with a serialized request; the serialized reply, undecoded."""
+        rpc = self._unary(method, _identity, _identity)
+        try:
+            metadata = await self._metadata(None)
+            reply: bytes = await rpc(payload, timeout=timeout_s, metadata=metadata)
+        except grpc.aio.AioRpcError as exc:
+            raise error_from_rpc(exc, backend=self.name) from exc
+        return reply
 
     async def infer(self, request: InferRequest, ctx: RequestContext) -> InferResponse:
         rpc = self._unary("ModelInfer", _identity, _identity)
@@ -111,7 +128,7 @@ class OipGrpcBackend(BackendBase):
                 id=request.id,
                 raw=RawMessage(oip_proto.ENCODING, reply),
             )
-        return oip_proto.response_from_proto(pb.ModelInferResponse.FromString(reply))
+        return oip_proto.decode_response(reply)  # tensor data: views of the reply, not copies
 
     async def ready(self) -> bool:
         try:
@@ -157,3 +174,72 @@ class OipGrpcBackend(BackendBase):
             await self._channel.close()
             self._channel = None
             self._rpcs.clear()
+
+
+STREAM_METHOD = "ModelStreamInfer"
+
+
+def _nothing_to_release() -> None:
+    return None
+
+
+class OipModelStream:
+    """One ModelStreamInfer call (``InferStream``): serialized messages both ways.
+
+    Written with ``write`` from one task while another iterates the responses, which
+    grpc.aio allows on a call made without a request iterator.
+    """
+
+    def __init__(self, call: grpc.aio.StreamStreamCall[bytes, bytes], backend: str) -> None:
+        self._call = call
+        self._backend = backend
+
+    async def send(self, message: bytes) -> bool:
+        if self._call.done():
+            return False
+        try:
+            await self._call.write(message)
+        except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+            return False  # the call has ended: its status is for ``responses`` to raise
+        return True
+
+    async def close_sending(self) -> None:
+        with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
+            await self._call.done_writing()
+
+    async def responses(self) -> AsyncIterator[bytes]:
+        try:
+            async for reply in self._call:
+                yield reply
+        except grpc.aio.AioRpcError as exc:
+            raise error_from_rpc(exc, backend=self._backend) from exc
+
+    def cancel(self) -> None:
+        self._call.cancel()
+
+
+class OipGrpcStreamingBackend(OipGrpcBackend):
+    """An OIP gRPC backend whose server streams itself: ``StreamingBackend``.
+
+    A client's ModelStreamInfer goes out as one ModelStreamInfer per call, carrying the
+    request's propagation headers and the client's deadline; nothing to admit here
+    (the policies around the backend hold the slots).
+    """
+
+    encoding = oip_proto.ENCODING
+
+    async def open_stream(self, ctx: RequestContext) -> InferStream:
+        rpc = self._rpcs.get(STREAM_METHOD)
+        if rpc is None:
+            if self._channel is None:
+                self._channel = self._open_channel()
+            rpc = self._rpcs[STREAM_METHOD] = self._channel.stream_stream(
+                SERVICE + STREAM_METHOD,
+                request_serializer=_identity,
+                response_deserializer=_identity,
+            )
+        call = rpc(timeout=ctx.remaining(), metadata=await self._metadata(ctx))
+        return OipModelStream(call, self.name)
+
+    async def admit(self, ctx: RequestContext) -> Release:
+        return _nothing_to_release

@@ -1,12 +1,20 @@
 """REST cost through the gateway vs straight to Triton, and what a big JSON body costs.
 
     .venv/bin/python bench/rest_json.py [--rounds 5] [--requests 10] [--out FILE.json]
+        [--baseline PACKAGE_DIR]
 
 Starts Triton and ``infergw serve`` (its own process, routing every model to Triton),
 then, with one unmodified ``tritonclient.http`` client per target:
 
 * latency, 1 MiB FP32 ``identity`` input: JSON both ways, and the binary extension both
-  ways; medians per round, interleaved direct/gateway, the median of the rounds;
+  ways; medians per round, interleaved direct/gateway, the median of the rounds; and each
+  gateway's CPU time per request (user + system, all threads, from /proc), which a busy
+  shared box disturbs far less than latency;
+* with ``--baseline DIR``, a second gateway in the same run, started with
+  ``PYTHONPATH=DIR`` (a directory holding an ``infergw`` package view of another tree,
+  e.g. the last commit's): interleaved with the others, so before/after come from one run.
+  To make one: ``git archive HEAD | tar -x -C /tmp/old``, copy ``proto/*_pb2.py`` and
+  ``proto/tfs/*_pb2.py`` there, then ``python /tmp/old/tools/package_view.py /tmp/old-view``;
 * memory: the gateway's resident set before a 32 MB JSON body and its peak (VmHWM) while
   it answers it (the body comes back as JSON too), next to the body size;
 * event-loop blocking: the slowest tiny gRPC ``ModelInfer`` to the gateway while it
@@ -41,7 +49,13 @@ TIMEOUT_S = 300.0
 
 
 class Gateway(servers.GatewayProcess):
-    """``infergw serve`` with its HTTP port kept (``GatewayProcess`` keeps the gRPC one)."""
+    """``infergw serve`` with its HTTP port kept (``GatewayProcess`` keeps the gRPC one).
+
+    ``pythonpath`` runs another tree's gateway (see ``--baseline``)."""
+
+    def __init__(self, triton_grpc: str, pythonpath: str | None = None) -> None:
+        super().__init__(triton_grpc)
+        self.pythonpath = pythonpath
 
     def start(self) -> str:
         conf = self.tmp / "gateway.yaml"
@@ -50,7 +64,10 @@ class Gateway(servers.GatewayProcess):
         cli = Path(sys.executable).parent / "infergw"
         args = [str(cli), "serve", "--config", str(conf), "--grpc-port", str(grpc_port)]
         args += ["--http-port", str(http_port), "--metrics-port", str(metrics_port)]
-        self.spawn(args, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if self.pythonpath is not None:
+            env["PYTHONPATH"] = self.pythonpath
+        self.spawn(args, env=env)
         self.grpc, self.http = f"127.0.0.1:{grpc_port}", f"127.0.0.1:{http_port}"
         assert self.proc is not None
         servers.wait_grpc_ready(self.grpc, self.proc, self.log)
@@ -76,19 +93,36 @@ def timed_ms(client: thttp.InferenceServerClient, array: np.ndarray, binary: boo
     return (time.perf_counter() - t0) * 1e3
 
 
+def cpu_ms(pid: int) -> float:
+    """CPU time a process has used, user + system, all its threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) * 1e3 / os.sysconf("SC_CLK_TCK")
+
+
 def latency(
-    clients: dict[str, thttp.InferenceServerClient], binary: bool, rounds: int, requests: int
+    clients: dict[str, thttp.InferenceServerClient],
+    pids: dict[str, int],
+    binary: bool,
+    rounds: int,
+    requests: int,
 ) -> dict[str, float]:
+    """Median latency per target; ``cpu_<name>``: ms of CPU per request for ``pids``."""
     array = np.random.default_rng(0).random((1, ONE_MIB_COLUMNS), dtype=np.float32)
     for client in clients.values():  # warm up, and check the answer once
         np.testing.assert_array_equal(infer(client, array, binary), array)
     medians: dict[str, list[float]] = {name: [] for name in clients}
+    cpu = dict.fromkeys(pids, 0.0)
     for _ in range(rounds):
         for name, client in clients.items():
+            before = cpu_ms(pids[name]) if name in pids else 0.0
             medians[name].append(
                 statistics.median(timed_ms(client, array, binary) for _ in range(requests))
             )
-    return {name: statistics.median(values) for name, values in medians.items()}
+            if name in pids:
+                cpu[name] += cpu_ms(pids[name]) - before
+    figures = {name: statistics.median(values) for name, values in medians.items()}
+    figures.update({f"cpu_{name}": used / (rounds * requests) for name, used in cpu.items()})
+    return figures
 
 
 def proc_kib(pid: int, field: str) -> int:
@@ -203,6 +237,15 @@ def blocking(gateway: Gateway, body_mb: int) -> dict[str, float]:
     }
 
 
+def added(figures: dict[str, float], gateways: dict[str, Gateway]) -> dict[str, float]:
+    """What each gateway adds to direct, in ms and in % of direct."""
+    out: dict[str, float] = {}
+    for name in gateways:
+        extra = figures[name] - figures["direct"]
+        out[f"added_ms_{name}"], out[f"added_pct_{name}"] = extra, 100 * extra / figures["direct"]
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
@@ -210,40 +253,52 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory-mb", type=int, default=32)
     parser.add_argument("--blocking-mb", type=int, default=16)
     parser.add_argument("--out", type=Path, default=Path("out/bench/rest_json.json"))
+    parser.add_argument(
+        "--baseline", help="PYTHONPATH of a second gateway to compare, in the same run"
+    )
     args = parser.parse_args(argv)
-    report: dict[str, Any] = {"pythonpath": os.environ.get("PYTHONPATH", "")}
+    report: dict[str, Any] = {
+        "pythonpath": os.environ.get("PYTHONPATH", ""),
+        "baseline": args.baseline,
+    }
     with TritonServer() as triton:
         gateway = Gateway(triton.endpoints.grpc)
+        baseline = Gateway(triton.endpoints.grpc, args.baseline) if args.baseline else None
         try:
-            gateway.start()
-            clients = {
-                "direct": http_client(triton.endpoints.http),
-                "gateway": http_client(gateway.http),
-            }
+            gateways = {"gateway": gateway, **({"baseline": baseline} if baseline else {})}
+            for started in gateways.values():
+                started.start()
+            clients = {"direct": http_client(triton.endpoints.http)}
+            clients.update({name: http_client(g.http) for name, g in gateways.items()})
+            pids = {name: g.pid for name, g in gateways.items()}
             try:
                 for mode, binary in (("json", False), ("binary", True)):
-                    figures = latency(clients, binary, args.rounds, args.requests)
-                    added = figures["gateway"] - figures["direct"]
-                    report[mode] = {
-                        **figures,
-                        "added_ms": added,
-                        "added_pct": 100 * added / figures["direct"],
-                    }
-                    print(
-                        f"REST {mode:6s} 1 MiB: direct {figures['direct']:8.2f} ms, gateway "
-                        f"{figures['gateway']:8.2f} ms, added {added:7.2f} ms "
-                        f"({100 * added / figures['direct']:5.1f}%)"
-                    )
+                    figures = latency(clients, pids, binary, args.rounds, args.requests)
+                    report[mode] = {**figures, **added(figures, gateways)}
+                    print(f"REST {mode:6s} 1 MiB: direct {figures['direct']:8.2f} ms", end="")
+                    for name in gateways:
+                        print(
+                            f", {name} {figures[name]:8.2f} ms (added "
+                            f"{report[mode][f'added_ms_{name}']:7.2f} ms, "
+                            f"{report[mode][f'added_pct_{name}']:5.1f}%; "
+                            f"CPU {figures[f'cpu_{name}']:.2f} ms/request)",
+                            end="",
+                        )
+                    print()
             finally:
                 for client in clients.values():
                     client.close()
-            report["memory"] = memory(gateway, args.memory_mb)
-            m = report["memory"]
-            print(
-                f"memory, {m['body_mb']:.1f} MB JSON body: peak +{m['peak_added_mb']:.0f} MB "
-                f"({m['peak_over_body']:.1f}x the body), "
-                f"RSS after +{m['rss_after_added_mb']:.0f} MB"
-            )
+            for name, measured in gateways.items():
+                report["memory" if measured is gateway else f"memory_{name}"] = m = memory(
+                    measured, args.memory_mb
+                )
+                print(
+                    f"memory ({name}), {m['body_mb']:.1f} MB JSON body: peak "
+                    f"+{m['peak_added_mb']:.0f} MB ({m['peak_over_body']:.1f}x the body), "
+                    f"RSS after +{m['rss_after_added_mb']:.0f} MB"
+                )
+                if measured is baseline:
+                    baseline.stop()  # the blocking figure is the gateway's, alone on the box
             report["blocking"] = blocking(gateway, args.blocking_mb)
             b = report["blocking"]
             print(
@@ -254,7 +309,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"ServerLive max {b['live_during_max_ms']:.1f} ms"
             )
         finally:
-            gateway.stop()
+            for started in (gateway, baseline):
+                if started is not None:
+                    started.stop()  # idempotent, and safe after a failed start
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.out}")

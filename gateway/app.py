@@ -10,15 +10,20 @@ Stopping drains, as an orchestrator expects of SIGTERM: readiness goes false at 
 (grpc.health.v1 NOT_SERVING, ``/v2/health/ready`` 503) while everything is still served
 for ``listen.drain_delay_s``; then both frontends stop accepting and give the calls in
 flight up to ``listen.drain_grace_s``, together, before cancelling what is left.
+
+With ``listen.tls`` every port (gRPC, REST, metrics) speaks TLS only (``tls.py``); with
+``auth`` calls need an API key (``auth.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable
 
 from aiohttp import web
 
+from infergw.gateway.auth import Authenticator
 from infergw.gateway.core.config import GatewayConfig, ListenConfig
 from infergw.gateway.core.metrics import GatewayMetrics
 from infergw.gateway.core.router import Router
@@ -26,38 +31,90 @@ from infergw.gateway.core.service import InferenceService
 from infergw.gateway.frontends.grpc import GrpcFrontend
 from infergw.gateway.frontends.tfserving import add_tfserving_service
 from infergw.gateway.lifecycle import AsyncService
-from infergw.gateway.sites import AppSite, SiteOptions, create_metrics_app, display_host
+from infergw.gateway.sites import (
+    AppSite,
+    SiteOptions,
+    create_metrics_app,
+    default_max_connections,
+    display_host,
+)
+from infergw.gateway.tls import ServerTls
+from infergw.gateway.triton_traces import (
+    SPLITS_PATH,
+    TRACES_PATH,
+    TritonSplits,
+    receiver_site,
+    splits_handler,
+    trace_attempts,
+)
+from infergw.wire import grpc_channel
 
 log = logging.getLogger(__name__)
 DEFAULT_SITE = SiteOptions()
+CUT_UNWIND_S = 1.0  # a second SIGTERM: how long cancelled calls get to unwind
 
 
 class Gateway(AsyncService):
     def __init__(self, config: GatewayConfig, router: Router | None = None) -> None:
         self.config = config
-        self.router = router or Router.from_config(config)
         self.metrics = GatewayMetrics()
+        # Triton's spans -> per-request backend_queue/compute (triton_traces.py), if received.
+        receiver = config.tracing.triton_receiver
+        self.splits = None if receiver is None else TritonSplits(receiver, self.metrics)
+        if router is None:
+            router = Router.from_config(config, decisions=self.metrics)
+            if self.splits is not None:
+                trace_attempts(router, config, self.splits)
+        self.router = router
+        self.metrics.outliers = router.outliers
         self.service = InferenceService(self.router, self.metrics, config.limits)
+        if self.splits is not None:
+            self.splits.model_label = self.service.model_label
         self.addresses: dict[str, str] = {}
         self._grpc: GrpcFrontend | None = None
         self._sites: list[AppSite] = []
+        self._tls: ServerTls | None = None
         self._serving = False  # started: stopping drains
 
     async def start(self) -> None:
         from infergw.gateway.frontends.rest import SITE_OPTIONS, create_rest_app
 
         listen: ListenConfig = self.config.listen
+        # Bound first: Triton was told its fixed port, which a port-0 bind could otherwise take.
+        receiver = receiver_site(self.splits) if self.splits is not None else None
         try:
-            self._grpc = GrpcFrontend(self.service, self.config.limits.max_message_bytes)
+            if receiver is not None:
+                await receiver.start()
+                self.addresses["triton_traces"] = receiver.url + TRACES_PATH
+            # Files first: a bad certificate or keys file fails before anything binds.
+            tls = listen.tls
+            if tls is not None:
+                self._tls = ServerTls(tls.cert_file, tls.key_file, tls.client_ca_file)
+            auth = Authenticator(self.config.auth) if self.config.auth is not None else None
+            self._grpc = GrpcFrontend(
+                self.service,
+                self.config.limits.max_message_bytes,
+                interceptors=[auth.grpc_interceptor()] if auth is not None else (),
+                options=grpc_connection_options(listen),
+            )
             add_tfserving_service(self._grpc, self.service)  # same port as OIP
-            port = self._grpc.add_port(f"{listen.host}:{listen.grpc_port}")
+            credentials = self._tls.grpc_credentials() if self._tls is not None else None
+            port = self._grpc.add_port(f"{listen.host}:{listen.grpc_port}", credentials)
             self.addresses["grpc"] = f"{display_host(listen.host)}:{port}"
             await self._grpc.start()
-            rest = create_rest_app(self.service)
+            guard = [auth.rest_middleware()] if auth is not None else []
+            rest = create_rest_app(self.service, guard)
             self.addresses["http"] = await self._serve(rest, listen.http_port, SITE_OPTIONS)
-            metrics = create_metrics_app(self.metrics)
+            guard = [auth.rest_middleware(metrics=True)] if auth is not None else []
+            metrics = create_metrics_app(self.metrics, guard)
+            if self.splits is not None:
+                metrics.router.add_get(SPLITS_PATH, splits_handler(self.splits))
             self.addresses["metrics"] = await self._serve(metrics, listen.metrics_port)
+            if receiver is not None:
+                self._sites.append(receiver)  # stopped after the frontends, with metrics
         except BaseException:
+            if receiver is not None and receiver not in self._sites:
+                await receiver.stop()
             await self.stop()
             raise
         self._serving = True
@@ -77,6 +134,7 @@ class Gateway(AsyncService):
             shutdown_timeout_s=listen.drain_grace_s,
             auto_decompress=options.auto_decompress,
             error_response=options.error_response,
+            tls=self._tls,
         )
         await site.start()
         self._sites.append(site)
@@ -97,15 +155,41 @@ class Gateway(AsyncService):
         if serving:
             log.info("draining: in-flight calls have up to %g s", listen.drain_grace_s)
         # The REST site (sites[0]) drains with gRPC; metrics stay up until both are done.
-        stops = [s.stop() for s in sites[:1]]
+        stops: list[Awaitable[None]] = [s.stop() for s in sites[:1]]
         if grpc is not None:
-            stops.append(grpc.stop(listen.drain_grace_s))
+            # Shielded: cancelling this drain (a second SIGTERM) must not leave gRPC's
+            # shutdown half done; a stop with no grace then ends the calls left.
+            stops.append(asyncio.shield(grpc.stop(listen.drain_grace_s)))
         try:
             await asyncio.gather(*stops)
+        except asyncio.CancelledError:
+            if grpc is not None:
+                await grpc.stop(0)
+            await _unwind(CUT_UNWIND_S)
+            raise
         finally:
             for site in sites[1:]:
                 await site.stop()
             await self.router.close()
+
+
+def grpc_connection_options(listen: ListenConfig) -> tuple[grpc_channel.Option, ...]:
+    """The gRPC port's share of ``listen``: a connection with no call for
+    ``idle_timeout_s`` is sent GOAWAY (clients reconnect on their next call), and
+    connections beyond ``max_connections`` are refused, as on the REST port."""
+    limit = listen.max_connections or default_max_connections()
+    return (
+        ("grpc.max_connection_idle_ms", round(listen.idle_timeout_s * 1000)),
+        ("grpc.max_allowed_incoming_connections", limit),
+    )
+
+
+async def _unwind(timeout_s: float) -> None:
+    """After a cut drain: the calls just cancelled finish their cancellation (so gRPC's
+    own tasks end before the loop closes, instead of being killed mid-way and logged)."""
+    others = asyncio.all_tasks() - {asyncio.current_task()}
+    if others:
+        await asyncio.wait(others, timeout=timeout_s)
 
 
 def with_ports(config: GatewayConfig, grpc: int, http: int, metrics: int) -> GatewayConfig:

@@ -22,6 +22,8 @@ from pathlib import Path
 from infergw.gateway import logs
 from infergw.vocab.errors import InferGWError, InvalidArgument
 
+log = logging.getLogger("infergw")
+
 
 def port_number(text: str) -> int:
     """An argparse type: 0..65535 (0 binds a free port, reported once bound)."""
@@ -61,12 +63,34 @@ def throttle_exhaustion_logs() -> None:
 
 
 async def run_until_signal(start: Callable[[asyncio.Event], Awaitable[None]]) -> None:
-    """Run ``start(stop_event)``; SIGINT/SIGTERM set the event for a clean shutdown."""
+    """Run ``start(stop_event)``; SIGINT/SIGTERM set the event for a clean shutdown.
+
+    A second signal while shutting down cuts it short: the drain's wait for calls in
+    flight is cancelled (they are cancelled too), as Ctrl-C twice does in most servers.
+    """
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    cut = False
+
+    def on_signal() -> None:
+        nonlocal cut
+        if not stop.is_set():
+            stop.set()
+        elif not cut:
+            cut = True
+            log.warning("second signal: not waiting for the calls still in flight")
+            task.cancel()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await start(stop)
+        loop.add_signal_handler(sig, on_signal)
+    try:
+        await start(stop)
+    except asyncio.CancelledError:
+        if not cut:
+            raise
+        task.uncancel()
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -97,13 +121,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_local_up(args: argparse.Namespace) -> int:
-    from infergw.deploy.local.stack import run_local_stack
+    from infergw.deploy.local.stack import StackOverrides, run_local_stack
 
+    overrides = StackOverrides.load(args.config) if args.config is not None else None
     throttle_exhaustion_logs()
+    listen = _listen_overrides(args)
     asyncio.run(
-        run_until_signal(
-            lambda stop: run_local_stack(stop, args.ready_file, _listen_overrides(args))
-        )
+        run_until_signal(lambda stop: run_local_stack(stop, args.ready_file, listen, overrides))
     )
     return 0
 
@@ -128,6 +152,12 @@ def build_parser() -> argparse.ArgumentParser:
     local_sub = local.add_subparsers(dest="local_command", required=True)
     up = local_sub.add_parser("up", help="start Triton + gateway; Ctrl-C stops everything")
     up.add_argument("--ready-file", type=Path, default=None, help="write endpoints JSON here")
+    up.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="YAML: its models replace the stack's routes, its backends.NAME keys are merged in",
+    )
     _add_listen_args(up)
     up.set_defaults(func=cmd_local_up)
 

@@ -26,7 +26,9 @@ def register(sub: Any) -> None:
         "--protocol", choices=("oip", "tfserving"), default="oip", help="upstream's protocol"
     )
     parser.add_argument(
-        "--http-upstream", default=None, help="HOST:PORT of the upstream's OIP REST (optional)"
+        "--http-upstream",
+        default=None,
+        help="HOST:PORT of the upstream's REST API (OIP or TF Serving's; optional)",
     )
     parser.add_argument("--host", default="0.0.0.0", help="address to bind (default 0.0.0.0)")
     parser.add_argument("--grpc-port", type=int, default=8001, help="gRPC port (default 8001)")
@@ -51,6 +53,13 @@ def register(sub: Any) -> None:
         default=30.0,
         help="on SIGTERM: how long calls in flight may take to finish (default 30)",
     )
+    parser.add_argument("--tls-cert-file", default=None, help="serve TLS: certificate chain (PEM)")
+    parser.add_argument("--tls-key-file", default=None, help="serve TLS: its private key (PEM)")
+    parser.add_argument(
+        "--tls-client-ca-file",
+        default=None,
+        help="mutual TLS: clients must present a certificate this CA signed (PEM)",
+    )
     parser.add_argument(
         "--otlp-endpoint",
         default=None,
@@ -66,10 +75,19 @@ def cmd_sidecar(args: argparse.Namespace) -> int:
     import asyncio
 
     from infergw.gateway.cli import run_until_signal
-    from infergw.gateway.core.config import TracingConfig
+    from infergw.gateway.core.config import TlsConfig, TracingConfig
     from infergw.gateway.sidecar.app import Sidecar, SidecarConfig
     from infergw.gateway.telemetry import configure_tracing, shutdown_tracing
 
+    tls = None
+    if args.tls_cert_file or args.tls_key_file or args.tls_client_ca_file:
+        if not (args.tls_cert_file and args.tls_key_file):
+            raise SystemExit("infergw sidecar: --tls-cert-file and --tls-key-file go together")
+        tls = TlsConfig(
+            cert_file=args.tls_cert_file,
+            key_file=args.tls_key_file,
+            client_ca_file=args.tls_client_ca_file,
+        )
     try:
         config = SidecarConfig(
             upstream=args.upstream,
@@ -82,6 +100,7 @@ def cmd_sidecar(args: argparse.Namespace) -> int:
             max_message_bytes=args.max_message_bytes,
             health_model=args.health_model,
             drain_grace_s=args.drain_grace_s,
+            tls=tls,
         )
     except ValueError as exc:
         raise SystemExit(f"infergw sidecar: {exc}") from exc

@@ -22,7 +22,7 @@ import errno
 import logging
 import resource
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -30,6 +30,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from infergw.gateway.lifecycle import AsyncService
+from infergw.gateway.tls import ServerTls
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +179,7 @@ class AppSite(AsyncService):
     a bad header line) in the app's own error shape.
     ``stop()`` stops accepting, closes idle connections and gives requests in flight
     ``shutdown_timeout_s`` to finish before cancelling them. ``max_connections`` None:
-    ``default_max_connections()``.
+    ``default_max_connections()``. With ``tls`` the site serves HTTPS only.
     """
 
     def __init__(
@@ -194,8 +195,10 @@ class AppSite(AsyncService):
         body_timeout_s: float = BODY_TIMEOUT_S,
         max_connections: int | None = None,
         shutdown_timeout_s: float = SHUTDOWN_TIMEOUT_S,
+        tls: ServerTls | None = None,
     ) -> None:
         self.app = app
+        self.tls = tls
         self.host = host
         self.requested_port = port
         self.idle_timeout_s = idle_timeout_s
@@ -230,7 +233,11 @@ class AppSite(AsyncService):
             # Our own listener (not TCPSite): its protocol factory enforces the limit.
             loop = asyncio.get_running_loop()
             self._listener = await loop.create_server(
-                lambda: self._accept(runner), self.host, self.requested_port, backlog=128
+                lambda: self._accept(runner),
+                self.host,
+                self.requested_port,
+                backlog=128,
+                ssl=self.tls.ssl_context() if self.tls is not None else None,
             )
             self._port = int(self._listener.sockets[0].getsockname()[1])  # 0: a free one
         except BaseException:
@@ -277,7 +284,7 @@ class AppSite(AsyncService):
 
     @property
     def url(self) -> str:
-        return f"http://{self.address}"
+        return f"{'https' if self.tls is not None else 'http'}://{self.address}"
 
 
 class _ErrorShapedHandler(web.RequestHandler):
@@ -319,12 +326,12 @@ class Renders(Protocol):
     def render(self) -> bytes: ...
 
 
-def create_metrics_app(metrics: Renders) -> web.Application:
+def create_metrics_app(metrics: Renders, middlewares: Sequence[Middleware] = ()) -> web.Application:
     """``GET /metrics`` for Prometheus (the gateway's and the sidecar's metrics port)."""
 
     async def handle(_: web.Request) -> web.Response:
         return web.Response(body=metrics.render(), content_type="text/plain", charset="utf-8")
 
-    app = web.Application()
+    app = web.Application(middlewares=middlewares)
     app.router.add_get("/metrics", handle)
     return app

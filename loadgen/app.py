@@ -39,6 +39,7 @@ def resolve(s: Settings) -> Settings:
             s = s.replace(target=gateway["grpc"], http_target=s.http_target or gateway["http"])
         else:
             s = s.replace(target=gateway["http"] if s.protocol.is_rest else gateway["grpc"])
+    s = _resolve_splits(s)
     if not s.target and s.protocol.is_rest and s.http_target:
         s = s.replace(target=s.http_target)
     if not s.target:
@@ -70,6 +71,14 @@ def resolve(s: Settings) -> Settings:
     if s.scenario == "scale" and (s.ramp_from < 0 or s.ramp_to <= 0 or s.hold < 0):
         raise UsageError("--ramp-from must be >= 0, --ramp-to > 0, --hold >= 0")
     return s
+
+
+def _resolve_splits(s: Settings) -> Settings:
+    """``--splits-url`` as a URL (``HOST:PORT`` is taken); from the ready file otherwise, per
+    run (``scenarios.splits_url_for``)."""
+    if s.no_splits or not s.splits_url or "://" in s.splits_url:
+        return s
+    return s.replace(splits_url=f"http://{s.splits_url}")
 
 
 def _check_cold(s: Settings, info: dict[str, Any] | None) -> None:

@@ -58,6 +58,15 @@ def register(sub: Any) -> None:
     p.add_argument("--no-server-stats", action="store_true", help="skip the statistics diff")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--stack-ready-file", help="`infergw local up --ready-file` JSON")
+    p.add_argument(
+        "--splits-url",
+        help="the gateway's metrics endpoint (http://HOST:PORT): per-request backend_queue "
+        "and compute for Triton rows (default: from --stack-ready-file)",
+    )
+    p.add_argument("--no-splits", action="store_true", help="do not fetch per-request splits")
+    p.add_argument(
+        "--splits-wait", type=float, default=D.splits_wait, help="s to wait for pending splits"
+    )
     cold = p.add_argument_group("cold")
     cold.add_argument("--repeats", type=int, default=D.repeats, help="cold starts to measure")
     cold.add_argument("--cold-wait", type=float, help="seconds to wait for scale-to-zero")

@@ -185,36 +185,65 @@ def _latency_profile(result: dict[str, Any], run: dict[str, Any]) -> Figure:
     return fig
 
 
+BACKEND_SPLIT = ("protocol", "backend_queue", "compute")
+
+
+def _phase_value(run: dict[str, Any], phase: str) -> float | None:
+    """A phase's per-request median, else its window mean (server statistics), else None."""
+    p50 = ((run.get("split_ms") or {}).get(phase) or {}).get("p50")
+    if p50 is not None:
+        return float(p50)
+    window = (run.get("split_window_ms") or {}).get(phase)
+    return None if window is None else float(window)
+
+
+def _split_unknown(run: dict[str, Any]) -> bool:
+    """The backend's share is neither per request nor a window mean: not drawn as protocol."""
+    return bool(run.get("split_unknown")) and any(
+        _phase_value(run, p) is None for p in BACKEND_SPLIT
+    )
+
+
+def _split_label(run: dict[str, Any], label: str) -> str:
+    windowed = any(
+        ((run.get("split_ms") or {}).get(p) or {}).get("p50") is None
+        and (run.get("split_window_ms") or {}).get(p) is not None
+        for p in BACKEND_SPLIT
+    )
+    return f"{label}\n(~ window means)" if windowed else label
+
+
 def _split(result: dict[str, Any]) -> Figure | None:
-    """Horizontal stacked bars: long run labels stay readable and one run is not a slab."""
-    runs = [r for r in _runs(result) if r.get("split_ms")]
-    phases = [p for p in PHASES if any(p in (r.get("split_ms") or {}) for r in runs)]
-    if not runs or not phases:
+    """Horizontal stacked bars: long run labels stay readable and one run is not a slab.
+
+    A run whose backend share is unknown per request shows that share as "unknown", never
+    as protocol; window means (the server's statistics) are marked in the run's label.
+    """
+    runs = [r for r in _runs(result) if r.get("split_ms") or r.get("split_unknown")]
+    phases = [p for p in PHASES if any(_phase_value(r, p) is not None for r in runs)]
+    if not runs:
         return None
     fig, (ax,) = _figure(height=max(1.6, 0.1 * 2 + 0.38 * len(runs) + 0.9))
     ys = list(range(len(runs)))[::-1]
     lefts = [0.0] * len(runs)
     for phase in phases:
-        widths = [
-            float(((r.get("split_ms") or {}).get(phase) or {}).get("p50") or 0.0) for r in runs
-        ]
+        widths = [_phase_value(r, phase) or 0.0 for r in runs]
         ax.barh(ys, widths, 0.62, left=lefts, label=phase, color=PHASE_COLORS[phase])
         lefts = [a + w for a, w in zip(lefts, widths, strict=True)]
     e2e = [(r.get("latency_ms") or {}).get("p50") for r in runs]
     rest = [
         max(float(v) - a, 0.0) if v is not None else 0.0 for v, a in zip(e2e, lefts, strict=True)
     ]
-    if any(rest):
-        ax.barh(
-            ys,
-            rest,
-            0.62,
-            left=lefts,
-            color="#d9dde3",
-            hatch="///",
-            edgecolor="white",
-            label="rest of e2e p50 (network, client)",
-        )
+    unknown = [_split_unknown(r) for r in runs]
+    for is_unknown, color, label in (
+        (False, "#d9dde3", "rest of e2e p50 (network, client)"),
+        (True, "#9aa5b1", "unknown: backend share not measured per request"),
+    ):
+        part = [w if u == is_unknown else 0.0 for w, u in zip(rest, unknown, strict=True)]
+        if any(part):
+            ax.barh(
+                ys, part, 0.62, left=lefts, color=color, hatch="///", edgecolor="white", label=label
+            )
     for y, v in zip(ys, e2e, strict=True):
         if v is not None:
             ax.annotate(
@@ -225,7 +254,7 @@ def _split(result: dict[str, Any]) -> Figure | None:
                 va="center",
                 fontsize=8,
             )
-    ax.set_yticks(ys, _labels(runs))
+    ax.set_yticks(ys, [_split_label(r, n) for r, n in zip(runs, _labels(runs), strict=True)])
     ax.set_xlabel("median per phase (ms); bar end = end-to-end p50")
     ax.margins(x=0.08)
     ax.grid(axis="y", visible=False)

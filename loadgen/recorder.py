@@ -3,21 +3,36 @@
 ``Recorder.record`` is the per-request hot path: one histogram update for the
 end-to-end latency, a few counter increments, and, only when the server sent a
 Server-Timing breakdown, one parse and a histogram update per phase.
+
+A request that went through a backend which reported nothing of its own time (no
+``backend_queue``, ``coldstart`` or ``compute``: Triton behind the gateway) has no
+protocol time yet: its backend's share is not known. It is kept as three numbers (its
+key, service time, the gateway phases to subtract) until ``apply_splits`` brings its
+per-request split (``splits``); one that never gets one stays *unknown*, counted in
+``split_unknown``, and is never folded into protocol. With the server's statistics for
+the window (``server_stats``), those get window means instead, as perf_analyzer shows.
 """
 
 from __future__ import annotations
 
 import math
 import re
+from array import array
 from collections import Counter
 from typing import Any
 
 from infergw.clients.timing import NOT_PROTOCOL
 from infergw.loadgen.histogram import Histogram
 from infergw.loadgen.timeseries import TimeSeries
+from infergw.vocab.timing import BACKEND_REPORTED
 
-# What a sender returns: (error code or None when OK, raw Server-Timing or None, bytes received).
-Outcome = tuple[str | None, str | None, int]
+# What a sender returns: (error code or None when OK, raw Server-Timing or None, bytes
+# received), plus the request's sequence number when it traces requests (``splits``).
+PlainOutcome = tuple[str | None, str | None, int]
+Outcome = PlainOutcome | tuple[str | None, str | None, int, int]
+NO_KEY = -1  # a request without a sequence number: no split can be fetched for it
+# seq -> (backend_queue_ms, compute_ms), as ``splits.fetch`` returns them.
+Splits = dict[int, tuple[float, float]]
 
 # ``protocol`` is derived; the others are the server's own. ``backend`` (the gateway's
 # round trip) contains compute and the rest: it is recorded, not stacked with them.
@@ -49,6 +64,12 @@ class Recorder:
         self.received_bytes = 0
         self.last_done = start
         self.send_end: float | None = None  # when sending stopped (set by the runner)
+        # Requests whose backend's share awaits a per-request split (see module docstring).
+        self._unsplit_keys = array("q")
+        self._unsplit_service = array("d")
+        self._unsplit_gateway = array("d")  # their queue etc., to subtract as well
+        self.split_unknown = 0
+        self._resolved = False
 
     def arrival(self, intended: float) -> None:
         self.timeseries.at(intended).offered += 1
@@ -63,7 +84,7 @@ class Recorder:
     def record(self, intended: float, sent: float, done: float, outcome: Outcome) -> None:
         """One completed request. Latency runs from the intended send time, or from the
         actual one when the scheduler sent up to half a millisecond early."""
-        error, timing, received = outcome
+        error, timing, received = outcome[0], outcome[1], outcome[2]
         latency_ms = (done - min(intended, sent)) * 1000.0
         window = self.timeseries.at(done)
         if error is None:
@@ -84,18 +105,61 @@ class Recorder:
             return
         self.ok += 1
         self.latency.record_ms(latency_ms)
+        key = outcome[3] if len(outcome) > 3 else NO_KEY
         if timing:
-            self._split((done - sent) * 1000.0, timing)
+            self._split((done - sent) * 1000.0, timing, key)
+        else:  # no Server-Timing (a server other than the gateway): nothing is split
+            self._unsplit(key, (done - sent) * 1000.0, 0.0)
 
-    def _split(self, service_ms: float, header: str) -> None:
+    def _split(self, service_ms: float, header: str, key: int) -> None:
         """Server-Timing phases plus protocol = service time minus the non-protocol phases."""
         server = phase_totals(header)
-        protocol = service_ms - sum(server[p] for p in NOT_PROTOCOL if p in server)
-        # Negative only with parallel attempts (hedging); the histogram floors it at 0.
-        self._phase("protocol").record_ms(protocol)
         for phase in SPLIT_PHASES[1:]:
             if phase in server:
                 self._phase(phase).record_ms(server[phase])
+        gateway_ms = sum(server[p] for p in NOT_PROTOCOL if p in server)
+        if "backend" in server and not any(p in server for p in BACKEND_REPORTED):
+            self._unsplit(key, service_ms, gateway_ms)
+            return
+        # Negative only with parallel attempts (hedging); the histogram floors it at 0.
+        self._phase("protocol").record_ms(service_ms - gateway_ms)
+
+    def _unsplit(self, key: int, service_ms: float, gateway_ms: float) -> None:
+        self._unsplit_keys.append(key)
+        self._unsplit_service.append(service_ms)
+        self._unsplit_gateway.append(gateway_ms)
+
+    def apply_splits(self, splits: Splits | None) -> None:
+        """Give the waiting requests their per-request ``backend_queue`` and ``compute`` (and
+        so protocol); the rest are unknown. Once per run (``run_dict`` calls it, with none,
+        if nobody did)."""
+        if self._resolved:
+            return
+        self._resolved = True
+        found = splits or {}
+        for key, service_ms, gateway_ms in zip(
+            self._unsplit_keys, self._unsplit_service, self._unsplit_gateway, strict=True
+        ):
+            split = found.get(key) if key != NO_KEY else None
+            if split is None:
+                self.split_unknown += 1
+                continue
+            queue_ms, compute_ms = split
+            self._phase("backend_queue").record_ms(queue_ms)
+            self._phase("compute").record_ms(compute_ms)
+            self._phase("protocol").record_ms(service_ms - gateway_ms - queue_ms - compute_ms)
+
+    def window_split(self, server_stats: dict[str, Any] | None) -> dict[str, float] | None:
+        """Window means from the server's statistics, for when some requests have no split:
+        its queue and compute means, and protocol = the mean (service - gateway phases) of
+        every request that went through the backend, minus those (the statistics cover
+        them all, not only the unknown)."""
+        if not self.split_unknown or not server_stats:
+            return None
+        queue, compute = server_stats["queue_ms_mean"], server_stats["compute_ms_mean"]
+        through = len(self._unsplit_service)
+        residual = (sum(self._unsplit_service) - sum(self._unsplit_gateway)) / through
+        return {"backend_queue": queue, "compute": compute, "protocol": residual - queue - compute}
 
     def _phase(self, name: str) -> Histogram:
         hist = self.phases.get(name)
@@ -108,9 +172,20 @@ class Recorder:
         return self.ok + sum(self.errors.values())
 
     def run_dict(
-        self, label: str, mode: str, params: dict[str, Any], offered: bool
+        self,
+        label: str,
+        mode: str,
+        params: dict[str, Any],
+        offered: bool,
+        server_stats: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """This run in the result schema (``runs[i]``); ``offered``: open loop."""
+        """This run in the result schema (``runs[i]``); ``offered``: open loop.
+
+        ``split_unknown`` counts the requests whose backend share is not known per
+        request; ``split_window_ms`` holds window means for them when ``server_stats``
+        (the server's statistics over the window) has some.
+        """
+        self.apply_splits(None)
         send_end = self.send_end if self.send_end is not None else self.last_done
         window_s = max(send_end - self.measure_from, 1e-9)
         busy_s = max(window_s, self.last_done - self.measure_from)
@@ -135,7 +210,9 @@ class Recorder:
                 for phase in SPLIT_PHASES
                 if phase in self.phases
             },
-            "server_stats": None,
+            "split_unknown": self.split_unknown,
+            "split_window_ms": self.window_split(server_stats),
+            "server_stats": server_stats,
             "bytes": {
                 "sent_per_request": float(self.sent_bytes),
                 "received_per_request": self.received_bytes / self.completed

@@ -4,7 +4,9 @@
 ``result.csv`` (one flat row per run), a self-contained ``report.html`` (inline CSS,
 plots embedded as base64 PNG, no external references) and the plots as
 ``report-*.png``. Every optional key of the schema may be missing: a phase that was
-not measured shows as ``-`` rather than as a made-up zero.
+not measured shows as ``-`` rather than as a made-up zero. Where the backend's share
+of a request is not known per request (``split_unknown``), backend_queue, compute and
+protocol show window means from the server's statistics, marked ``~``, or ``unknown``.
 """
 
 from __future__ import annotations
@@ -22,14 +24,18 @@ from infergw.loadgen.cost import SERVERLESS_KINDS, CostError, cost_per_million, 
 
 log = logging.getLogger(__name__)
 
-TABLE_PHASES = ("protocol", "queue", "coldstart", "compute")
+TABLE_PHASES = ("protocol", "queue", "backend_queue", "coldstart", "compute")
+# Phases that are unknown for a request whose backend reported nothing of its own time.
+BACKEND_SPLIT = ("protocol", "backend_queue", "compute")
+WINDOW_MARK = "~"
 LATENCY_KEYS = ("min", "mean", "p50", "p90", "p95", "p99", "p999", "max")
 CSV_FIXED = [
     "label", "mode", "offered_rps", "achieved_rps", "requests", "ok", "errors_total",
     "late_sends", "dropped", "warmup_excluded",
     *(f"latency_{k}_ms" for k in LATENCY_KEYS),
     *(f"split_{p}_{q}_ms" for p in plots.PHASES for q in ("p50", "p95")),
-    "server_count", "server_queue_ms_mean", "server_compute_ms_mean",
+    "server_count", "server_queue_ms_mean", "server_compute_ms_mean", "split_unknown",
+    *(f"split_window_{p}_ms" for p in BACKEND_SPLIT),
     "bytes_sent_per_request", "bytes_received_per_request", "steady_state_s",
     "cold_samples", "cold_first_ms_mean", "cold_init_ms_mean", "cold_inference_ms_mean",
     "cost_kind", "cost_usd_per_million", "cost_basis",
@@ -64,6 +70,18 @@ def _errors_total(run: dict[str, Any]) -> int:
 
 def _split_p50(run: dict[str, Any], phase: str) -> Any:
     return ((run.get("split_ms") or {}).get(phase) or {}).get("p50")
+
+
+def _phase_cell(run: dict[str, Any], phase: str) -> str:
+    """The per-request median; else a window mean (``~``); else ``unknown`` where the
+    phase exists but was not measured per request; else ``-`` (not part of this path)."""
+    p50 = _split_p50(run, phase)
+    if p50 is not None:
+        return _ms(p50)
+    if phase in BACKEND_SPLIT and run.get("split_unknown"):
+        window = (run.get("split_window_ms") or {}).get(phase)
+        return "unknown" if window is None else WINDOW_MARK + _ms(window)
+    return "-"
 
 
 def _mean(values: list[float]) -> float | None:
@@ -138,7 +156,7 @@ def _table_rows(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
                 _ms(lat.get("p50")),
                 _ms(lat.get("p95")),
                 _ms(lat.get("p99")),
-                *(_ms(_split_p50(run, p)) for p in TABLE_PHASES),
+                *(_phase_cell(run, p) for p in TABLE_PHASES),
                 _cost_cell(cost),
             ]
         )
@@ -158,6 +176,17 @@ def _footnotes(result: dict[str, Any]) -> list[str]:
             notes.append(f"{label}: late sends {late}, dropped {dropped}")
         if cost and cost.get("error"):
             notes.append(f"{label}: no cost: {cost['error']}")
+        unknown = int(run.get("split_unknown") or 0)
+        if unknown:
+            basis = (
+                "window means (~) from the server's statistics"
+                if run.get("split_window_ms")
+                else "unknown"
+            )
+            notes.append(
+                f"{label}: {unknown} of {run.get('ok')} requests have no per-request backend "
+                f"split (queue and compute inside the backend): {basis}, not counted as protocol"
+            )
     warmup = sum(int(r.get("warmup_excluded") or 0) for r in result.get("runs") or [])
     if warmup:
         notes.append(f"warm-up excluded: {warmup} requests in all")
@@ -183,7 +212,10 @@ def format_table(result: dict[str, Any]) -> str:
     notes = _footnotes(result)
     if notes:
         out += ["", *notes]
-    out.append("latency in ms; phase columns are medians from Server-Timing")
+    out.append(
+        "latency in ms; phase columns are per-request medians (Server-Timing, and Triton's "
+        f"spans via the gateway); {WINDOW_MARK}: window mean from the server's statistics"
+    )
     return "\n".join(out)
 
 
@@ -217,6 +249,7 @@ def csv_rows(result: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
             "server_count": server.get("count"),
             "server_queue_ms_mean": server.get("queue_ms_mean"),
             "server_compute_ms_mean": server.get("compute_ms_mean"),
+            "split_unknown": run.get("split_unknown"),
             "bytes_sent_per_request": wire.get("sent_per_request"),
             "bytes_received_per_request": wire.get("received_per_request"),
             "steady_state_s": run.get("steady_state_s"),
@@ -229,6 +262,9 @@ def csv_rows(result: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
         for phase in plots.PHASES:
             for q in ("p50", "p95"):
                 row[f"split_{phase}_{q}_ms"] = (split.get(phase) or {}).get(q)
+        window = run.get("split_window_ms") or {}
+        for phase in BACKEND_SPLIT:
+            row[f"split_window_{phase}_ms"] = window.get(phase)
         for key in ("first_ms", "init_ms", "inference_ms"):
             values = [float(s[key]) for s in cold if s.get(key) is not None]
             row[f"cold_{key.removesuffix('_ms')}_ms_mean"] = _mean(values)
@@ -400,7 +436,8 @@ def render_html(result: dict[str, Any], figures: list[plots.Plot]) -> str:
 <h2>Summary</h2>
 {_html_table(head, rows)}
 <p class="note">Latency in ms, end to end, measured from the intended send time. Phase columns
-are medians of the Server-Timing phases.</p>
+are per-request medians (Server-Timing, and Triton's own spans via the gateway); ~ marks a
+window mean from the server's statistics; unknown: not measured, and not counted as protocol.</p>
 {f'<ul class="note">{notes}</ul>' if notes else ""}
 <h2>Plots</h2>
 {figs}

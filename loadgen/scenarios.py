@@ -18,12 +18,13 @@ from typing import Any
 
 import numpy as np
 
-from infergw.loadgen import payloads, schedules, standins
+from infergw.loadgen import payloads, schedules, splits, standins
 from infergw.loadgen.progress import Progress
 from infergw.loadgen.recorder import Recorder
 from infergw.loadgen.runner import closed_loop, open_loop
 from infergw.loadgen.server_stats import StatsWindow
 from infergw.loadgen.settings import Settings
+from infergw.loadgen.splits import TraceIds
 from infergw.loadgen.targets import make_sender
 from infergw.loadgen.timeseries import Window, steady_state
 from infergw.wire.protocols import Protocol
@@ -68,6 +69,10 @@ class Context:
             protocol, address, s.model, inputs, backend=s.backend, timeout_s=s.timeout
         )
         stats = StatsWindow(protocol, address, s.model, enabled=not s.no_server_stats)
+        splits_url = splits_url_for(s, address)
+        trace_ids = TraceIds.new() if splits_url else None
+        if trace_ids is not None:
+            sender.trace(trace_ids)  # each request's trace id finds its split afterwards
         await sender.open()
         try:
             if schedule is not None:
@@ -97,8 +102,12 @@ class Context:
         finally:
             await sender.close()
         mode = "open" if schedule is not None else "closed"
-        run = rec.run_dict(label, mode, {"protocol": protocol, **params}, offered=mode == "open")
-        run["server_stats"] = await stats.end()
+        server_stats = await stats.end()
+        if trace_ids is not None and splits_url:
+            rec.apply_splits(await splits.fetch(splits_url, trace_ids, s.splits_wait))
+        run = rec.run_dict(
+            label, mode, {"protocol": protocol, **params}, mode == "open", server_stats
+        )
         self.last_windows = rec.timeseries.windows()
         self.runs.append(run)
         return run
@@ -109,6 +118,16 @@ def address_for(s: Settings, protocol: Protocol) -> str:
     if protocol.is_rest and s.http_target:
         return s.http_target
     return str(s.target)
+
+
+def splits_url_for(s: Settings, address: str) -> str | None:
+    """Where per-request splits come from: ``--splits-url``, else the ready file's gateway
+    when the run targets it (so the demo and bench scripts get them too)."""
+    if s.no_splits:
+        return None
+    if s.splits_url or not s.stack_ready_file:
+        return s.splits_url
+    return splits.url_from_ready_file(standins.read_ready_file(s.stack_ready_file), address)
 
 
 def inputs_for(s: Settings) -> Inputs:
@@ -185,7 +204,7 @@ async def cold(s: Settings, ctx: Context, inputs: Inputs | None = None) -> list[
             outcome = await sender.send()
             done = time.perf_counter()
             rec.record(t0, t0, done, outcome)
-            error, timing, _ = outcome
+            error, timing = outcome[0], outcome[1]
             if error is None:
                 firsts.append(_cold_split((done - t0) * 1000.0, timing))
     finally:

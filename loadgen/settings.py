@@ -38,6 +38,10 @@ class Settings:
     no_server_stats: bool = False
     progress: bool | None = None
     stack_ready_file: str | None = None
+    # per-request backend splits: the gateway's metrics endpoint (http://HOST:PORT)
+    splits_url: str | None = None
+    splits_wait: float = 5.0  # seconds to wait for splits still pending after a run
+    no_splits: bool = False
     # cold
     repeats: int = 3
     cold_wait: float | None = None

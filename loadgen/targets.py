@@ -9,6 +9,8 @@
 Bytes per request are the message bodies on the wire (plus gRPC's 5-byte frame
 prefix), headers excluded. All of them work against the gateway, Triton, or any
 Open Inference Protocol endpoint; ``backend`` adds the ``x-infergw-backend`` pin.
+``trace(ids)`` makes every request carry a ``traceparent`` of its own (``splits``), and
+``send`` then returns the request's sequence number as a fourth item of the outcome.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ import grpc
 import grpc.aio
 import numpy as np
 
-from infergw.loadgen.recorder import Outcome
+from infergw.loadgen.recorder import Outcome, PlainOutcome
+from infergw.loadgen.splits import TraceIds
 from infergw.vocab.datatypes import tensor_from_numpy
 from infergw.vocab.errors import InferGWError
 from infergw.vocab.types import InferRequest, RequestedOutput
@@ -68,8 +71,13 @@ class GrpcSender:
         self.sent_bytes = len(self.request) + GRPC_FRAME
         self.metadata = ((PIN_HEADER, backend),) if backend else None
         self.timeout_s = timeout_s
+        self.trace_ids: TraceIds | None = None
+        self._seq = 0
         self._channel: Any = None
         self._infer: Any = None
+
+    def trace(self, ids: TraceIds) -> None:
+        self.trace_ids = ids
 
     async def open(self) -> None:
         # A private connection, never shared with another sender's.
@@ -77,6 +85,8 @@ class GrpcSender:
         self._infer = self._channel.unary_unary(MODEL_INFER)  # bytes in, bytes out
 
     async def send(self) -> Outcome:
+        if self.trace_ids is not None:
+            return await self._send_traced(self.trace_ids)
         call = self._infer(self.request, timeout=self.timeout_s, metadata=self.metadata)
         try:
             reply = await call
@@ -86,6 +96,19 @@ class GrpcSender:
             return type(exc).__name__, None, 0
         timing = server_timing_from_metadata(await call.trailing_metadata())
         return None, timing, len(reply) + GRPC_FRAME
+
+    async def _send_traced(self, ids: TraceIds) -> Outcome:
+        seq = self._seq = self._seq + 1
+        metadata = (*(self.metadata or ()), ("traceparent", ids.traceparent(seq)))
+        call = self._infer(self.request, timeout=self.timeout_s, metadata=metadata)
+        try:
+            reply = await call
+        except grpc.aio.AioRpcError as exc:
+            return exc.code().name, None, 0, seq
+        except Exception as exc:
+            return type(exc).__name__, None, 0, seq
+        timing = server_timing_from_metadata(await call.trailing_metadata())
+        return None, timing, len(reply) + GRPC_FRAME, seq
 
     async def close(self) -> None:
         if self._channel is not None:
@@ -132,8 +155,13 @@ class RestSender:
             self.headers[PIN_HEADER] = backend
         self.timeout_s = timeout_s
         self.pool = pool
+        self.trace_ids: TraceIds | None = None
+        self._seq = 0
         self._session: Any = None
         self._timeout: Any = None
+
+    def trace(self, ids: TraceIds) -> None:
+        self.trace_ids = ids
 
     async def open(self) -> None:
         import aiohttp
@@ -143,9 +171,17 @@ class RestSender:
         self._timeout = aiohttp.ClientTimeout(total=self.timeout_s)
 
     async def send(self) -> Outcome:
+        if self.trace_ids is None:
+            return await self._post(self.headers)
+        seq = self._seq = self._seq + 1
+        headers = {**self.headers, "traceparent": self.trace_ids.traceparent(seq)}
+        error, timing, received = await self._post(headers)
+        return error, timing, received, seq
+
+    async def _post(self, headers: Mapping[str, str]) -> PlainOutcome:
         try:
             async with self._session.post(
-                self.url, data=self.body, headers=self.headers, timeout=self._timeout
+                self.url, data=self.body, headers=headers, timeout=self._timeout
             ) as response:
                 body = await response.read()
                 status = response.status

@@ -15,7 +15,7 @@ this tree once, at theirs, with ``raise ... from exc``::
     │   ├── PayloadTooLarge         (RESOURCE_EXHAUSTED, 413)  names the limit
     │   └── QueueFull               (RESOURCE_EXHAUSTED, 429)  carries Retry-After
     │       └── Throttled           (RESOURCE_EXHAUSTED, 429)  the backend's own: retryable
-    ├── Unavailable                 (UNAVAILABLE, 503)
+    ├── Unavailable                 (UNAVAILABLE, 503)  may carry Retry-After (ejected)
     ├── DeadlineExceeded            (DEADLINE_EXCEEDED, 504)
     ├── Cancelled                   (CANCELLED, 499)
     ├── Unimplemented               (UNIMPLEMENTED, 501)
@@ -32,6 +32,7 @@ from typing import ClassVar
 class InferGWError(Exception):
     grpc_code: ClassVar[str] = "INTERNAL"
     http_status: ClassVar[int] = 500
+    retry_after_s: float | None = None  # when to try again: Retry-After, if set
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -108,6 +109,10 @@ class Throttled(QueueFull):
 class Unavailable(InferGWError):
     grpc_code = "UNAVAILABLE"
     http_status = 503
+
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class DeadlineExceeded(InferGWError):

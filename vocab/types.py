@@ -20,6 +20,9 @@ from types import MappingProxyType
 ParamValue = bool | int | float | str
 Parameters = Mapping[str, ParamValue]
 EMPTY_PARAMS: Parameters = MappingProxyType({})
+# A tensor parameter of Triton's shared-memory extension: the tensor's data is in this
+# registered region, not in the message (both wires; the backend reads or writes it).
+SHARED_MEMORY_REGION = "shared_memory_region"
 
 
 @dataclass(frozen=True, slots=True)

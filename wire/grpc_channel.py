@@ -40,6 +40,7 @@ __all__ = [
     "message_limits",
     "server_options",
     "sync_channel",
+    "tls_credentials",
 ]
 
 Option: TypeAlias = tuple[str, int | str]
@@ -121,6 +122,21 @@ def sync_channel(
     if credentials is None:
         return grpc.insecure_channel(target, options=opts)
     return grpc.secure_channel(target, credentials, options=opts)
+
+
+def tls_credentials(
+    ca_file: str | None = None, cert_file: str | None = None, key_file: str | None = None
+) -> grpc.ChannelCredentials:
+    """TLS toward a server: its CA (PEM; None: the system's roots) and, for mutual TLS,
+    our certificate chain and key. Reads the files now (OSError if one cannot be read)."""
+
+    def read(path: str | None) -> bytes | None:
+        if path is None:
+            return None
+        with open(path, "rb") as file:
+            return file.read()
+
+    return grpc.ssl_channel_credentials(read(ca_file), read(key_file), read(cert_file))
 
 
 def server_options(

@@ -31,7 +31,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, TypeAlias
+from contextlib import contextmanager
+from typing import Any, Literal, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
@@ -49,6 +50,7 @@ from infergw.vocab.datatypes import (
 from infergw.vocab.errors import BackendError, InferGWError, InvalidArgument
 from infergw.vocab.types import (
     EMPTY_PARAMS,
+    SHARED_MEMORY_REGION,
     Duration,
     InferRequest,
     InferResponse,
@@ -59,6 +61,8 @@ from infergw.vocab.types import (
     Tensor,
     TensorSpec,
 )
+from infergw.wire import json_numbers
+from infergw.wire.json_numbers import Span
 
 __all__ = [
     "BINARY_DATA",
@@ -67,10 +71,13 @@ __all__ = [
     "HEADER_LENGTH",
     "STATISTICS_PHASES",
     "WIRE_PARAMETERS",
+    "BodyParts",
     "decode_infer_request",
     "decode_infer_response",
     "encode_infer_request",
     "encode_infer_response",
+    "encode_infer_response_parts",
+    "json_output_bytes",
     "metadata_from_json",
     "metadata_to_json",
     "statistics_from_json",
@@ -81,10 +88,15 @@ HEADER_LENGTH = "Inference-Header-Content-Length"
 BINARY_DATA_SIZE = "binary_data_size"  # tensor parameter: its blob's length
 BINARY_DATA = "binary_data"  # requested-output parameter: send it in binary
 BINARY_DATA_OUTPUT = "binary_data_output"  # request parameter: default for all outputs
+# Where a tensor's data goes in a body: JSON ``data``, a binary blob, or nowhere (it is in
+# a shared-memory region the client registered; the entry has no data, as Triton's).
+Placement: TypeAlias = Literal["json", "binary", "shared_memory"]
 # Parameters that only mean something on this wire; other protocols may drop them.
 WIRE_PARAMETERS = frozenset({BINARY_DATA_SIZE, BINARY_DATA, BINARY_DATA_OUTPUT})
 
 Body: TypeAlias = bytes | bytearray | memoryview
+# A body as the buffers it is made of, in order; the first is the JSON header (bytes).
+BodyParts: TypeAlias = tuple[bytes | memoryview, ...]
 JsonObject: TypeAlias = dict[str, Any]
 
 # ModelStatistics' durations, named as in Triton's ``inference_stats``.
@@ -99,6 +111,10 @@ STATISTICS_PHASES = (
 _NO_CACHE = ("cache_hit", "cache_miss")  # Triton's response cache: always 0 here
 # Integer parameters travel as int64 on every other wire (OIP gRPC's ``int64_param``).
 _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
+# Documents from this size on have their big number arrays lifted out (json_numbers).
+_LIFT_DOCUMENTS_FROM = 1 << 20
+# orjson's exact integers: int64's minimum to uint64's maximum; beyond, floats.
+_LOWEST_INT, _PAST_UINT64 = float(-(1 << 63)), float(1 << 64)
 
 
 # -- public API ----------------------------------------------------------------------
@@ -107,18 +123,32 @@ _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 def decode_infer_request(
     model: str, version: str, body: Body, header_length: int | None
 ) -> InferRequest:
-    """Parse an OIP inference request body (model and version come from the URL)."""
-    doc, blobs = _split(body, header_length, "inference request")
-    inputs = tuple(
-        _decode_tensor(item, blobs, "input", i)
-        for i, item in enumerate(_array(doc, "inputs", "inference request", required=True))
-    )
-    blobs.finish()
-    outputs = tuple(
-        _decode_requested_output(item, i)
-        for i, item in enumerate(_array(doc, "outputs", "inference request"))
-    )
-    parameters = _parameters(doc.get("parameters"), "inference request")
+    """Parse an OIP inference request body (model and version come from the URL).
+
+    A refused body is refused by the whole-document reading, so its error is the same
+    whichever way it was first read (see ``_ReadWhole``).
+    """
+    try:
+        return _decode_request(model, version, body, header_length, lift=True)
+    except _ReadWhole:
+        return _decode_request(model, version, body, header_length, lift=False)
+
+
+def _decode_request(
+    model: str, version: str, body: Body, header_length: int | None, lift: bool
+) -> InferRequest:
+    doc, blobs = _split(body, header_length, "inference request", lift)
+    with blobs.whole_reading_refuses():
+        inputs = tuple(
+            _decode_tensor(item, blobs, "input", i)
+            for i, item in enumerate(_array(doc, "inputs", "inference request", required=True))
+        )
+        blobs.finish()
+        outputs = tuple(
+            _decode_requested_output(item, i)
+            for i, item in enumerate(_array(doc, "outputs", "inference request"))
+        )
+        parameters = _parameters(doc.get("parameters"), "inference request")
     if not isinstance(parameters.get(BINARY_DATA_OUTPUT, False), bool):
         raise InvalidArgument(f"inference request: parameter {BINARY_DATA_OUTPUT!r} must be a bool")
     return InferRequest(
@@ -139,6 +169,16 @@ def encode_infer_response(
     Only the outputs the request named are sent (all of them if it named none),
     each in binary or JSON as the request asked.
     """
+    parts, header_length = encode_infer_response_parts(response, request)
+    return _join(parts), header_length
+
+
+def encode_infer_response_parts(
+    response: InferResponse, request: InferRequest
+) -> tuple[BodyParts, int | None]:
+    """``encode_infer_response``'s body as its parts: the JSON header, then each binary
+    output's data as the backend gave it, for a writer that sends them one after the
+    other (joining them copies every byte of tensor data once more)."""
     header: JsonObject = {"model_name": response.model, "model_version": response.version}
     if response.id or request.id:  # Triton echoes the request's id
         header["id"] = response.id or request.id
@@ -150,6 +190,16 @@ def encode_infer_response(
     return _assemble(header, blobs)
 
 
+def json_output_bytes(response: InferResponse, request: InferRequest) -> int:
+    """How many bytes of tensor data the response writes as JSON (not as binary blobs):
+    what its encoding costs, and so what decides whether to encode it off the loop."""
+    try:
+        selected = _select_outputs(response, request)
+    except BackendError:
+        return 0  # the encoder will say so, and quickly
+    return sum(len(tensor.data) for tensor, placement in selected if placement == "json")
+
+
 def encode_infer_request(
     request: InferRequest, binary_inputs: bool = True, binary_outputs: bool = True
 ) -> tuple[bytes, int | None]:
@@ -157,8 +207,9 @@ def encode_infer_request(
     header: JsonObject = {}
     if request.id:
         header["id"] = request.id
+    placement: Placement = "binary" if binary_inputs else "json"
     header["inputs"], blobs = _encode_tensors(
-        [(t, binary_inputs) for t in request.inputs], "input", InvalidArgument
+        [(t, placement) for t in request.inputs], "input", InvalidArgument
     )
     parameters = dict(request.parameters)
     if request.outputs:
@@ -170,30 +221,39 @@ def encode_infer_request(
         parameters.setdefault(BINARY_DATA_OUTPUT, binary_outputs)
     if parameters:
         header["parameters"] = parameters
-    return _assemble(header, blobs)
+    parts, header_length = _assemble(header, blobs)
+    return _join(parts), header_length
 
 
 def decode_infer_response(body: Body, header_length: int | None) -> InferResponse:
     """Parse an OIP inference response body (client side, or a REST backend's reply)."""
     try:
-        doc, blobs = _split(body, header_length, "inference response")
+        try:
+            return _decode_response(body, header_length, lift=True)
+        except _ReadWhole:
+            return _decode_response(body, header_length, lift=False)
+    except InvalidArgument as exc:
+        raise BackendError(f"malformed inference response: {exc.message}") from exc
+
+
+def _decode_response(body: Body, header_length: int | None, lift: bool) -> InferResponse:
+    doc, blobs = _split(body, header_length, "inference response", lift)
+    with blobs.whole_reading_refuses():
         outputs = tuple(
             _decode_tensor(item, blobs, "output", i)
             for i, item in enumerate(_array(doc, "outputs", "inference response"))
         )
         blobs.finish()
-        for tensor in outputs:
-            if tensor.datatype == "BYTES":  # fixed-size ones were checked while slicing
-                _check_bytes_count(tensor, f"output {tensor.name!r}")
-        return InferResponse(
-            model=_string(doc, "model_name", "inference response"),
-            version=_string(doc, "model_version", "inference response"),
-            id=_string(doc, "id", "inference response"),
-            outputs=outputs,
-            parameters=_parameters(doc.get("parameters"), "inference response"),
-        )
-    except InvalidArgument as exc:
-        raise BackendError(f"malformed inference response: {exc.message}") from exc
+    for tensor in outputs:
+        if tensor.datatype == "BYTES":  # fixed-size ones were checked while slicing
+            _check_bytes_count(tensor, f"output {tensor.name!r}")
+    return InferResponse(
+        model=_string(doc, "model_name", "inference response"),
+        version=_string(doc, "model_version", "inference response"),
+        id=_string(doc, "id", "inference response"),
+        outputs=outputs,
+        parameters=_parameters(doc.get("parameters"), "inference response"),
+    )
 
 
 def metadata_to_json(metadata: ModelMetadata) -> JsonObject:
@@ -325,15 +385,38 @@ def _counter(doc: JsonObject, key: str, what: str) -> int:
 # -- body framing ----------------------------------------------------------------------
 
 
+class _ReadWhole(Exception):
+    """The lifted reading (``json_numbers``) met something it does not handle, or refused
+    the body: it is read again whole, so that what is accepted and the errors given stay
+    those of the whole reading (only bodies that fail pay for a second reading)."""
+
+
 class _Blobs:
-    """Hands out consecutive slices of the binary section, checking its bounds."""
+    """The body outside its JSON document: hands out consecutive slices of the binary
+    section, checking its bounds, and the number arrays lifted out of the document."""
 
-    __slots__ = ("_offset", "_view", "_what")
+    __slots__ = ("_arrays", "_lifted", "_offset", "_view", "_what")
 
-    def __init__(self, view: memoryview, what: str) -> None:
+    def __init__(self, view: memoryview, what: str, arrays: dict[str, Span]) -> None:
         self._view = view
         self._offset = 0
         self._what = what
+        self._arrays = arrays
+        self._lifted = bool(arrays)
+
+    @contextmanager
+    def whole_reading_refuses(self) -> Iterator[None]:
+        """A refusal of a body with lifted arrays is left to the whole reading."""
+        try:
+            yield
+        except InvalidArgument as exc:
+            if self._lifted:
+                raise _ReadWhole from exc
+            raise
+
+    def lifted(self, data: Any) -> Span | None:
+        """The array a tensor's ``data`` placeholder stands for (each is taken once)."""
+        return self._arrays.pop(data, None) if isinstance(data, str) and self._arrays else None
 
     def take(self, size: int, what: str) -> memoryview:
         end = self._offset + size
@@ -347,6 +430,8 @@ class _Blobs:
         return blob
 
     def finish(self) -> None:
+        if self._arrays:  # lifted from somewhere other than a tensor's data
+            raise _ReadWhole
         if self._offset != len(self._view):
             raise InvalidArgument(
                 f"{self._what}: the binary section has {len(self._view)} bytes but the tensors' "
@@ -354,7 +439,11 @@ class _Blobs:
             )
 
 
-def _split(body: Body, header_length: int | None, what: str) -> tuple[JsonObject, _Blobs]:
+def _split(
+    body: Body, header_length: int | None, what: str, lift: bool
+) -> tuple[JsonObject, _Blobs]:
+    """The JSON document and the rest; with ``lift``, big number arrays are lifted out
+    of a big document first (``json_numbers``: a fraction of the memory)."""
     view = memoryview(body)
     if header_length is None:
         header_length = len(view)
@@ -363,13 +452,52 @@ def _split(body: Body, header_length: int | None, what: str) -> tuple[JsonObject
             f"{what}: {HEADER_LENGTH} {header_length} is outside the {len(view)}-byte body"
         )
     head = view[:header_length]
+    lifted = None
+    if lift and header_length >= _LIFT_DOCUMENTS_FROM and isinstance(body, bytes | bytearray):
+        lifted = json_numbers.lift(body, header_length)
     try:
-        doc = orjson.loads(head)
+        doc = orjson.loads(head if lifted is None else lifted.document)
     except orjson.JSONDecodeError as exc:
+        if lifted is not None:
+            raise _ReadWhole from exc
         raise InvalidArgument(f"{what}: {_json_error(head, exc)}") from exc
     if not isinstance(doc, dict):
         raise InvalidArgument(f"{what}: the JSON header must be an object")
-    return doc, _Blobs(view[header_length:], what)
+    if _may_hide_an_integer(doc):  # rare; orjson found the text valid, so this reads it
+        doc = json.loads(bytes(head) if lifted is None else lifted.document)
+    return doc, _Blobs(view[header_length:], what, {} if lifted is None else lifted.arrays)
+
+
+def _may_hide_an_integer(doc: JsonObject) -> bool:
+    """Whether a parameter's float may stand for an integer literal beyond 64 bits.
+
+    orjson reads integers exactly from -2**63 to 2**64 - 1 and any integer beyond as a
+    float (18446744073709551616 -> 1.8446744073709552e19), which a parameter would take
+    as a double. Only a whole float outside that range can be one, so only then is the
+    header read again with the stdlib, whose integers are exact, for ``_parameters`` to
+    refuse it by name. Tensor data needs no second reading: see ``_exact_integers``.
+    """
+    maps = [doc.get("parameters")]
+    for key in ("inputs", "outputs"):
+        items = doc.get(key)
+        if isinstance(items, list):
+            maps += [item.get("parameters") for item in items if isinstance(item, dict)]
+    return any(
+        _beyond_64_bits(value)
+        for params in maps
+        if isinstance(params, dict)
+        for value in params.values()
+    )
+
+
+def _beyond_64_bits(value: Any) -> bool:
+    """A whole float from 2**64 on, or -2**63 and below (-2**63 - 1 rounds to -2**63): maybe
+    an integer literal that orjson rounded."""
+    return (
+        isinstance(value, float)
+        and (value <= _LOWEST_INT or value >= _PAST_UINT64)
+        and value.is_integer()
+    )
 
 
 class _NonFinite(list):  # type: ignore[type-arg]
@@ -435,12 +563,17 @@ def _is_utf8(text: str) -> bool:
 
 def _assemble(
     header: JsonObject, blobs: list[bytes | memoryview] | None
-) -> tuple[bytes, int | None]:
+) -> tuple[BodyParts, int | None]:
     """orjson writes tensor data straight from numpy arrays: no Python object per element."""
     head = _dumps(header)
     if blobs is None:
-        return head, None
-    return b"".join([head, *blobs]), len(head)
+        return (head,), None
+    return (head, *blobs), len(head)
+
+
+def _join(parts: BodyParts) -> bytes:
+    head = parts[0]  # the JSON header: bytes
+    return head if len(parts) == 1 and isinstance(head, bytes) else b"".join(parts)
 
 
 # -- tensors ---------------------------------------------------------------------------
@@ -457,10 +590,24 @@ def _decode_tensor(item: Any, blobs: _Blobs, kind: str, index: int) -> Tensor:
     count = element_count(shape, what)  # before anything is sized by the shape
     parameters = dict(_parameters(item.get("parameters"), what))
     size = parameters.pop(BINARY_DATA_SIZE, None)
+    if SHARED_MEMORY_REGION in parameters:  # the backend reads it from the region
+        if "data" in item or size is not None:
+            given = "'data'" if "data" in item else f"'{BINARY_DATA_SIZE}'"
+            raise InvalidArgument(
+                "Input must set only one of the following fields: 'data', "
+                f"'{BINARY_DATA_SIZE}' in 'parameters', '{SHARED_MEMORY_REGION}' in "
+                f"'parameters'. But set {given} '{SHARED_MEMORY_REGION}'"
+            )
+        return Tensor(name, datatype, shape, b"", parameters)
     if size is None:
         if "data" not in item:
             raise InvalidArgument(f"{what}: has neither 'data' nor {BINARY_DATA_SIZE}")
-        data: bytes | memoryview = _json_to_raw(item["data"], datatype, shape, count, what)
+        lifted = blobs.lifted(item["data"])
+        data: bytes | memoryview = (
+            _json_to_raw(item["data"], datatype, shape, count, what)
+            if lifted is None
+            else _lifted_to_raw(lifted, datatype, shape, count, what)
+        )
     else:
         if "data" in item:
             raise InvalidArgument(f"{what}: has both 'data' and {BINARY_DATA_SIZE}")
@@ -483,22 +630,29 @@ def _decode_requested_output(item: Any, index: int) -> RequestedOutput:
     return RequestedOutput(name, parameters)
 
 
-def _select_outputs(response: InferResponse, request: InferRequest) -> list[tuple[Tensor, bool]]:
-    default_binary = bool(request.parameters.get(BINARY_DATA_OUTPUT, False))
+def _select_outputs(
+    response: InferResponse, request: InferRequest
+) -> list[tuple[Tensor, Placement]]:
+    default: Placement = "binary" if request.parameters.get(BINARY_DATA_OUTPUT) else "json"
     if not request.outputs:
-        return [(t, default_binary) for t in response.outputs]
+        return [(t, default) for t in response.outputs]
     produced = {t.name: t for t in response.outputs}
-    selected = []
+    selected: list[tuple[Tensor, Placement]] = []
     for wanted in request.outputs:
         tensor = produced.get(wanted.name)
         if tensor is None:
             raise BackendError(f"model {response.model!r} returned no output {wanted.name!r}")
-        selected.append((tensor, bool(wanted.parameters.get(BINARY_DATA, default_binary))))
+        placement: Placement = default
+        if SHARED_MEMORY_REGION in wanted.parameters:
+            placement = "shared_memory"
+        elif BINARY_DATA in wanted.parameters:
+            placement = "binary" if wanted.parameters[BINARY_DATA] else "json"
+        selected.append((tensor, placement))
     return selected
 
 
 def _encode_tensors(
-    tensors: Sequence[tuple[Tensor, bool]], kind: str, error: type[InferGWError]
+    tensors: Sequence[tuple[Tensor, Placement]], kind: str, error: type[InferGWError]
 ) -> tuple[list[JsonObject], list[bytes | memoryview] | None]:
     """JSON entries plus the binary blobs (None if no tensor went binary).
 
@@ -506,13 +660,17 @@ def _encode_tensors(
     """
     entries: list[JsonObject] = []
     blobs: list[bytes | memoryview] | None = None
-    for tensor, binary in tensors:
+    for tensor, placement in tensors:
         what = f"{kind} {tensor.name!r}"
         entry: JsonObject = {
             "name": tensor.name,
             "datatype": tensor.datatype,
             "shape": list(tensor.shape),
         }
+        if placement == "shared_memory":  # written into the client's region: no data
+            entries.append(entry)
+            continue
+        binary = placement == "binary"
         parameters = {k: v for k, v in tensor.parameters.items() if k != BINARY_DATA_SIZE}
         try:
             _check_fixed_size(tensor.datatype, tensor.shape, len(tensor.data), what)
@@ -564,8 +722,69 @@ def _json_to_raw(data: Any, datatype: str, shape: Sequence[int], count: int, wha
     except ValueError as exc:  # ragged nesting
         raise InvalidArgument(f"{what}: 'data' is not a regular nested list") from exc
     _check_count(array.size, shape, count, what)
+    return (
+        _checked(data, array, datatype, what).astype(NUMPY_DTYPES[datatype], copy=False).tobytes()
+    )
+
+
+def _lifted_to_raw(span: Span, datatype: str, shape: Sequence[int], count: int, what: str) -> bytes:
+    """``_json_to_raw`` for an array lifted out of the document: read piece by piece into
+    the tensor's buffer, so no Python object exists for more than a piece's values."""
+    try:
+        if datatype == "BYTES":
+            items = [
+                s.encode()
+                for piece in json_numbers.pieces(span)
+                for s in _flatten_strings(piece, what)
+            ]
+            _check_count(len(items), shape, count, what)
+            return serialize_bytes(items)
+        out = np.empty(count, NUMPY_DTYPES[datatype])
+        filled = 0
+        values = json_numbers.pieces(span)
+        for piece in values:
+            if filled + len(piece) > count:  # count them all, for the message
+                _check_count(filled + len(piece) + sum(map(len, values)), shape, count, what)
+            out[filled : filled + len(piece)] = _checked(piece, np.array(piece), datatype, what)
+            filled += len(piece)
+    except orjson.JSONDecodeError as exc:
+        raise _ReadWhole from exc
+    _check_count(filled, shape, count, what)
+    return out.tobytes()
+
+
+def _checked(data: Any, array: npt.NDArray[Any], datatype: str, what: str) -> npt.NDArray[Any]:
+    """``array`` (numpy's reading of ``data``), if it holds values of ``datatype``."""
+    if array.size and NUMPY_DTYPES[datatype].kind in "iu" and array.dtype.kind in "fO":
+        array = _exact_integers(data, array, datatype, what)
     _check_values(array, datatype, what)
-    return array.astype(NUMPY_DTYPES[datatype], copy=False).tobytes()
+    return array
+
+
+def _exact_integers(
+    data: Any, array: npt.NDArray[Any], datatype: str, what: str
+) -> npt.NDArray[Any]:
+    """Integer ``data`` that numpy read as floats, exactly; or why it is not integers.
+
+    Python integers that no single int64 or uint64 array holds ([0, 7, 2**64 - 1] for a
+    UINT64 tensor, [-1, 2**63]) become float64, rounded. This path runs only then (or
+    when floats are really there): each value is looked at as the parser gave it.
+    """
+    values = np.array(data, dtype=object)
+    kinds = set(map(type, values.flat))
+    if kinds <= {int}:
+        return values.astype(_range_checked(values, datatype, what))
+    if kinds <= {int, float} and any(_beyond_64_bits(v) for v in values.flat):
+        raise InvalidArgument(f"{what}: 'data' has values out of range for {datatype}")
+    return array  # floats or other values: ``_check_values`` says which
+
+
+def _range_checked(values: npt.NDArray[Any], datatype: str, what: str) -> np.dtype[Any]:
+    target = NUMPY_DTYPES[datatype]
+    info = np.iinfo(target)
+    if min(values.flat) < info.min or max(values.flat) > info.max:
+        raise InvalidArgument(f"{what}: 'data' has values out of range for {datatype}")
+    return target
 
 
 def _check_count(found: int, shape: Sequence[int], count: int, what: str) -> None:

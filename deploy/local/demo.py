@@ -197,9 +197,10 @@ Times in ms. first: end-to-end of the first request after scaling the backend to
 the initialisation the backend reported for it. Then warm requests, p50 unless marked:
 e2e measured by the client (the load generator); queue = the gateway's admission wait;
 backend = one gateway->backend round trip; compute = model execution reported by the
-function/container (Triton reports it only in aggregate: `-` here; its statistics are
-in result.json as server_compute_ms); protocol = e2e minus queue, coldstart and
-compute — serialisation, transfer and proxying."""
+function/container, and for Triton by its per-request trace spans, joined by the
+gateway after the response (a request whose spans never arrived counts in `~` window
+means from Triton's statistics, never in protocol); protocol = e2e minus queue,
+coldstart and compute — serialisation, transfer and proxying."""
 
 
 def run_demo(out: Path, requests: int = 100) -> int:

@@ -27,9 +27,13 @@ import contextlib
 import json
 import logging
 import os
+import socket
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
+
+import yaml
 
 from infergw.deploy.local.cloudrun_standin import CloudRunStandIn
 from infergw.deploy.local.lambda_standin import FunctionConfig, LambdaStandIn
@@ -38,15 +42,20 @@ from infergw.deploy.local.sagemaker_standin import SageMakerStandIn, ServerlessE
 from infergw.deploy.local.supervisor import Child, RestartPolicy, Supervisor
 from infergw.deploy.triton.launcher import TritonEndpoints, TritonServer
 from infergw.gateway.app import Gateway
-from infergw.gateway.core.config import GatewayConfig, parse_config
+from infergw.gateway.core.config import GatewayConfig, config_error, parse_config
 from infergw.gateway.lifecycle import AsyncService
 from infergw.models.registry import MODELS
 
 log = logging.getLogger(__name__)
 
 EXAMPLE_MODELS = tuple(MODELS)  # identity, identity_int64, minilm, mobilenet, yolo
+# Decoupled (deploy/triton/model_repository/repeat): only Triton answers it, through its
+# stream; the serverless runtimes answer one response per request, so no pinning there.
+TRITON_ONLY_MODELS = ("repeat",)
 BUCKET = "infergw-offload"
 READY_TIMEOUT_S = 120.0
+TRACE_EXPORT_DELAY_MS = 100  # Triton's span export batch delay: splits arrive this soon
+SPLITS = "splits"  # the ready file's {url: the gateway's /v1/splits origin, receiver: URL}
 SCALE_TO_ZERO = "scale_to_zero"  # the ready file's {model: admin URL}, per backend
 # Every model process (Triton's stubs, functions, containers) gets the same BLAS
 # threading, as the launcher gives Triton: comparisons between backends stay fair and
@@ -238,15 +247,105 @@ def local_config(
     triton_grpc: str,
     listen: Mapping[str, Any],
     serverless: Mapping[str, Mapping[str, Any]] | None = None,
+    triton_receiver_port: int | None = None,
+    triton_http: str | None = None,
+    overrides: StackOverrides | None = None,
 ) -> GatewayConfig:
-    """Every example model routes to Triton and may be pinned to any configured backend."""
-    backends: dict[str, Any] = {"triton": {"kind": "triton", "url": triton_grpc}}
+    """Every example model routes to Triton and may be pinned to any configured backend.
+
+    With ``triton_receiver_port`` the gateway receives Triton's spans there (per-request
+    backend_queue and compute, ``GET /v1/splits`` on the metrics port); with
+    ``triton_http`` (Triton's HTTP HOST:PORT) REST control calls reach Triton too.
+    ``overrides`` (``infergw local up --config FILE``) replace the routes and add keys to
+    the stack's backends (``StackOverrides``).
+    """
+    triton: dict[str, Any] = {"kind": "triton", "url": triton_grpc}
+    if triton_http is not None:
+        triton["http_url"] = f"http://{triton_http}"
+    backends: dict[str, Any] = {"triton": triton}
     backends.update(serverless or {})
     models: dict[str, Any] = {name: {"backend": "triton"} for name in EXAMPLE_MODELS}
     models["*"] = {"backend": "triton"}
-    return parse_config(
-        {"listen": {"host": "127.0.0.1", **listen}, "backends": backends, "models": models}
-    )
+    for name in TRITON_ONLY_MODELS:
+        models[name] = {"backend": "triton", "backends": ["triton"]}
+    document: dict[str, Any] = {
+        "listen": {"host": "127.0.0.1", **listen},
+        "backends": backends,
+        "models": models,
+    }
+    if triton_receiver_port is not None:
+        receiver = {"host": "127.0.0.1", "port": triton_receiver_port}
+        document["tracing"] = {"triton_receiver": receiver}
+    if overrides is None:
+        return parse_config(document)
+    return parse_config(overrides.applied_to(document), overrides.source)
+
+
+@dataclass(frozen=True)
+class StackOverrides:
+    """A file for ``infergw local up --config FILE`` (DESIGN.md section 9, a contract):
+    its ``models`` replace the stack's routes; each ``backends.NAME`` mapping is merged
+    key by key over the stack's own settings for that backend (``max_concurrency``,
+    ``timeout_ms``, ``retry``, ``outlier``, ``keep_warm``...), so a file can shrink Triton
+    to one slot without knowing its address. The names stay the stack's."""
+
+    source: str
+    models: Mapping[str, Any] | None = None
+    backends: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: Path) -> StackOverrides:
+        """Read FILE; its shape is checked here, its keys when the gateway's config is."""
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            reason = " ".join(str(exc).split())  # YAML's message is several lines
+            raise config_error([f"cannot read config {path}: {reason}"]) from exc
+        problems: list[str] = []
+        if not isinstance(raw, Mapping):
+            raise config_error([f"{path}: the top level must be a mapping"])
+        problems += [
+            f"{path}: {k}: not read by 'local up' (models, backends)"
+            for k in raw
+            if k not in ("models", "backends")
+        ]
+        backends = raw.get("backends") or {}
+        if not isinstance(backends, Mapping):
+            problems.append(f"{path}: backends: must be a mapping")
+            backends = {}
+        for name, keys in backends.items():
+            if name not in BACKENDS:
+                known = ", ".join(BACKENDS)
+                problems.append(f"{path}: backends.{name}: not a backend of the stack ({known})")
+            elif not isinstance(keys, Mapping):
+                problems.append(f"{path}: backends.{name}: must be a mapping")
+        models = raw.get("models")
+        if models is not None and not isinstance(models, Mapping):
+            problems.append(f"{path}: models: must be a mapping")
+        if problems:
+            raise config_error(problems)
+        return cls(str(path), models, backends)
+
+    def applied_to(self, document: Mapping[str, Any]) -> dict[str, Any]:
+        merged: dict[str, Any] = {**document, "backends": dict(document["backends"])}
+        for name, keys in self.backends.items():
+            if name in merged["backends"]:  # a stack started without it ignores its keys
+                merged["backends"][name] = {**merged["backends"][name], **keys}
+        if self.models is not None:
+            merged["models"] = dict(self.models)
+        return merged
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """``count`` distinct ports free now, held open together so they cannot collide (Triton
+    must be told the receiver's URL before the gateway binds it)."""
+    with contextlib.ExitStack() as stack:
+        ports = []
+        for _ in range(count):
+            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            sock.bind((host, 0))
+            ports.append(int(sock.getsockname()[1]))
+        return ports
 
 
 class LocalStack(AsyncService):
@@ -257,14 +356,21 @@ class LocalStack(AsyncService):
         backends: Sequence[str] = BACKENDS,
         idle_timeout_s: float = 300.0,
         restart_policy: RestartPolicy | None = None,
+        triton_splits: bool = True,
+        overrides: StackOverrides | None = None,
     ) -> None:
         unknown = set(backends) - set(BACKENDS)
         if unknown or "triton" not in backends:
             raise ValueError(f"backends must include triton and be among {BACKENDS}")
         self.listen = dict(listen or {})
+        self.overrides = overrides
         self.kinds = tuple(backends)
         self.idle_timeout_s = idle_timeout_s
-        self.triton = TritonServer()
+        # Triton traces the requests the gateway sends a traceparent with (all of them, once
+        # it receives the spans) and exports them to the gateway soon after each response.
+        self.triton_splits = triton_splits
+        self.receiver_port: int | None = None  # chosen in start(), with Triton's ports
+        self.triton = TritonServer(trace_rate=0, trace_export_delay_ms=TRACE_EXPORT_DELAY_MS)
         self.serverless: dict[str, Serverless] = {}
         self.gateway: Gateway | None = None
         self.restart_policy = restart_policy
@@ -276,10 +382,20 @@ class LocalStack(AsyncService):
         try:
             for key, value in {**LOCAL_AWS_ENV, **ONE_BLAS_THREAD}.items():
                 os.environ.setdefault(key, value)
+            if self.triton_splits and self.receiver_port is None:
+                self._reserve_receiver_port()
             triton_started = asyncio.create_task(asyncio.to_thread(self.triton.start))
             serverless = await self._start_serverless()
             endpoints = self._triton_endpoints = await triton_started
-            self.gateway = Gateway(local_config(endpoints.grpc, self.listen, serverless))
+            config = local_config(
+                endpoints.grpc,
+                self.listen,
+                serverless,
+                self.receiver_port,
+                endpoints.http,
+                self.overrides,
+            )
+            self.gateway = Gateway(config)
             await self.gateway.start()
             async with asyncio.timeout(READY_TIMEOUT_S):
                 while not await self.gateway.router.ready():  # noqa: ASYNC110 - polling
@@ -289,6 +405,13 @@ class LocalStack(AsyncService):
             with contextlib.suppress(Exception):
                 await self.stop()
             raise
+
+    def _reserve_receiver_port(self) -> None:
+        """The receiver's port and Triton's, picked together so that they cannot collide;
+        Triton exports its spans there (the gateway binds it first thing)."""
+        self.receiver_port, grpc_port, http_port, metrics_port = free_ports(4)
+        self.triton.ports = (grpc_port, http_port, metrics_port)
+        self.triton.otlp_traces_url = f"http://127.0.0.1:{self.receiver_port}/v1/traces"
 
     async def _start_serverless(self) -> dict[str, dict[str, Any]]:
         """Start the stand-ins that were asked for; returns their gateway backend config."""
@@ -332,7 +455,11 @@ class LocalStack(AsyncService):
         assert self._triton_endpoints is not None
         triton = self._triton_endpoints
         backends: dict[str, Any] = {"triton": {"grpc": triton.grpc, "http": triton.http}}
-        info: dict[str, Any] = {"gateway": dict(self.gateway.addresses), "backends": backends}
+        gateway = dict(self.gateway.addresses)
+        receiver = gateway.pop("triton_traces", None)
+        info: dict[str, Any] = {"gateway": gateway, "backends": backends}
+        if receiver is not None:  # per-request splits for Triton (loadgen/splits.py reads it)
+            info[SPLITS] = {"url": f"http://{gateway['metrics']}", "receiver": receiver}
         for kind, provider in self.serverless.items():
             backends[kind] = provider.ready_entry()
             info.update(provider.shared_endpoints())
@@ -340,9 +467,12 @@ class LocalStack(AsyncService):
 
 
 async def run_local_stack(
-    stop: asyncio.Event, ready_file: Path | None, listen: Mapping[str, Any]
+    stop: asyncio.Event,
+    ready_file: Path | None,
+    listen: Mapping[str, Any],
+    overrides: StackOverrides | None = None,
 ) -> None:
-    async with LocalStack(listen) as stack:
+    async with LocalStack(listen, overrides=overrides) as stack:
         info = stack.endpoints()
         if ready_file is not None:
             tmp = ready_file.with_suffix(ready_file.suffix + ".tmp")

@@ -42,6 +42,8 @@ STOP_GRACE_S = 10.0
 PORT_ATTEMPTS = 3
 LOG_TAIL_LINES = 30
 LOG_READ_BYTES = 256 * 1024  # startup logs are far smaller; bounds the read of a huge log
+TRACE_QUEUE_SPANS = 65536  # Triton's span exporter queue (OpenTelemetry's default: 2048)
+TRACE_EXPORT_BATCH_SPANS = 2048  # spans per export (default 512)
 
 
 class TritonStartError(RuntimeError):
@@ -106,6 +108,7 @@ class TritonServer:
         metrics_port: int = 0,
         otlp_traces_url: str | None = None,
         trace_rate: int = 0,
+        trace_export_delay_ms: int | None = None,
         service_name: str = "triton",
         startup_timeout_s: float = 120.0,
         models: Sequence[str] | None = None,
@@ -116,6 +119,7 @@ class TritonServer:
         self.ports = (grpc_port, http_port, metrics_port)
         self.otlp_traces_url = otlp_traces_url
         self.trace_rate = trace_rate
+        self.trace_export_delay_ms = trace_export_delay_ms
         self.service_name = service_name
         self.startup_timeout_s = startup_timeout_s
         self.models = list(models) if models is not None else None
@@ -297,6 +301,14 @@ class TritonServer:
         return ["--model-control-mode=explicit", *(f"--load-model={m}" for m in self.models)]
 
     def _trace_args(self) -> list[str]:
+        """OpenTelemetry tracing: ``rate=0`` traces exactly the requests carrying a
+        ``traceparent`` (the gateway sends one per attempt to get their splits).
+
+        ``trace_export_delay_ms`` is the exporter's batch delay (OpenTelemetry's default
+        is 5 s): short, so per-request timings reach the gateway soon after the response.
+        Its queue is then made room for a few seconds of spans at thousands of requests
+        per second (three spans each), as the default 2048 drops spans beyond that.
+        """
         if not self.otlp_traces_url:
             return []
         items = [
@@ -307,6 +319,12 @@ class TritonServer:
             f"opentelemetry,url={self.otlp_traces_url}",
             f"opentelemetry,resource=service.name={self.service_name}",
         ]
+        if self.trace_export_delay_ms is not None:
+            items += [
+                f"opentelemetry,bsp_schedule_delay={self.trace_export_delay_ms}",
+                f"opentelemetry,bsp_max_queue_size={TRACE_QUEUE_SPANS}",
+                f"opentelemetry,bsp_max_export_batch_size={TRACE_EXPORT_BATCH_SPANS}",
+            ]
         return [f"--trace-config={item}" for item in items]
 
 

@@ -7,11 +7,17 @@ wrap a backend and are backends themselves, so they compose::
 
 Backend kinds register under the ``infergw.backends`` entry-point group
 (``triton = infergw.backends.triton:TritonBackend``); core never imports them.
+
+Streaming is an optional capability: a backend whose server carries an inference
+stream itself (Triton's ModelStreamInfer, where a decoupled model answers one request
+with any number of responses) implements ``StreamingBackend``; ``Backend.streaming``
+hands it out (``BackendBase``: the backend itself if it implements the Protocol), and
+policies pass it on with their own part added (admission holds a slot per request).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from importlib.metadata import entry_points
 from typing import Any, Protocol, runtime_checkable
 
@@ -20,6 +26,54 @@ from infergw.vocab.errors import InvalidArgument, Unimplemented
 from infergw.vocab.types import InferRequest, InferResponse, ModelMetadata, ModelStatistics
 
 ENTRY_POINT_GROUP = "infergw.backends"
+
+Release = Callable[[], None]
+"""Gives back what ``StreamingBackend.admit`` granted; called once per admitted request."""
+
+
+class InferStream(Protocol):
+    """One upstream stream a backend opened for a client's stream: messages both ways.
+
+    Messages are serialized in the capability's ``encoding``; a response does not say
+    which request it answers but by its content (the frontend reads it).
+    """
+
+    async def send(self, message: bytes) -> bool:
+        """Write one request; False once the stream has ended (``responses`` says how)."""
+        ...
+
+    async def close_sending(self) -> None:
+        """No more requests (half-close); responses to those in flight still come."""
+        ...
+
+    def responses(self) -> AsyncIterator[bytes]:
+        """Each response as it arrives; ends with the stream, raises ``InferGWError`` if
+        the stream fails."""
+        ...
+
+    def cancel(self) -> None:
+        """End the stream now (the client went away); the server stops its requests."""
+        ...
+
+
+@runtime_checkable
+class StreamingBackend(Protocol):
+    """The optional capability to carry a client's inference stream upstream as a stream.
+
+    ``encoding`` is the ``RawMessage.encoding`` of its messages (``oip-grpc``); a
+    frontend forwards a client's stream only to a backend speaking the client's wire.
+    """
+
+    name: str
+    encoding: str
+
+    async def open_stream(self, ctx: RequestContext) -> InferStream:
+        """A new stream carrying ``ctx.headers``, bounded by ``ctx.deadline``."""
+        ...
+
+    async def admit(self, ctx: RequestContext) -> Release:
+        """Admit one request into a stream (policies: a slot, held until its last response)."""
+        ...
 
 
 @runtime_checkable
@@ -37,6 +91,11 @@ class Backend(Protocol):
     def native_deadline(self) -> bool:
         """True when the transport enforces ``ctx.deadline`` itself (a gRPC deadline
         cancels the call), so ``Attempt`` needs no event-loop timer on top."""
+        ...
+
+    @property
+    def streaming(self) -> StreamingBackend | None:
+        """The streaming capability, through the policies; None: one request at a time."""
         ...
 
     async def infer(self, request: InferRequest, ctx: RequestContext) -> InferResponse:
@@ -69,6 +128,10 @@ class BackendBase(Backend):
 
     name: str
     native_deadline: bool = False
+
+    @property
+    def streaming(self) -> StreamingBackend | None:
+        return self if isinstance(self, StreamingBackend) else None
 
     async def model_statistics(self, model: str, version: str = "") -> list[ModelStatistics]:
         raise Unimplemented(f"backend {self.name!r} does not report statistics")

@@ -6,10 +6,14 @@ Example::
 
     listen: {host: 0.0.0.0, grpc_port: 8001, http_port: 8000, metrics_port: 8002,
              idle_timeout_s: 75, body_timeout_s: 60, max_connections: 4096,
-             drain_delay_s: 0, drain_grace_s: 30}
+             drain_delay_s: 0, drain_grace_s: 30,
+             tls: {cert_file: server.pem, key_file: server.key, client_ca_file: clients-ca.pem}}
+    auth: {api_keys_file: /etc/infergw/api-keys, open_health: true, open_metrics: true}
     limits: {max_message_bytes: 67108864}
     allow_backend_pinning: true
-    tracing: {otlp_endpoint: http://collector:4318/v1/traces, service_name: infergw}
+    allow_model_control: false       # true: Triton's load/unload are forwarded (control.py)
+    tracing: {otlp_endpoint: http://collector:4318/v1/traces, service_name: infergw,
+              triton_receiver: {host: 127.0.0.1, port: 4319}}   # Triton's spans -> splits
     backends:
       triton:
         kind: triton
@@ -43,7 +47,6 @@ from typing import Annotated, ClassVar, Self, TypeVar
 
 import yaml
 from pydantic import (
-    BaseModel,
     ConfigDict,
     Field,
     Strict,
@@ -53,9 +56,15 @@ from pydantic import (
     WrapValidator,
     model_validator,
 )
-from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError, PydanticKnownError
 
+from infergw.gateway.core.routing.config import (
+    KeepWarmConfig,
+    OutlierConfig,
+    RetryConfig,
+    RoutePolicyConfig,
+)
+from infergw.gateway.core.sections import Section, file_key
 from infergw.vocab.errors import InvalidArgument
 
 WILDCARD = "*"
@@ -78,24 +87,23 @@ def config_error(problems: Sequence[str]) -> InvalidArgument:
     return InvalidArgument("\n".join(shown))
 
 
-class Section(BaseModel):
-    """One part of the config: frozen, strict, closed to unknown keys."""
+class TlsConfig(Section):
+    """TLS on a listener: a PEM certificate chain and its key; with ``client_ca_file``,
+    clients must present a certificate that CA signed (mutual TLS). The files are re-read
+    when they change (certificate rotation without a restart)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
-    # A section listed in the file as ``NAME: {...}`` keeps NAME in this field.
-    key_field: ClassVar[str | None] = None
+    cert_file: Annotated[str, Field(min_length=1)]
+    key_file: Annotated[str, Field(min_length=1)]
+    client_ca_file: Annotated[str, Field(min_length=1)] | None = None
 
-    def replace(self, **changes: object) -> Self:
-        """A copy with ``changes``, validated (``model_copy(update=...)`` is not).
 
-        By field name: a section with aliased fields sets ``populate_by_name``.
-        """
-        return self.model_validate({**dict(self), **changes})
+class AuthConfig(Section):
+    """API keys at the gateway: one key per line in ``api_keys_file`` (re-read when it
+    changes). Health endpoints and the metrics port stay open unless set otherwise."""
 
-    @classmethod
-    def file_keys(cls) -> list[str]:
-        """The keys this section takes in the file."""
-        return [_file_key(n, f) for n, f in cls.model_fields.items() if n != cls.key_field]
+    api_keys_file: Annotated[str, Field(min_length=1)]
+    open_health: bool = True
+    open_metrics: bool = True
 
 
 class ListenConfig(Section):
@@ -105,13 +113,16 @@ class ListenConfig(Section):
     within that time of opening or of its last response: idle keep-alive and slow
     headers alike (aiohttp's ``keepalive_timeout``). Longer than a load balancer's own
     idle timeout (AWS ALB: 60 s), so the balancer, not the gateway, closes first.
+    On the gRPC port a connection with no call for ``idle_timeout_s`` is sent GOAWAY.
     ``body_timeout_s`` answers 408 when a request body makes no progress that long.
-    ``max_connections`` caps open REST connections; ``None`` is a quarter of the
-    process's open-file limit, so the cap is met before the descriptors run out.
+    ``max_connections`` caps open connections on each of the REST and gRPC ports;
+    ``None`` is a quarter of the process's open-file limit, so the cap is met before
+    the descriptors run out.
     On SIGTERM the gateway reports not ready (gRPC health NOT_SERVING, REST 503) for
     ``drain_delay_s`` while still serving, then stops accepting and gives in-flight
     calls up to ``drain_grace_s`` (Kubernetes' default terminationGracePeriodSeconds)
-    before cancelling them. Keep both within the orchestrator's own grace period.
+    before cancelling them (a second SIGTERM cancels them at once). Keep both within the
+    orchestrator's own grace period.
     """
 
     host: str = "0.0.0.0"
@@ -123,31 +134,31 @@ class ListenConfig(Section):
     max_connections: Annotated[int, Field(ge=1)] | None = None
     drain_delay_s: Annotated[float, Field(ge=0)] = 0.0
     drain_grace_s: Annotated[float, Field(ge=0)] = 30.0
+    tls: TlsConfig | None = None  # None: plaintext (h2c and HTTP/1.1) on every port
 
 
 class LimitsConfig(Section):
     max_message_bytes: Annotated[int, Field(ge=1)] = 64 * 1024 * 1024
 
 
+class TritonReceiverConfig(Section):
+    """The OTLP/HTTP receiver for Triton's own spans (``infergw.gateway.triton_traces``):
+    per-request ``backend_queue`` and ``compute`` for Triton backends. Point Triton's
+    ``--trace-config opentelemetry,url=`` at ``http://HOST:PORT/v1/traces`` (with
+    ``rate=0``). ``ring_size`` bounds the recent splits kept for ``GET /v1/splits`` (and
+    the attempts awaiting spans); one still awaiting them after ``pending_timeout_s`` is
+    unknown. Plaintext: bind it where only Triton reaches it."""
+
+    host: str = "127.0.0.1"
+    port: Port = 4318
+    ring_size: Annotated[int, Field(ge=1)] = 65536
+    pending_timeout_s: Seconds = 30.0
+
+
 class TracingConfig(Section):
     otlp_endpoint: str | None = None  # OTLP/HTTP traces endpoint; export is off without one
     service_name: Annotated[str, Field(min_length=1)] = "infergw"
-
-
-class RetryConfig(Section):
-    """Retries of retryable failures, full-jitter exponential backoff, within the deadline."""
-
-    max_retries: Annotated[int, Field(ge=0)] = 2
-    base_ms: Milliseconds = 25.0
-    max_ms: Milliseconds = 250.0
-
-    @model_validator(mode="after")
-    def _cap_at_least_base(self) -> Self:
-        if self.max_ms < self.base_ms:
-            raise PydanticCustomError(
-                "retry_cap", f"max_ms ({self.max_ms:g}) must be >= base_ms ({self.base_ms:g})"
-            )
-        return self
+    triton_receiver: TritonReceiverConfig | None = None  # None: Triton's spans not received
 
 
 class BackendConfig(Section):
@@ -167,7 +178,9 @@ class BackendConfig(Section):
     max_queue: Annotated[int, Field(ge=0)] = 256
     queue_timeout_ms: Milliseconds = 5000.0
     timeout_ms: Milliseconds | None = 30000.0  # null: the client's deadline only
-    retry: RetryConfig | None = None
+    retry: RetryConfig | None = None  # absent: no retries
+    outlier: OutlierConfig | None = None  # absent: never ejected
+    keep_warm: KeepWarmConfig | None = None  # serverless kinds: pings that keep it warm
 
     @model_validator(mode="before")
     @classmethod
@@ -184,18 +197,51 @@ POLICY_KEYS = tuple(n for n in BackendConfig.model_fields if n not in ("name", "
 
 
 class RouteConfig(Section):
-    """A ``models.NAME`` route: the model's backend, and the others a client may pin.
+    """A ``models.NAME`` route: one backend or a routing ``policy`` across several
+    (``routing/``), and the other backends a client may pin.
 
-    The file's ``NAME: BACKEND`` is shorthand for ``NAME: {backend: BACKEND}``. (A routing
-    ``policy:`` as the alternative to ``backend:`` is one more optional field here, with a
-    check that exactly one of the two is given.)
+    The file's ``NAME: BACKEND`` is shorthand for ``NAME: {backend: BACKEND}``; exactly one
+    of ``backend`` and ``policy`` is given.
     """
 
     key_field: ClassVar[str | None] = "model"
 
     model: str
-    backend: str
+    backend: str | None = None
+    policy: RoutePolicyConfig | None = None
     backends: Names = ()  # others a client may pin; empty = any configured
+
+    @model_validator(mode="after")
+    def _backend_or_policy(self) -> Self:
+        if (self.backend is None) == (self.policy is None):
+            raise PydanticCustomError(
+                "backend_or_policy", "give either 'backend: NAME' or 'policy: {kind: ...}'"
+            )
+        return self
+
+    def named(self) -> tuple[tuple[tuple[str | int, ...], str], ...]:
+        """Every backend the route names (its members, then those a client may pin),
+        each with its key path."""
+        own: tuple[tuple[tuple[str | int, ...], str], ...]
+        if self.policy is not None:
+            own = tuple((("policy", *where), name) for where, name in self.policy.named())
+        else:
+            own = ((("backend",), self.primary),)
+        return (*own, *((("backends", i), name) for i, name in enumerate(self.backends)))
+
+    @property
+    def members(self) -> tuple[str, ...]:
+        """The backends that serve the route, its first choice first."""
+        if self.policy is None:
+            assert self.backend is not None  # one of the two, checked above
+            return (self.backend,)
+        return tuple(dict.fromkeys(name for _, name in self.policy.named()))
+
+    @property
+    def primary(self) -> str:
+        """The route's first choice: its backend, or its policy's first member (control
+        calls, which no policy routes, go there)."""
+        return self.members[0]
 
 
 S = TypeVar("S", bound=Section)
@@ -260,16 +306,18 @@ class GatewayConfig(Section):
     listen: ListenConfig = ListenConfig()
     limits: LimitsConfig = LimitsConfig()
     tracing: TracingConfig = TracingConfig()
+    auth: AuthConfig | None = None  # None: no authentication at the gateway
     allow_backend_pinning: bool = True
+    # Forward Triton's model load/unload (repository extension) to the owning backend.
+    # Off by default: one client could otherwise unload a model every client uses.
+    allow_model_control: bool = False
 
     @model_validator(mode="after")
     def _routes_name_configured_backends(self) -> Self:
         configured = [b.name for b in self.backends]
         errors: list[InitErrorDetails] = []
         for route in self.routes:
-            named: list[tuple[tuple[str | int, ...], str]] = [(("backend",), route.backend)]
-            named += [(("backends", i), name) for i, name in enumerate(route.backends)]
-            for where, name in named:
+            for where, name in route.named():
                 if name not in configured:
                     message = f"unknown backend {name!r}" + _nearest(name, configured, "backends")
                     unknown = PydanticCustomError("unknown_backend", message)
@@ -294,11 +342,17 @@ def load_config(path: str | Path) -> GatewayConfig:
 
 def parse_config(raw: object, source: str = "config") -> GatewayConfig:
     """Validate a parsed document (``None``, an empty file, is an empty mapping)."""
+    return validate_section(GatewayConfig, {} if raw is None else raw, source)
+
+
+def validate_section(section: type[S], raw: object, where: str) -> S:
+    """``raw`` as a ``section``, or InvalidArgument with one line per problem after
+    ``where`` (a backend kind validates its options with this: ``backend 'triton'``)."""
     try:
-        return GatewayConfig.model_validate({} if raw is None else raw)
+        return section.model_validate(raw)
     except ValidationError as exc:
-        problems = [_problem(e) for e in exc.errors(include_url=False)]
-        raise config_error([f"{source}: {p}" for p in problems]) from exc
+        problems = [_problem(e, section) for e in exc.errors(include_url=False)]
+        raise config_error([f"{where}: {p}" for p in problems]) from exc
 
 
 # Error lines ---------------------------------------------------------------------------
@@ -321,13 +375,23 @@ BOUNDS = {
 }
 
 
-def _problem(error: ErrorDetails) -> str:
-    loc, kind, given = error["loc"], error["type"], error["input"]
+def _problem(error: ErrorDetails, root: type[Section] | None = None) -> str:
+    kind, given, root = error["type"], error["input"], root or GatewayConfig
+    loc = _walk(error["loc"], root)[0]
     path = _path(loc)
     if kind == "missing":
         return f"{path} is required"
     if kind == "extra_forbidden":
-        return f"{path}: unknown key" + _nearest(str(loc[-1]), _keys_at(loc[:-1]), "keys")
+        section = _walk(error["loc"][:-1], root)[1]
+        keys = section.file_keys() if section is not None else []
+        return f"{path}: unknown key" + _nearest(str(loc[-1]), keys, "keys")
+    if kind in ("union_tag_invalid", "union_tag_not_found"):  # a tagged union's ``kind``
+        ctx = error.get("ctx", {})
+        field = str(ctx.get("discriminator", "kind")).strip("'")
+        tags = ", ".join(_union_tags(loc, root))
+        if kind == "union_tag_not_found":
+            return f"{path}.{field} is required; valid kinds: {tags}"
+        return f"{path}.{field}: unknown kind {ctx.get('tag')!r}; valid kinds: {tags}"
     if loc and loc[-1] == "[key]":  # a mapping key that is not a string (YAML ``1: ...``)
         return f"{_path(loc[:-2]) or 'the top level'}: keys must be strings, got {_given(given)}"
     where = f"{path}:" if path else "the top level"
@@ -371,37 +435,69 @@ def _nearest(word: str, choices: Sequence[str], what: str) -> str:
     return f"; valid {what}: {', '.join(choices)}" if choices else ""
 
 
-def _keys_at(loc: tuple[int | str, ...]) -> list[str]:
-    """The keys the section at ``loc`` takes, found by walking the models' field types."""
-    section: type[Section] = GatewayConfig
+def _walk(
+    loc: tuple[int | str, ...], root: type[Section]
+) -> tuple[tuple[int | str, ...], type[Section] | None]:
+    """``loc`` as the file spells it, and the Section it ends in (None: not a section).
+
+    Walks the models' field types. pydantic puts the chosen member of a tagged union
+    (``policy: {kind: fallback}``) in ``loc`` as its tag; the file has no such key, so it
+    is dropped from the path and picks the member.
+    """
+    section: type[Section] | None = root
+    clean: list[int | str] = []
     parts = list(loc)
     while parts:
         part = parts.pop(0)
-        info = next((f for n, f in section.model_fields.items() if _file_key(n, f) == part), None)
-        found = _section_in(info.annotation) if info is not None else None
-        if found is None:
-            return []
-        section, keyed = found
+        clean.append(part)
+        if section is None:
+            continue
+        info = next((f for n, f in section.model_fields.items() if file_key(n, f) == part), None)
+        found = _sections_in(info.annotation) if info is not None else None
+        if not found:
+            section = None
+            continue
+        members, keyed = found
         if keyed and parts:
-            parts.pop(0)  # the NAME in ``backends.NAME`` / ``models.NAME``
-    return section.file_keys()
+            clean.append(parts.pop(0))  # the NAME in ``backends.NAME`` / ``models.NAME``
+        section = members[0]
+        if len(members) > 1 and parts:
+            tagged = {_tag(m): m for m in members}
+            if parts[0] in tagged:
+                section = tagged[str(parts.pop(0))]
+    return tuple(clean), section
 
 
-def _section_in(annotation: object) -> tuple[type[Section], bool] | None:
-    """The Section type inside ``annotation``, and whether it sits in a collection."""
+def _union_tags(loc: tuple[int | str, ...], root: type[Section]) -> list[str]:
+    """The tags of the tagged union at ``loc`` (a field of the section at ``loc[:-1]``)."""
+    parent = _walk(loc[:-1], root)[1]
+    info = parent.model_fields.get(str(loc[-1])) if parent is not None and loc else None
+    found = _sections_in(info.annotation) if info is not None else None
+    return [t for t in map(_tag, found[0]) if t is not None] if found else []
+
+
+def _tag(section: type[Section]) -> str | None:
+    """The ``kind`` a tagged-union member answers to (its ``Literal`` default-less field)."""
+    info = section.model_fields.get("kind")
+    args = typing.get_args(info.annotation) if info is not None else ()
+    return str(args[0]) if len(args) == 1 else None
+
+
+def _sections_in(annotation: object) -> tuple[list[type[Section]], bool] | None:
+    """The Section types inside ``annotation`` (several for a union), and whether they
+    sit in a collection."""
     if isinstance(annotation, type) and issubclass(annotation, Section):
-        return annotation, False
+        return [annotation], False
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Annotated:
+        return _sections_in(args[0])
     if origin in (tuple, list, dict) and args:
-        found = _section_in(args[-1] if origin is dict else args[0])
+        found = _sections_in(args[-1] if origin is dict else args[0])
         return (found[0], True) if found else None
     if origin in (typing.Union, types.UnionType):
-        return next((f for f in map(_section_in, args) if f is not None), None)
+        members = [m for f in map(_sections_in, args) if f is not None for m in f[0]]
+        return (members, False) if members else None
     return None
-
-
-def _file_key(name: str, info: FieldInfo) -> str:
-    return info.validation_alias if isinstance(info.validation_alias, str) else name
 
 
 def _error(

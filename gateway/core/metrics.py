@@ -11,15 +11,26 @@ updated from the event loop (no locks: one thread owns them) and exposed through
 a prometheus_client collector in the standard text format. One ``GatewayMetrics``
 per gateway, on its own registry, so several gateways in one process (tests) do
 not collide.
+
+Routing (``routing/``) adds ``infergw_route_decisions_total{route, backend, reason}``
+(``GatewayMetrics`` is the routes' ``DecisionSink``; the route label is the config's
+route key, so it stays bounded) and ``infergw_backend_ejected{backend}`` (1 while
+outlier detection keeps the backend out).
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from infergw.vocab.timing import TimingEntry
@@ -45,18 +56,37 @@ class _Histogram:
         self.sum += seconds
 
 
+class Ejectable(Protocol):
+    def ejected(self) -> bool: ...
+
+
 class GatewayMetrics(Collector):
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         self._phases: dict[tuple[str, ...], _Histogram] = {}
         self._requests: dict[tuple[str, ...], int] = {}
+        self._decisions: dict[tuple[str, str, str], int] = {}
+        self.outliers: Mapping[str, Ejectable] = {}  # backend name -> its outlier detector
         self.registry.register(self)
+
+    def record(self, route: str, backend: str, reason: str) -> None:
+        """One routing decision (``routing.decisions.DecisionSink``)."""
+        key = (route, backend, str(reason))
+        self._decisions[key] = self._decisions.get(key, 0) + 1
 
     def observe(
         self, model: str, backend: str, protocol: str, status: str, entries: tuple[TimingEntry, ...]
     ) -> None:
         labels = (model, backend, protocol, status)
         self._requests[labels] = self._requests.get(labels, 0) + 1
+        self.observe_phases(model, backend, protocol, status, entries)
+
+    def observe_phases(
+        self, model: str, backend: str, protocol: str, status: str, entries: tuple[TimingEntry, ...]
+    ) -> None:
+        """Phase durations only, for values that arrive after their request was counted
+        (Triton's per-request queue and compute, from its spans)."""
+        labels = (model, backend, protocol, status)
         phases = self._phases
         for name, duration_ms, _ in entries:
             key = (name, *labels)
@@ -84,6 +114,22 @@ class GatewayMetrics(Collector):
         for labels, count in list(self._requests.items()):
             requests.add_metric(list(labels), count)
         yield requests
+        decisions = CounterMetricFamily(
+            "infergw_route_decisions",
+            "Attempts a route policy made, by why (primary, weighted, spill, fallback, hedge)",
+            labels=("route", "backend", "reason"),
+        )
+        for key, count in list(self._decisions.items()):
+            decisions.add_metric(list(key), count)
+        yield decisions
+        ejected = GaugeMetricFamily(
+            "infergw_backend_ejected",
+            "1 while outlier detection keeps the backend out",
+            labels=("backend",),
+        )
+        for name, detector in self.outliers.items():
+            ejected.add_metric([name], 1.0 if detector.ejected() else 0.0)
+        yield ejected
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -17,6 +17,12 @@ starlette builds its middleware stack: Admission holds one slot for the whole
 request, retries included; Retry sits above Attempt so each try is its own attempt.
 Each entry is a factory ``(backend, cfg) -> Backend | None`` (None: not configured,
 skipped), so a new policy is a new entry.
+
+A backend's streaming capability (``Backend.streaming``) passes through every policy.
+Admission adds its part: each request of a stream holds one slot from its admission
+until its last response (``StreamSlots``), so a stream of requests counts like as many
+calls. A stream is not retried (its requests are not replayable once sent) and has no
+per-request ``timeout_ms``: it is bounded by the client's deadline for the whole call.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 
 from infergw.gateway.core import tracing
-from infergw.gateway.core.backend import Backend
+from infergw.gateway.core.backend import Backend, InferStream, Release, StreamingBackend
 from infergw.gateway.core.config import BackendConfig
 from infergw.gateway.core.context import RequestContext
 from infergw.vocab.errors import DeadlineExceeded, InferGWError, QueueFull, Throttled
@@ -52,6 +58,10 @@ class Policy(Backend):
     @property
     def native_deadline(self) -> bool:
         return self.inner.native_deadline
+
+    @property
+    def streaming(self) -> StreamingBackend | None:
+        return self.inner.streaming
 
     async def infer(self, request: InferRequest, ctx: RequestContext) -> InferResponse:
         return await self.inner.infer(request, ctx)
@@ -203,6 +213,11 @@ class Admission(Policy):
     def queued(self) -> int:
         return len(self._waiters)
 
+    @property
+    def streaming(self) -> StreamingBackend | None:
+        inner = self.inner.streaming
+        return None if inner is None else StreamSlots(inner, self)
+
     async def infer(self, request: InferRequest, ctx: RequestContext) -> InferResponse:
         t0 = time.perf_counter()
         try:
@@ -252,6 +267,45 @@ class Admission(Policy):
                 waiter.set_result(None)  # the slot passes straight to the next waiter
                 return
         self.in_flight -= 1
+
+
+class StreamSlots:
+    """A streaming capability whose requests each hold a slot of ``admission``."""
+
+    def __init__(self, inner: StreamingBackend, admission: Admission) -> None:
+        self.inner = inner
+        self.admission = admission
+        self.name = inner.name
+        self.encoding = inner.encoding
+
+    async def open_stream(self, ctx: RequestContext) -> InferStream:
+        return await self.inner.open_stream(ctx)
+
+    async def admit(self, ctx: RequestContext) -> Release:
+        """Wait for a slot as ``Admission.infer`` does (``queue``); the release gives it back."""
+        admission = self.admission
+        t0 = time.perf_counter()
+        try:
+            await admission._acquire(ctx)
+        finally:
+            ctx.timings.add_since("queue", t0, admission._queue_desc)
+        try:
+            inner_release = await self.inner.admit(ctx)
+        except BaseException:
+            admission._release()
+            raise
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:  # once: a second release would free someone else's slot
+                released = True
+                try:
+                    inner_release()
+                finally:
+                    admission._release()
+
+        return release
 
 
 def admission(backend: Backend, cfg: BackendConfig) -> Backend:

@@ -1,8 +1,15 @@
 """Model -> backend routing.
 
-A route names the model's default backend and, optionally, the other backends a
-client may pin with ``x-infergw-backend`` (when the config allows pinning at all).
-A ``*`` route catches every model not named explicitly.
+A route names the model's backend, or a routing policy across several (``routing/``:
+fallback, weighted, hedge, spill-over), and optionally the other backends a client may
+pin with ``x-infergw-backend`` (when the config allows pinning at all). A ``*`` route
+catches every model not named explicitly. A pinned request goes to that backend's own
+stack, past any route policy.
+
+``from_config`` assembles the routes: one policy stack per backend
+(``policies.DEFAULT_STACK``), one outlier detector and one window of service times per
+backend (shared by every route that uses it), then per route either the stack (behind
+an ``OutlierGate`` when the backend has ``outlier:``) or the route policy over the stacks.
 """
 
 from __future__ import annotations
@@ -12,7 +19,12 @@ from collections.abc import Mapping, Sequence
 from infergw.gateway.core.backend import Backend, create_backend
 from infergw.gateway.core.config import WILDCARD, BackendConfig, GatewayConfig, RouteConfig
 from infergw.gateway.core.context import RequestContext
-from infergw.gateway.core.policies import DEFAULT_STACK, build_stack
+from infergw.gateway.core.policies import DEFAULT_STACK, Admission, Policy, build_stack
+from infergw.gateway.core.routing.attempts import Target
+from infergw.gateway.core.routing.build import RouteParts, build_route
+from infergw.gateway.core.routing.decisions import NO_DECISIONS, DecisionSink
+from infergw.gateway.core.routing.outlier import OutlierDetector, OutlierGate
+from infergw.gateway.core.routing.queue_state import AdmissionQueue, QueueState
 from infergw.vocab.errors import InvalidArgument, ModelNotFound
 from infergw.vocab.types import InferRequest, InferResponse, ModelMetadata, ModelStatistics
 
@@ -28,18 +40,51 @@ class Router:
         backends: Mapping[str, Backend],
         routes: Sequence[RouteConfig],
         allow_pinning: bool = True,
+        *,
+        unwrapped: Mapping[str, Backend] | None = None,
+        allow_model_control: bool = False,
+        routed: Mapping[str, Backend] | None = None,
+        outliers: Mapping[str, OutlierDetector] | None = None,
     ) -> None:
         self.backends = dict(backends)
         self.routes = {r.model: r for r in routes}
+        # What each route's requests go to, by route key (default: its backend's stack).
+        self.routed = dict(routed or {})
+        self.outliers = dict(outliers or {})
         self.allow_pinning = allow_pinning
+        # The backends without their policies: control calls (``control.py``) bypass them.
+        self.unwrapped = dict(unwrapped if unwrapped is not None else backends)
+        self.allow_model_control = allow_model_control
 
     @classmethod
-    def from_config(cls, config: GatewayConfig) -> Router:
-        backends = {
-            b.name: wrap_with_policies(create_backend(b.name, b.kind, b.options), b)
-            for b in config.backends
+    def from_config(cls, config: GatewayConfig, decisions: DecisionSink = NO_DECISIONS) -> Router:
+        unwrapped = {b.name: create_backend(b.name, b.kind, b.options) for b in config.backends}
+        backends = {b.name: wrap_with_policies(unwrapped[b.name], b) for b in config.backends}
+        outliers = {
+            b.name: OutlierDetector(b.name, b.outlier) for b in config.backends if b.outlier
         }
-        return cls(backends, config.routes, config.allow_backend_pinning)
+        targets = {n: Target(n, stack, outliers.get(n)) for n, stack in backends.items()}
+        queues: dict[str, QueueState] = {}
+        for name, target in targets.items():
+            admission = _admission_of(target.backend)
+            if admission is not None:
+                queues[name] = AdmissionQueue(admission, target.service_times)
+        routed: dict[str, Backend] = {}
+        for route in config.routes:
+            if route.policy is not None:
+                parts = RouteParts(route.model, targets, queues, sink=decisions)
+                routed[route.model] = build_route(route.policy, parts)
+            elif route.primary in outliers:
+                routed[route.model] = OutlierGate(backends[route.primary], outliers[route.primary])
+        return cls(
+            backends,
+            config.routes,
+            config.allow_backend_pinning,
+            unwrapped=unwrapped,
+            allow_model_control=config.allow_model_control,
+            routed=routed,
+            outliers=outliers,
+        )
 
     def route_for(self, model: str) -> RouteConfig:
         route = self.routes.get(model) or self.routes.get(WILDCARD)
@@ -51,14 +96,25 @@ class Router:
         return model in self.routes
 
     def select(self, model: str, pinned: str | None = None) -> Backend:
+        """What a request for ``model`` goes to: its route (policy or backend), or the
+        pinned backend's stack."""
+        if pinned:
+            return self.backends[self.backend_name(model, pinned)]
         route = self.route_for(model)
-        if not pinned or pinned == route.backend:
-            return self.backends[route.backend]
+        routed = self.routed.get(route.model)
+        return routed if routed is not None else self.backends[route.primary]
+
+    def backend_name(self, model: str, pinned: str | None = None) -> str:
+        """The backend that owns ``model``: the pinned one, else its route's first choice
+        (control calls go there; a route policy may send inference elsewhere)."""
+        route = self.route_for(model)
+        if not pinned or pinned == route.primary:
+            return route.primary
         if not self.allow_pinning:
             raise InvalidArgument("pinning a backend is disabled by the gateway config")
         if pinned not in self.backends or (route.backends and pinned not in route.backends):
             raise InvalidArgument(f"backend {pinned!r} is not available for model {model!r}")
-        return self.backends[pinned]
+        return pinned
 
     async def infer(self, request: InferRequest, ctx: RequestContext) -> InferResponse:
         backend = self.select(request.model, ctx.pinned_backend)
@@ -100,3 +156,13 @@ class Router:
     async def close(self) -> None:
         for backend in self.backends.values():
             await backend.close()
+
+
+def _admission_of(stack: Backend) -> Admission | None:
+    """The admission policy in a backend's stack (spill-over reads its queue)."""
+    layer: Backend = stack
+    while isinstance(layer, Policy):
+        if isinstance(layer, Admission):
+            return layer
+        layer = layer.inner
+    return None

@@ -27,14 +27,16 @@ from collections.abc import Callable, Mapping
 from typing import TypeAlias, TypeVar
 
 from infergw.gateway.core import tracing
+from infergw.gateway.core.backend import StreamingBackend
 from infergw.gateway.core.config import LimitsConfig
 from infergw.gateway.core.context import RequestContext
+from infergw.gateway.core.control import ControlPlane
 from infergw.gateway.core.metrics import GatewayMetrics
 from infergw.gateway.core.router import Router
 from infergw.vocab.datatypes import validate_tensor
 from infergw.vocab.errors import InferGWError, InvalidArgument, PayloadTooLarge
 from infergw.vocab.timing import TimingEntry, Timings
-from infergw.vocab.types import InferRequest, InferResponse
+from infergw.vocab.types import SHARED_MEMORY_REGION, InferRequest, InferResponse
 
 log = logging.getLogger(__name__)
 
@@ -87,19 +89,46 @@ class InferenceService:
             raise PayloadTooLarge(what, size, self.limits.max_message_bytes)
 
     def validate(self, request: InferRequest) -> None:
+        """The request's checks, the model's route first: an unknown model is 404 before
+        anything about its inputs, as Triton answers. An empty request to a backend with
+        Triton's control plane goes on: Triton tells an unknown model (404) from a known
+        one (its own 400). An input in shared memory (Triton's extension) has no data
+        here: the backend reads it from the region."""
         if not request.model:
             raise InvalidArgument("model name is required")
+        backend = self.router.backend_name(request.model)
         if not request.inputs:
+            if self._is_triton(backend):
+                return
             raise InvalidArgument("request has no inputs")
         seen: set[str] = set()
         for tensor in request.inputs:
             if tensor.name in seen:
                 raise InvalidArgument(f"input {tensor.name!r} is given more than once")
             seen.add(tensor.name)
-            validate_tensor(tensor)
+            if SHARED_MEMORY_REGION not in tensor.parameters:
+                validate_tensor(tensor)
+            elif not self._is_triton(backend):
+                raise InvalidArgument(
+                    f"input {tensor.name!r} is in shared memory, which only a Triton backend "
+                    f"reads; model {request.model!r} is routed to {backend!r}"
+                )
+
+    def _is_triton(self, backend: str) -> bool:
+        """Whether ``backend`` has Triton's control plane (and checks requests itself)."""
+        return isinstance(self.router.unwrapped.get(backend), ControlPlane)
 
     async def infer(self, request: InferRequest, ctx: RequestContext) -> InferResponse:
         return await self.router.infer(request, ctx)
+
+    def stream_backend(self, model: str, pinned: str | None) -> StreamingBackend | None:
+        """The streaming capability of ``model``'s backend, policies included; None when
+        the backend serves one request at a time or the model cannot be routed (then the
+        request's own lifecycle, ``serve``, answers with the routing error)."""
+        try:
+            return self.router.select(model, pinned).streaming
+        except InferGWError:
+            return None
 
     async def serve(
         self,

@@ -22,8 +22,9 @@ is marked with ``record_error``: status ERROR and the exception's type, never it
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from typing import TypeVar
 
 from opentelemetry import propagate, trace
 from opentelemetry.trace import NonRecordingSpan, Span, SpanKind, Status, StatusCode
@@ -34,6 +35,8 @@ _TRACER_NAME = "infergw"
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}(-[ -~]*)?")
 _MAX_TRACEPARENT = 256  # bounded: nothing longer is forwarded
 _MAX_TRACESTATE = 512  # W3C: propagate at least 512 characters; we forward at most that
+_SELF_TRACED = "_infergw_traces_itself"
+H = TypeVar("H", bound=Callable[..., object])
 _NOOP_SPAN: Span = NonRecordingSpan(trace.INVALID_SPAN_CONTEXT)
 _NOOP: AbstractContextManager[Span] = nullcontext(_NOOP_SPAN)
 
@@ -170,6 +173,17 @@ def _backend_span(
     ) as span:
         propagate.inject(headers)
         yield span
+
+
+def traces_itself(handler: H) -> H:
+    """Mark a request handler that opens, marks and counts its own SERVER span (infer,
+    TF Serving's predict), so that the frontend's error boundary does not open another."""
+    setattr(handler, _SELF_TRACED, True)
+    return handler
+
+
+def is_self_traced(handler: object) -> bool:
+    return bool(getattr(handler, _SELF_TRACED, False))
 
 
 def record_error(span: Span, exc: BaseException) -> None:

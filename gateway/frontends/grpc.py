@@ -26,13 +26,16 @@ from typing import NoReturn, TypeVar
 import grpc
 from google.protobuf.message import DecodeError, Message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from infergw.gateway.core import tracing
+from infergw.gateway.core.control import ControlRouter
 from infergw.gateway.core.service import PIN_HEADER, InferenceService
+from infergw.gateway.frontends.control_grpc import ControlServicer
+from infergw.gateway.frontends.oip_stream import StreamCall
+from infergw.gateway.frontends.reflection import enable_reflection
 from infergw.proto import grpc_service_pb2 as pb
 from infergw.proto._pool import POOL
-from infergw.vocab.errors import InferGWError, InvalidArgument, QueueFull
+from infergw.vocab.errors import InferGWError, InvalidArgument
 from infergw.vocab.types import InferRequest, InferResponse
 from infergw.wire import grpc_channel, oip_proto
 from infergw.wire.server_timing import format_server_timing
@@ -48,6 +51,7 @@ TIMING_KEY = "server-timing"
 
 Context = grpc.aio.ServicerContext
 M = TypeVar("M", bound=Message)
+R = TypeVar("R")  # a request as a method's handler takes it (a message, or its bytes)
 
 
 def _identity(payload: bytes) -> bytes:
@@ -61,23 +65,25 @@ class OipServicer:
     # -- inference (ModelInfer is ``infer_method``: the lifecycle, no servicer frame) ----
     async def model_stream_infer(
         self, requests: AsyncIterator[bytes], context: Context
-    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
-        """Each request is answered in order; errors go in ``error_message``, as Triton does.
+    ) -> AsyncIterator[bytes]:
+        """Every response in the stream, errors in ``error_message``, as Triton does.
 
-        Each message runs the same lifecycle as ModelInfer (``InferenceService.serve``);
-        its Server-Timing goes in the response's ``server-timing`` parameter.
+        ``oip_stream.StreamCall``: to a backend that streams (Triton) the requests go as
+        one upstream stream, so each response of a decoupled model comes through; to any
+        other, each runs ModelInfer's lifecycle, answered in order. Server-Timing goes
+        in each response's ``server-timing`` parameter, the call's totals in the trailer.
         """
-        headers = invocation_headers(context)
-        service = self.service
-        async for payload in requests:
-            ctx = service.new_context(STREAM_PROTOCOL, headers)
-            result, entries = await service.serve(ctx, payload, _decode_oip, _encode_stream)
-            if isinstance(result, InferGWError):
-                yield pb.ModelStreamInferResponse(error_message=result.message)
-                continue
-            timing = result.infer_response.parameters[TIMING_KEY]
-            timing.string_param = format_server_timing(entries)
-            yield result
+        call = StreamCall(
+            self.service,
+            STREAM_PROTOCOL,
+            invocation_headers(context),
+            context.time_remaining,
+            _decode_oip,
+            _encode_stream,
+        )
+        async for reply in call.responses(requests):
+            yield reply
+        context.set_trailing_metadata(((TIMING_KEY, call.trailer()),))
 
     # -- health and metadata ---------------------------------------------------------
     async def server_live(self, request: pb.ServerLiveRequest, context: Context) -> Message:
@@ -92,10 +98,11 @@ class OipServicer:
         return pb.ModelReadyResponse(ready=ready)
 
     async def server_metadata(self, request: pb.ServerMetadataRequest, context: Context) -> Message:
+        control = ControlRouter(self.service.router)
         return pb.ServerMetadataResponse(
             name=self.service.server_name,
             version=self.service.version,
-            extensions=self.service.extensions,
+            extensions=await control.extensions(self.service.extensions),
         )
 
     async def model_metadata(self, request: pb.ModelMetadataRequest, context: Context) -> Message:
@@ -103,25 +110,6 @@ class OipServicer:
             request.name, request.version, _pinned(context)
         )
         return oip_proto.metadata_to_proto(meta)
-
-    async def model_statistics(
-        self, request: pb.ModelStatisticsRequest, context: Context
-    ) -> Message:
-        stats = await self.service.router.model_statistics(
-            request.name, request.version, _pinned(context)
-        )
-        return oip_proto.statistics_to_proto(stats)
-
-    async def repository_index(
-        self, request: pb.RepositoryIndexRequest, context: Context
-    ) -> Message:
-        reply = pb.RepositoryIndexResponse()
-        for name in self.service.router.model_names():
-            ready = await self.service.router.model_ready(name)
-            if request.ready and not ready:
-                continue
-            reply.models.add(name=name, state="READY" if ready else "UNAVAILABLE")
-        return reply
 
 
 def invocation_headers(context: Context) -> dict[str, str]:
@@ -154,10 +142,10 @@ def _pinned(context: Context) -> str | None:
 async def abort(
     context: Context, error: InferGWError, trailer: Sequence[tuple[str, str]] = ()
 ) -> NoReturn:
-    """End the call with ``error``'s status and message (QueueFull: plus ``retry-after``)."""
+    """End the call with ``error``'s status and message (plus ``retry-after`` if it has one)."""
     metadata = tuple(trailer)
-    if isinstance(error, QueueFull):
-        metadata += (("retry-after", str(math.ceil(error.retry_after_s))),)
+    if error.retry_after_s is not None:
+        metadata += (("retry-after", str(max(1, math.ceil(error.retry_after_s)))),)
     await context.abort(grpc_status(error), error.message, metadata)
 
 
@@ -188,6 +176,31 @@ def unary_method(
     the model a request is about, for the metric label of a failed call.
     """
 
+    async def serialized(request: M, context: Context) -> bytes:
+        return (await handler(request, context)).SerializeToString()
+
+    return _guarded_unary(service, protocol, method, serialized, parse, model_of)
+
+
+def raw_unary_method(
+    service: InferenceService,
+    protocol: str,
+    method: str,
+    handler: Callable[[bytes, Context], Awaitable[bytes]],
+    model_of: Callable[[bytes], str] | None = None,
+) -> grpc.RpcMethodHandler:
+    """``unary_method`` for a handler that forwards bytes (Triton's control calls)."""
+    return _guarded_unary(service, protocol, method, handler, _identity, model_of)
+
+
+def _guarded_unary(
+    service: InferenceService,
+    protocol: str,
+    method: str,
+    handler: Callable[[R, Context], Awaitable[bytes]],
+    parse: Callable[[bytes], R],
+    model_of: Callable[[R], str] | None,
+) -> grpc.RpcMethodHandler:
     async def guarded(payload: bytes, context: Context) -> bytes:
         model = ""
         with tracing.call_span(method, protocol, invocation_headers(context)) as span:
@@ -195,8 +208,7 @@ def unary_method(
                 request = parse(payload)
                 if model_of is not None:
                     model = model_of(request)
-                reply = await handler(request, context)
-                return reply.SerializeToString()
+                return await handler(request, context)
             except grpc.aio.AbortError:
                 raise
             except Exception as exc:
@@ -257,9 +269,9 @@ def stream_method(
     service: InferenceService,
     protocol: str,
     method: str,
-    handler: Callable[[AsyncIterator[bytes], Context], AsyncIterator[Message]],
+    handler: Callable[[AsyncIterator[bytes], Context], AsyncIterator[bytes]],
 ) -> grpc.RpcMethodHandler:
-    """A bidirectional stream of raw requests behind the boundary, one span for the stream.
+    """A bidirectional stream of raw messages behind the boundary, one span for the stream.
 
     Each message's own errors are answered in the stream by the handler; an exception
     escaping it ends the stream with a status, as for a unary call.
@@ -269,7 +281,7 @@ def stream_method(
         with tracing.call_span(method, protocol, invocation_headers(context)) as span:
             try:
                 async for reply in handler(requests, context):
-                    yield reply.SerializeToString()
+                    yield reply
                 return
             except grpc.aio.AbortError:
                 raise
@@ -319,23 +331,12 @@ def generic_handler(servicer: OipServicer) -> grpc.GenericRpcHandler:
             "ModelMetadata": unary(
                 "ModelMetadata", s.model_metadata, pb.ModelMetadataRequest, lambda r: r.name
             ),
-            "ModelStatistics": unary(
-                "ModelStatistics", s.model_statistics, pb.ModelStatisticsRequest, lambda r: r.name
-            ),
-            "RepositoryIndex": unary(
-                "RepositoryIndex", s.repository_index, pb.RepositoryIndexRequest
-            ),
+            **{
+                method: raw_unary_method(service, PROTOCOL, method, m.handler, m.model_of)
+                for method, m in ControlServicer(service).methods().items()
+            },
         },
     )
-
-
-def _register_reflection_descriptors() -> None:
-    """Reflection answers from our private pool; it needs health's and its own files too."""
-    for module in (health_pb2, reflection_pb2):
-        try:
-            POOL.FindFileByName(module.DESCRIPTOR.name)
-        except KeyError:
-            POOL.AddSerializedFile(module.DESCRIPTOR.serialized_pb)
 
 
 class GrpcFrontend:
@@ -346,20 +347,27 @@ class GrpcFrontend:
         service: InferenceService,
         max_message_bytes: int,
         health_poll_s: float = HEALTH_POLL_S,
+        interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+        options: Sequence[grpc_channel.Option] = (),
     ) -> None:
         self.service = service
         self.health_poll_s = health_poll_s
         self.server = grpc.aio.server(
-            options=grpc_channel.limited_server_options(max_message_bytes)
+            options=grpc_channel.limited_server_options(max_message_bytes, options),
+            interceptors=interceptors,
         )
         self.server.add_generic_rpc_handlers((generic_handler(OipServicer(service)),))
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        self._reflected = [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME]
+        self._reflected = [SERVICE_NAME, health.SERVICE_NAME]  # + reflection's own, both versions
         self._health_task: asyncio.Task[None] | None = None
 
-    def add_port(self, address: str) -> int:
-        port = self.server.add_insecure_port(address)
+    def add_port(self, address: str, credentials: grpc.ServerCredentials | None = None) -> int:
+        """Listen on ``address`` (TLS with ``credentials``); returns the bound port."""
+        if credentials is None:
+            port = self.server.add_insecure_port(address)
+        else:
+            port = self.server.add_secure_port(address, credentials)
         if port == 0:
             raise OSError(f"cannot bind gRPC to {address}")
         return port
@@ -370,8 +378,7 @@ class GrpcFrontend:
         self._reflected.append(service_name)
 
     async def start(self) -> None:
-        _register_reflection_descriptors()
-        reflection.enable_server_reflection(tuple(self._reflected), self.server, pool=POOL)
+        enable_reflection(self.server, self._reflected, POOL)
         await self.server.start()
         self._health_task = asyncio.create_task(self._follow_readiness())
 

@@ -19,45 +19,47 @@ thread so the event loop (which also serves gRPC) keeps answering small calls.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import zlib
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
 from typing import Any
 
 from aiohttp import HttpVersion11, web
+from aiohttp.abc import AbstractStreamWriter
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.payload import Payload
+from aiohttp.typedefs import Middleware
 from opentelemetry.trace import Span
 
 from infergw.gateway.core import tracing
 from infergw.gateway.core.context import RequestContext
 from infergw.gateway.core.service import PIN_HEADER, InferenceService
+from infergw.gateway.frontends import control_rest, tfserving_rest
+from infergw.gateway.frontends.control_rest import RestControl
+from infergw.gateway.frontends.http_call import propagated, serve_http
 from infergw.gateway.sites import SiteOptions
 from infergw.vocab.errors import (
     InferGWError,
     InvalidArgument,
     PayloadTooLarge,
-    QueueFull,
 )
 from infergw.vocab.types import InferRequest
 from infergw.wire.oip_json import (
     HEADER_LENGTH,
+    BodyParts,
     decode_infer_request,
-    encode_infer_response,
+    encode_infer_response_parts,
+    json_output_bytes,
     metadata_to_json,
-    statistics_to_json,
 )
-from infergw.wire.server_timing import format_server_timing
 
 log = logging.getLogger(__name__)
 
 SERVICE = web.AppKey("infergw_service", InferenceService)
 PROTOCOL = "rest"
-# Request headers handed to ``new_context`` (aiohttp looks them up case-insensitively).
-PROPAGATED_HEADERS = (PIN_HEADER, "traceparent", "tracestate")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # How a site must serve this app: bodies reach ``_read_body`` as sent (see there), and a
@@ -70,11 +72,14 @@ SITE_OPTIONS = SiteOptions(
 _INLINE_BYTES = 1 << 20
 
 
-def create_rest_app(service: InferenceService) -> web.Application:
+def create_rest_app(
+    service: InferenceService, outer_middlewares: Sequence[Middleware] = ()
+) -> web.Application:
+    """The REST app; ``outer_middlewares`` run before everything else (authentication)."""
     # aiohttp rejects bodies strictly larger than client_max_size, as check_size does.
     app = web.Application(
         client_max_size=service.limits.max_message_bytes,
-        middlewares=[_boundary],
+        middlewares=[*outer_middlewares, _boundary],
         handler_args={"logger": _ServerLog(logging.getLogger("aiohttp.server"), {})},
     )
     app[SERVICE] = service
@@ -82,15 +87,19 @@ def create_rest_app(service: InferenceService) -> web.Application:
     post = partial(app.router.add_post, expect_handler=_expect)
     get("/v2/health/live", _live)
     get("/v2/health/ready", _ready)
-    get("/v2", _server_metadata)
-    post("/v2/repository/index", _repository_index)
-    # Before "/v2/models/{model}", which would otherwise take a model named "stats".
-    get("/v2/models/stats", _statistics)
-    for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
+    # Metadata, statistics, repository, config, trace, log, shared memory (control_rest.py);
+    # first, so that "/v2/models/stats" is not taken for a model named "stats".
+    for method, path, handler in RestControl(service, _read_body).routes():
+        app.router.add_route(method, path, handler, expect_handler=_expect)
+    for prefix in (control_rest.MODELS, control_rest.VERSIONS):
         get(prefix, _model_metadata)
         get(prefix + "/ready", _model_ready)
         post(prefix + "/infer", _infer)
-        get(prefix + "/stats", _statistics)
+    # Triton routes integer versions only; any other is 404, here so that the Expect
+    # header is checked as on every route (aiohttp's own 404 echoes it unchecked).
+    app.router.add_route("*", control_rest.OTHER_VERSIONS, _not_found, expect_handler=_expect)
+    for method, path, handler in tfserving_rest.routes(service, _read_body):  # TF Serving REST
+        app.router.add_route(method, path, handler, expect_handler=_expect)
     return app
 
 
@@ -112,25 +121,15 @@ async def _expect(request: web.Request) -> web.StreamResponse | None:
 # -- inference -------------------------------------------------------------------------
 
 
+@tracing.traces_itself
 async def _infer(request: web.Request) -> web.StreamResponse:
     service = request.app[SERVICE]
     model, version = _model_and_version(request)
-    ctx = service.new_context(PROTOCOL, _propagated(request))
-    status = "CANCELLED"  # unless we get to set something else: the client went away
-    try:
-        routed = service.router.is_known(model)
-        with tracing.server_span(model, ctx.protocol, ctx.headers, routed) as span:
-            try:
-                response = await _run_infer(request, service, ctx, model, version)
-                status = "OK"
-            except Exception as exc:
-                error = service.error_of(exc, PROTOCOL, "infer", model)
-                tracing.record_error(span, exc)
-                response, status = _error_response(error), error.grpc_code
-    finally:
-        entries = service.finish(model, ctx, status)
-    response.headers["Server-Timing"] = format_server_timing(entries)
-    return response
+
+    def run(ctx: RequestContext) -> Awaitable[web.Response]:
+        return _run_infer(request, service, ctx, model, version)
+
+    return await serve_http(request, service, PROTOCOL, "infer", model, run, _error_response)
 
 
 async def _run_infer(
@@ -140,7 +139,8 @@ async def _run_infer(
     with _phase(ctx, "decode"):
         _check_trace_headers(request)
         header_length = _header_length(request)
-        if len(body) > _INLINE_BYTES:
+        # Only JSON costs CPU to decode: binary tensors stay views of the body.
+        if (len(body) if header_length is None else header_length) > _INLINE_BYTES:
             infer_request = await asyncio.to_thread(
                 _decode, service, model, version, body, header_length
             )
@@ -150,19 +150,37 @@ async def _run_infer(
         ctx.with_timeout(_timeout_s(infer_request))
     infer_response = await service.infer(infer_request, ctx)
     with _phase(ctx, "encode"):
-        if sum(len(t.data) for t in infer_response.outputs) > _INLINE_BYTES:
-            encoded = await asyncio.to_thread(encode_infer_response, infer_response, infer_request)
+        if json_output_bytes(infer_response, infer_request) > _INLINE_BYTES:
+            encoded = await asyncio.to_thread(
+                encode_infer_response_parts, infer_response, infer_request
+            )
         else:
-            encoded = encode_infer_response(infer_response, infer_request)
+            encoded = encode_infer_response_parts(infer_response, infer_request)
         del infer_response
-        payload, header_length = encoded
+        parts, header_length = encoded
         if header_length is None:
-            response = web.Response(body=payload, content_type="application/json")
+            response = web.Response(body=parts[0], content_type="application/json")
         else:
-            response = web.Response(body=payload, content_type="application/octet-stream")
+            response = web.Response(body=_Parts(parts), content_type="application/octet-stream")
             response.headers[HEADER_LENGTH] = str(header_length)
         _maybe_compress(request, response)
     return response
+
+
+class _Parts(Payload):
+    """A body sent part by part: binary tensors go out from the buffers the backend's
+    reply left them in, never joined with the JSON header into one more copy."""
+
+    def __init__(self, parts: BodyParts) -> None:
+        super().__init__(parts, content_type="application/octet-stream")
+        self._size = sum(len(part) for part in parts)
+
+    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
+        return b"".join(self._value).decode(encoding, errors)
+
+    async def write(self, writer: AbstractStreamWriter) -> None:
+        for part in self._value:
+            await writer.write(part)
 
 
 def _decode(
@@ -213,7 +231,8 @@ async def _read_raw(request: web.Request, limit: int) -> bytearray:
     """The body as sent, in one buffer sized from Content-Length when there is one.
 
     Not ``request.read()``: that grows a buffer, copies it into bytes and keeps the copy
-    for the request's lifetime, about 3x the body at its peak for a large body.
+    for the request's lifetime, about 3x the body at its peak for a large body. Each
+    chunk is copied once, straight from the socket's reads into the buffer.
     """
     stream = request.content
     size = request.content_length
@@ -221,7 +240,7 @@ async def _read_raw(request: web.Request, limit: int) -> bytearray:
         body = bytearray(size)
         view, filled = memoryview(body), 0
         while filled < size:
-            chunk = await stream.readany()
+            chunk, _ = await stream.readchunk()  # as received: readany() joins them first
             if not chunk:
                 raise InvalidArgument(f"request body ended after {filled} of {size} bytes")
             view[filled : filled + len(chunk)] = chunk
@@ -294,6 +313,10 @@ def _maybe_compress(request: web.Request, response: web.Response) -> None:
 # -- health, metadata, statistics, repository ----------------------------------------------
 
 
+async def _not_found(request: web.Request) -> web.Response:
+    raise web.HTTPNotFound()
+
+
 async def _live(request: web.Request) -> web.Response:
     return web.Response()
 
@@ -301,17 +324,6 @@ async def _live(request: web.Request) -> web.Response:
 async def _ready(request: web.Request) -> web.Response:
     ready = await request.app[SERVICE].server_ready()
     return web.Response() if ready else _json_error(503, "server is not ready")
-
-
-async def _server_metadata(request: web.Request) -> web.Response:
-    service = request.app[SERVICE]
-    return web.json_response(
-        {
-            "name": service.server_name,
-            "version": service.version,
-            "extensions": list(service.extensions),
-        }
-    )
 
 
 async def _model_metadata(request: web.Request) -> web.Response:
@@ -331,40 +343,6 @@ async def _model_ready(request: web.Request) -> web.Response:
     return _json_error(400, f"model {model!r} is not ready")
 
 
-async def _statistics(request: web.Request) -> web.Response:
-    model, version = _model_and_version(request)
-    router = request.app[SERVICE].router
-    stats = await router.model_statistics(model, version, request.headers.get(PIN_HEADER))
-    return web.json_response(statistics_to_json(stats))
-
-
-async def _repository_index(request: web.Request) -> web.Response:
-    """Triton's index: ``[{"name", "state"}...]``; ``{"ready": true}`` keeps ready ones."""
-    service = request.app[SERVICE]
-    body = await _read_body(request, service)
-    ready_only = _ready_only(body)
-    names = service.router.model_names()
-    ready = await asyncio.gather(*(service.router.model_ready(name) for name in names))
-    index = [
-        {"name": name, "state": "READY" if ok else "UNAVAILABLE"}
-        for name, ok in zip(names, ready, strict=True)
-        if ok or not ready_only
-    ]
-    return web.json_response(index)
-
-
-def _ready_only(body: bytes | bytearray) -> bool:
-    if not body.strip():
-        return False
-    try:
-        doc = json.loads(body)
-    except ValueError as exc:
-        raise InvalidArgument(f"repository index request: malformed JSON: {exc}") from exc
-    if not isinstance(doc, dict):
-        raise InvalidArgument("repository index request: the body must be a JSON object")
-    return doc.get("ready") is True
-
-
 # -- errors and helpers ------------------------------------------------------------------
 
 
@@ -372,14 +350,14 @@ def _ready_only(body: bytes | bytearray) -> bool:
 async def _boundary(request: web.Request, handler: Handler) -> web.StreamResponse:
     """The outermost error boundary: every error in OIP's shape, failed calls counted.
 
-    Each route but infer runs under a SERVER span of its own, named by the route's
-    template (so names stay few); infer opens, marks and counts its own.
+    Each route runs under a SERVER span of its own, named by the route's template (so
+    names stay few), except those that open, mark and count their own (infer, predict).
     """
-    if request.match_info.handler is _infer:
+    if tracing.is_self_traced(request.match_info.handler):
         return await _answer_errors(request, handler, None, "infer")
     resource = request.match_info.route.resource
     name = f"{request.method} {resource.canonical}" if resource is not None else request.method
-    with tracing.call_span(name, PROTOCOL, _propagated(request)) as span:
+    with tracing.call_span(name, PROTOCOL, propagated(request)) as span:
         return await _answer_errors(request, handler, span, name)
 
 
@@ -409,7 +387,7 @@ async def _answer_errors(
 
 def _error_response(exc: InferGWError) -> web.Response:
     response = _json_error(exc.http_status, exc.message)
-    if isinstance(exc, QueueFull):
+    if exc.retry_after_s is not None:
         response.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
     return response
 
@@ -452,11 +430,6 @@ class _ServerLog(logging.LoggerAdapter[logging.Logger]):
 def _model_and_version(request: web.Request) -> tuple[str, str]:
     info = request.match_info
     return info.get("model", ""), info.get("version", "")
-
-
-def _propagated(request: web.Request) -> dict[str, str]:
-    headers = request.headers
-    return {name: headers[name] for name in PROPAGATED_HEADERS if name in headers}
 
 
 __all__ = ["SERVICE", "SITE_OPTIONS", "create_rest_app"]

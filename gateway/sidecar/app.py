@@ -17,6 +17,7 @@ import grpc
 from aiohttp import web
 from grpc_health.v1 import health, health_pb2_grpc
 
+from infergw.gateway.core.config import TlsConfig
 from infergw.gateway.lifecycle import AsyncService
 from infergw.gateway.sidecar.grpc_proxy import GrpcProxy
 from infergw.gateway.sidecar.health import UpstreamHealth
@@ -24,6 +25,7 @@ from infergw.gateway.sidecar.http_proxy import HttpProxy
 from infergw.gateway.sidecar.methods import PROTOCOLS
 from infergw.gateway.sidecar.metrics import SidecarMetrics
 from infergw.gateway.sites import AppSite, create_metrics_app, display_host
+from infergw.gateway.tls import ServerTls
 from infergw.wire import grpc_channel
 
 log = logging.getLogger(__name__)
@@ -35,7 +37,7 @@ DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 class SidecarConfig:
     upstream: str  # HOST:PORT of the upstream's gRPC endpoint
     protocol: str = "oip"  # oip | tfserving
-    http_upstream: str | None = None  # HOST:PORT of the upstream's OIP REST endpoint
+    http_upstream: str | None = None  # HOST:PORT of its REST: OIP's, or TF Serving's (tfserving)
     host: str = "0.0.0.0"
     grpc_port: int = 8001
     http_port: int = 8000
@@ -44,6 +46,7 @@ class SidecarConfig:
     health_interval_s: float = 2.0
     health_model: str | None = None  # tfserving: the model whose status means "ready"
     drain_grace_s: float = 30.0  # on stop: how long calls in flight may take to finish
+    tls: TlsConfig | None = None  # TLS (and with a client CA, mTLS) on every port
 
     def __post_init__(self) -> None:
         if self.protocol not in PROTOCOLS:
@@ -65,9 +68,13 @@ class Sidecar(AsyncService):
         self._server: grpc.aio.Server | None = None
         self._http: HttpProxy | None = None
         self._sites: list[AppSite] = []
+        self._tls: ServerTls | None = None
 
     async def start(self) -> None:
         try:
+            tls = self.config.tls
+            if tls is not None:
+                self._tls = ServerTls(tls.cert_file, tls.key_file, tls.client_ca_file)
             await self._start_grpc()
             if self.config.http_upstream:
                 self._http = HttpProxy(
@@ -102,7 +109,11 @@ class Sidecar(AsyncService):
         health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
         proxy = GrpcProxy(self._channel, config.upstream, self.metrics, config.max_message_bytes)
         server.add_generic_rpc_handlers((proxy,))
-        port = server.add_insecure_port(f"{config.host}:{config.grpc_port}")
+        address = f"{config.host}:{config.grpc_port}"
+        if self._tls is not None:
+            port = server.add_secure_port(address, self._tls.grpc_credentials())
+        else:
+            port = server.add_insecure_port(address)
         if port == 0:
             raise OSError(f"cannot bind gRPC to {config.host}:{config.grpc_port}")
         self.addresses["grpc"] = f"{display_host(config.host)}:{port}"
@@ -122,6 +133,7 @@ class Sidecar(AsyncService):
             handler_cancellation=handler_cancellation,  # a client gone cancels upstream
             auto_decompress=False,  # bodies are forwarded as sent, compressed or not
             shutdown_timeout_s=self.config.drain_grace_s,
+            tls=self._tls,
         )
         await site.start()
         self._sites.append(site)

@@ -1,4 +1,4 @@
-"""The REST half of the sidecar: an aiohttp reverse proxy for OIP over HTTP.
+"""The REST half of the sidecar: an aiohttp reverse proxy for OIP or TF Serving over HTTP.
 
 Every method, path, query and body is forwarded as is; bodies are bytes to the proxy
 (the binary tensor extension included) and are never re-encoded or decompressed
@@ -10,10 +10,12 @@ with a known length up to ``BUFFER_RESPONSES_UP_TO`` are read whole so that
 chunked ones are streamed, and their ``backend`` (``desc=headers``) ends at the
 upstream's response headers, the last moment a header can still be sent.
 
-Headers pass through minus hop-by-hop ones; upstream connections are kept alive in a
-pool. Errors of the sidecar's own are OIP-shaped (``{"error": ...}``): body over
-``max_message_bytes`` -> 413 naming the limit, upstream unreachable -> 503, upstream
-dropping the connection before answering -> 502.
+Inference calls (OIP's ``/infer``, TF Serving's ``:predict``/``:classify``/``:regress``)
+are metered per model. Headers pass through minus hop-by-hop ones; upstream connections
+are kept alive in a pool. Errors of the sidecar's own are in the shape OIP and TF
+Serving share (``{"error": ...}``): body over ``max_message_bytes`` -> 413 naming the
+limit, upstream unreachable -> 503, upstream dropping the connection before answering
+-> 502.
 """
 
 from __future__ import annotations
@@ -57,7 +59,17 @@ HOP_BY_HOP = frozenset(
 )
 # aiohttp's client adds these unless told not to; a proxy must send only the client's.
 SKIP_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
-INFER_PATH = re.compile(r"^/v2/models/([^/]+)(?:/versions/[^/]+)?/infer$")
+# The inference paths of each REST API a sidecar forwards, and their metrics' protocol:
+# OIP's, and TF Serving's predict/classify/regress (its own URL patterns).
+INFERENCE_PATHS = (
+    (re.compile(r"^/v2/models/([^/]+)(?:/versions/[^/]+)?/infer$"), "rest"),
+    (
+        re.compile(
+            r"^/v1/models/([^/:]+)(?:/versions/\d+|/labels/[^/:]+)?:(?:predict|classify|regress)$"
+        ),
+        "tfserving-rest",
+    ),
+)
 BAD_GATEWAY = 502  # the sidecar's own answer when the upstream dropped the connection
 
 
@@ -71,6 +83,15 @@ def status_label(status: int) -> str:
     if cls is not None:
         return cls.grpc_code
     return "INTERNAL" if status >= 500 else f"HTTP_{status}"
+
+
+def inference_of(path: str) -> tuple[str, str] | None:
+    """(model, protocol) when ``path`` is an inference call, else None."""
+    for pattern, protocol in INFERENCE_PATHS:
+        match = pattern.match(path)
+        if match:
+            return match.group(1), protocol
+    return None
 
 
 def _forwarded(headers: Any) -> CIMultiDict[str]:
@@ -125,8 +146,8 @@ class HttpProxy:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         timings = Timings()
-        match = INFER_PATH.match(request.path)
-        model = match.group(1) if match else None
+        inference = inference_of(request.path)
+        model = inference[0] if inference else None
         status = "CANCELLED"  # unless something else is set: the client went away
         try:
             response = await self._forward(request, timings, model)
@@ -145,8 +166,8 @@ class HttpProxy:
             return self._error(BAD_GATEWAY, message, timings)
         finally:
             self.metrics.observe_call(f"HTTP {request.method}", status)
-            if model is not None:
-                self.metrics.observe_inference(model, "rest", status, timings.entries)
+            if inference is not None:
+                self.metrics.observe_inference(model, inference[1], status, timings.entries)
 
     async def _forward(
         self, request: web.Request, timings: Timings, model: str | None

@@ -84,7 +84,8 @@ class StackThread(ServiceThread):
 
 
 def free_ports_config(triton: TritonEndpoints, **listen: Any) -> GatewayConfig:
-    return local_config(triton.grpc, {"grpc_port": 0, "http_port": 0, "metrics_port": 0, **listen})
+    ports = {"grpc_port": 0, "http_port": 0, "metrics_port": 0, **listen}
+    return local_config(triton.grpc, ports, triton_http=triton.http)
 
 
 @pytest.fixture(scope="session")

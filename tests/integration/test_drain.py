@@ -263,3 +263,29 @@ async def test_the_sidecar_lets_an_in_flight_call_finish_within_its_grace(
         reply = await call
         assert reply.model_name == "slow" and len(reply.raw_output_contents) == 1
         assert time.monotonic() - started < DRAIN_GRACE_S + SLOW_S
+
+
+def test_a_second_sigterm_cuts_the_drain_short(tmp_path: Path, backend: SlowTriton) -> None:
+    config = tmp_path / "gateway.yaml"
+    config.write_text(CONFIG.format(delay=0, grace=60, port=backend.port))
+    stderr = tmp_path / "stderr.log"
+    with serve("--config", config, *FREE_PORTS, stderr=stderr) as (group, lines):
+        line = lines.get(timeout=TIMEOUT_S)
+        assert line.startswith(SERVING), line + stderr.read_text()
+        addresses = json.loads(line.removeprefix(SERVING))
+        stuck = [
+            Call(grpc_infer(addresses["grpc"], "stuck")),
+            Call(rest_infer(addresses["http"], "stuck")),
+        ]
+        backend.wait_arrived(2)
+        group.send_signal(signal.SIGTERM)
+        until(lambda: refuses_connections(addresses["http"]), "draining")  # the 60 s grace began
+        second = time.monotonic()
+        group.send_signal(signal.SIGTERM)
+        exit_code = group.wait(WAIT_S)  # far less than the grace
+        for call in stuck:
+            call.join(WAIT_S)
+            assert call.error is not None and call.ended - second < WAIT_S
+        assert exit_code == 0, stderr.read_text()
+    log = stderr.read_text()
+    assert "second signal" in log and "Traceback" not in log, log

@@ -205,24 +205,24 @@ async def test_beyond_the_limit_connections_get_503_without_tracebacks_and_servi
     assert len(refusals) == 1  # once per interval, not once per connection
 
 
-async def test_the_gateway_applies_the_listen_limits_to_its_rest_port() -> None:
-    backend = EchoBackend()
+def echo_gateway(idle_timeout_s: float) -> Gateway:
+    """A gateway over an echo backend, one connection allowed per port."""
     cfg = BackendConfig(name="echo", kind="echo")
-    router = Router(
-        {"echo": wrap_with_policies(backend, cfg)}, [RouteConfig(model="*", backend="echo")]
-    )
+    route = RouteConfig(model="*", backend="echo")
+    router = Router({"echo": wrap_with_policies(EchoBackend(), cfg)}, [route])
     listen = ListenConfig(
         host="127.0.0.1",
         grpc_port=0,
         http_port=0,
         metrics_port=0,
-        idle_timeout_s=IDLE_S,
+        idle_timeout_s=idle_timeout_s,
         max_connections=1,
         drain_grace_s=1.0,
     )
-    config = GatewayConfig(
-        backends=(cfg,), routes=(RouteConfig(model="*", backend="echo"),), listen=listen
-    )
+    return Gateway(GatewayConfig(backends=(cfg,), routes=(route,), listen=listen), router)
+
+
+async def test_the_gateway_applies_the_listen_limits_to_its_rest_port() -> None:
 
     def check(port: int) -> float:
         with connect(port) as sock:
@@ -234,7 +234,35 @@ async def test_the_gateway_applies_the_listen_limits_to_its_rest_port() -> None:
             assert read_until_closed(sock) == b""
             return time.monotonic() - start
 
-    async with Gateway(config, router) as gateway:
+    async with echo_gateway(IDLE_S) as gateway:
         port = int(gateway.addresses["http"].rsplit(":", 1)[1])
         elapsed = await in_thread(check, port)
     assert IDLE_S * 0.9 <= elapsed < WAIT_S
+
+
+async def test_the_gateway_applies_the_listen_limits_to_its_grpc_port() -> None:
+    """gRPC: connections beyond ``max_connections`` are refused; one with no call for
+    ``idle_timeout_s`` is sent GOAWAY (the client goes IDLE, then reconnects on use)."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from infergw.wire import grpc_channel
+
+    request = health_pb2.HealthCheckRequest()
+    async with echo_gateway(1.0) as gateway:
+        address = gateway.addresses["grpc"]
+        first = grpc_channel.aio_channel(address, private=True)
+        second = grpc_channel.aio_channel(address, private=True)
+        try:
+            assert (await health_pb2_grpc.HealthStub(first).Check(request, timeout=WAIT_S)).status
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await health_pb2_grpc.HealthStub(second).Check(request, timeout=2.0)
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+            deadline = time.monotonic() + WAIT_S
+            while first.get_state() != grpc.ChannelConnectivity.IDLE:  # the GOAWAY
+                assert time.monotonic() < deadline, "the idle connection was never closed"
+                await asyncio.sleep(0.05)
+            assert (await health_pb2_grpc.HealthStub(first).Check(request, timeout=WAIT_S)).status
+        finally:
+            await first.close()
+            await second.close()

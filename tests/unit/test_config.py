@@ -83,8 +83,54 @@ BAD = [
     ({**DOC, "backend": {}}, "config: backend: unknown key; did you mean 'backends'?"),
     (
         {**DOC, "models": {"m": {"backnd": "triton"}}},
-        "config: models.m.backend is required\n"
         "config: models.m.backnd: unknown key; did you mean 'backend'?",
+    ),
+    ({**DOC, "models": {"m": {}}}, "config: models.m: give either 'backend: NAME' or 'policy:"),
+    (
+        {
+            **DOC,
+            "models": {
+                "m": {"backend": "triton", "policy": {"kind": "fallback", "order": ["triton"]}}
+            },
+        },
+        "config: models.m: give either 'backend: NAME' or 'policy:",
+    ),
+    (
+        {**DOC, "models": {"m": {"policy": {"kind": "fallback", "order": ["triton", "lamda"]}}}},
+        "config: models.m.policy.order[1]: unknown backend 'lamda'",
+    ),
+    (
+        {**DOC, "models": {"m": {"policy": {"kind": "fallbak", "order": ["triton"]}}}},
+        "config: models.m.policy.kind: unknown kind 'fallbak'; valid kinds: spillover, fallback",
+    ),
+    (
+        {**DOC, "models": {"m": {"policy": {"order": ["triton"]}}}},
+        "config: models.m.policy.kind is required; valid kinds: spillover",
+    ),
+    (
+        {
+            **DOC,
+            "models": {
+                "m": {
+                    "policy": {
+                        "kind": "spillover",
+                        "primary": "triton",
+                        "overflow": ["triton2"],
+                        "max_queue_wait": 5,
+                    }
+                }
+            },
+        },
+        "config: models.m.policy.max_queue_wait: unknown key; did you mean 'max_queue_wait_ms'?",
+    ),
+    (
+        {
+            **DOC,
+            "models": {
+                "m": {"policy": {"kind": "hedge", "backends": ["a", "b"], "delay_ms": "p90"}}
+            },
+        },
+        "config: models.m.policy.delay_ms: must be a number (ms) or 'p95', got 'p90'",
     ),
     (
         {**DOC, "models": {"m": {"backend": "tritn"}}},
@@ -101,7 +147,7 @@ BAD = [
     ({**DOC, "models": {"m": 5}}, "config: models.m: must be a mapping, got integer 5"),
     (
         {**DOC, "models": {"m": {"backend": "triton", "model": "x"}}},
-        "config: models.m.model: unknown key; valid keys: backend, backends",
+        "config: models.m.model: unknown key; valid keys: backend, policy, backends",
     ),
     ({**DOC, "listen": 8001}, "config: listen: must be a mapping, got integer 8001"),
     ({**DOC, "listen": {"grpc_port": 70000}}, "config: listen.grpc_port: must be <= 65535"),
@@ -249,6 +295,8 @@ def test_retry_is_a_typed_policy_key_not_a_backend_option() -> None:
         "queue_timeout_ms",
         "timeout_ms",
         "retry",
+        "outlier",
+        "keep_warm",
     )
     (backend,) = parse_config(with_backend(url="x", retry={"max_retries": 3})).backends
     assert backend.retry == RetryConfig(max_retries=3, base_ms=25.0, max_ms=250.0)

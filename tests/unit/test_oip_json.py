@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from typing import Any
 
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 from infergw.vocab.datatypes import tensor_from_numpy, tensor_to_numpy
 from infergw.vocab.errors import BackendError, InvalidArgument
 from infergw.vocab.types import InferRequest, InferResponse, RequestedOutput, Tensor
+from infergw.wire import json_numbers, oip_json
 from infergw.wire.oip_json import (
     decode_infer_request,
     decode_infer_response,
@@ -371,13 +373,104 @@ def test_values_other_wires_cannot_carry_are_400s_naming_the_field(
         decode_infer_request("m", "", body, None)
 
 
-def test_int64_bounds_and_big_numbers_as_doubles_are_accepted() -> None:
-    """The int64 bounds pass; a literal past uint64 or int64's range is a double (as Triton's
-    rapidjson reads it), which every wire carries."""
+def test_int64_bounds_and_big_doubles_are_accepted() -> None:
+    """The int64 bounds pass, and so do doubles written as doubles, however large."""
     body = b'{"parameters":{"a":9223372036854775807,"b":-9223372036854775808,'
-    body += b'"c":18446744073709551616,"d":-9223372036854775809},'
+    body += b'"c":1.8446744073709552e19,"d":-1e30,"e":1e19},'
     request = decode_infer_request("m", "", body + b'"inputs":[{' + _TENSOR + b"}]}", None)
-    assert request.parameters == {"a": 2**63 - 1, "b": -(2**63), "c": 2.0**64, "d": -(2.0**63)}
+    assert request.parameters == {
+        "a": 2**63 - 1,
+        "b": -(2**63),
+        "c": 2.0**64,
+        "d": -1e30,
+        "e": 1e19,
+    }
+
+
+# -- exact 64-bit integers (issue 9, issue 10 item 6) -------------------------------------
+# orjson reads integer literals beyond [-2**63, 2**64 - 1] as floats, and numpy reads a
+# list mixing ints below 2**63 and above as float64: neither may round an integer.
+
+
+def _int_body(datatype: str, data: str, shape: int) -> bytes:
+    tensor = f'"name":"x","datatype":"{datatype}","shape":[{shape}],"data":{data}'
+    return b'{"inputs":[{' + tensor.encode() + b"}]}"
+
+
+@pytest.mark.parametrize(
+    ("datatype", "data", "expected"),
+    [
+        ("UINT64", "[0,7,18446744073709551615]", [0, 7, 2**64 - 1]),
+        ("UINT64", "[9223372036854775808,1]", [2**63, 1]),
+        ("UINT64", "[18446744073709551615,9223372036854775807]", [2**64 - 1, 2**63 - 1]),
+        ("INT64", "[-9223372036854775808,0,9223372036854775807]", [-(2**63), 0, 2**63 - 1]),
+        ("UINT64", "[[0,18446744073709551615],[1,2]]", [0, 2**64 - 1, 1, 2]),
+        ("UINT64", "[[]]", []),
+    ],
+    ids=["uint64-mixed", "uint64-2^63", "uint64-both-halves", "int64-bounds", "nested", "empty"],
+)
+def test_64_bit_integer_data_is_exact(datatype: str, data: str, expected: list[int]) -> None:
+    request = decode_infer_request("m", "", _int_body(datatype, data, len(expected)), None)
+    assert tensor_to_numpy(request.inputs[0]).ravel().tolist() == expected
+
+
+@pytest.mark.parametrize(
+    ("datatype", "data", "message"),
+    [
+        ("UINT64", "[0,18446744073709551616]", "'x': 'data' has values out of range for UINT64"),
+        ("UINT64", "[-1,18446744073709551615]", "out of range for UINT64"),
+        ("INT64", "[-1,9223372036854775808]", "out of range for INT64"),
+        ("INT64", "[-9223372036854775809,5]", "out of range for INT64"),
+        ("INT64", "[123456789012345678901234567890,1]", "out of range for INT64"),
+        ("INT32", "[1,4294967296]", "out of range for INT32"),
+        ("UINT64", "[1e19,18446744073709551615]", "must hold UINT64 values, got floats"),
+        ("UINT64", "[1.5,18446744073709551615]", "must hold UINT64 values, got floats"),
+        ("UINT64", '["1",18446744073709551615]', "got other values"),
+    ],
+    ids=[
+        "past-uint64",
+        "negative-uint64",
+        "int64-max+1-mixed",
+        "int64-min-1",
+        "30-digits",
+        "int32",
+        "double-literal",
+        "fraction",
+        "string",
+    ],
+)
+def test_integer_data_beyond_its_datatype_is_a_400(datatype: str, data: str, message: str) -> None:
+    with pytest.raises(InvalidArgument, match=message):
+        decode_infer_request("m", "", _int_body(datatype, data, 2), None)
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        (b'{"parameters":{"c":18446744073709551616},"inputs":[{' + _TENSOR + b"}]}", "'c'"),
+        (b'{"parameters":{"d":-9223372036854775809},"inputs":[{' + _TENSOR + b"}]}", "'d'"),
+        (b'{"parameters":{"e":1' + b"0" * 40 + b'},"inputs":[{' + _TENSOR + b"}]}", "'e'"),
+        (b'{"inputs":[{' + _TENSOR + b',"parameters":{"p":18446744073709551616}}]}', "'p'"),
+        (
+            b'{"inputs":[{'
+            + _TENSOR
+            + b'}],"outputs":[{"name":"o","parameters":{"q":-18446744073709551616}}]}',
+            "'q'",
+        ),
+    ],
+    ids=["past-uint64", "below-int64", "41-digits", "input-parameter", "output-parameter"],
+)
+def test_integer_parameters_past_64_bits_are_400s_naming_them(body: bytes, field: str) -> None:
+    """orjson gives such a literal as a float a parameter would take: it is read exactly."""
+    with pytest.raises(InvalidArgument, match=f"parameter {field} is outside the 64-bit"):
+        decode_infer_request("m", "", body, None)
+
+
+def test_uint64_json_outputs_are_written_exactly() -> None:
+    values = np.array([0, 7, 2**64 - 1, 2**63], dtype=np.uint64)
+    response = InferResponse(model="m", outputs=(tensor_from_numpy("out", values),))
+    body, _ = encode_infer_response(response, InferRequest(model="m", inputs=()))
+    assert json.loads(body)["outputs"][0]["data"] == [0, 7, 2**64 - 1, 2**63]
 
 
 def test_non_finite_json_outputs_keep_nan_and_infinity() -> None:
@@ -397,3 +490,117 @@ def test_json_outputs_are_written_from_numpy_with_float32_precision() -> None:
     body, _ = encode_infer_response(response, InferRequest(model="m", inputs=()))
     data = json.loads(body)["outputs"][0]["data"]
     np.testing.assert_array_equal(np.array(data, np.float32), values)
+
+
+# -- big number arrays are read in pieces (json_numbers) -----------------------------------
+# Lifted reading must accept and refuse exactly what reading the whole document does.
+# The thresholds are lowered so that small documents take the lifted path, in small pieces.
+
+
+def _read(body: bytes, header_length: int | None = None) -> Any:
+    try:
+        request = decode_infer_request("m", "", body, header_length)
+    except InvalidArgument as exc:
+        return ("400", exc.message)
+    return [(t.name, t.datatype, t.shape, bytes(t.data)) for t in request.inputs], dict(
+        request.parameters
+    )
+
+
+def _both_ways(monkeypatch: pytest.MonkeyPatch, body: bytes, header_length: int | None) -> Any:
+    monkeypatch.setattr(oip_json, "_LIFT_DOCUMENTS_FROM", 1 << 62)
+    whole = _read(body, header_length)
+    monkeypatch.setattr(oip_json, "_LIFT_DOCUMENTS_FROM", 0)
+    monkeypatch.setattr(json_numbers, "MIN_LIFTED_BYTES", 4)
+    monkeypatch.setattr(json_numbers, "PIECE_BYTES", 8)
+    return whole, _read(body, header_length)
+
+
+def _doc(data: str, datatype: str = "FP32", shape: int = 6, extra: str = "") -> bytes:
+    tensor = f'"name":"x","datatype":"{datatype}","shape":[{shape}],"data":{data}'
+    return ("{" + extra + '"inputs":[{' + tensor + "}]}").encode()
+
+
+LIFTED_CASES = {
+    "flat": _doc("[1.5, -2, 3e2, 4E-1, -0.0, 6]"),
+    "newlines": _doc("[\n 1,\n 2 ,3,4,5,\n6\n]"),
+    "decoy-in-a-string": _doc("[1,2,3,4,5,6]", extra='"id":"\\"data\\":[9,9,9,9,9,9]",'),
+    "escaped-backslash": _doc("[1,2,3,4,5,6]", extra='"id":"a\\\\","p":"\\\\\\"data\\":[7]",'),
+    "nested": _doc("[[1,2,3],[4,5,6]]"),
+    "uint64-exact": _doc("[0,7,18446744073709551615,9223372036854775808,1,2]", "UINT64"),
+    "uint64-past": _doc("[0,7,18446744073709551616,1,2,3]", "UINT64"),
+    "int32-floats": _doc("[1,2,3,4,5,6.5]", "INT32"),
+    "bool": _doc("[true,false,true,true,false,false]", "BOOL"),
+    "bytes-numbers": _doc("[1,2,3,4,5,6]", "BYTES"),
+    "too-few": _doc("[1,2,3,4,5]"),
+    "too-many": _doc("[1,2,3,4,5,6,7,8,9,10,11,12,13]"),
+    "trailing-comma": _doc("[1,2,3,4,5,6,]"),
+    "empty-element": _doc("[1,2,,3,4,5,6]"),
+    "space-then-comma": _doc("[1,2,3,4,5,6, ]"),
+    "leading-zero": _doc("[01,2,3,4,5,6]"),
+    "plus-sign": _doc("[+1,2,3,4,5,6]"),
+    "nan": _doc("[NaN,2,3,4,5,6]"),
+    "unclosed": _doc("[1,2,3,4,5,6").rstrip(b"}]"),
+    "in-parameters": _doc("[1,2,3,4,5,6]", extra='"parameters":{"data":[1,2,3,4,5,6]},'),
+    "in-an-unknown-field": _doc("[1,2,3,4,5,6]", extra='"more":{"data":[1,2,3,4,5,6]},'),
+    "duplicate-key": b'{"inputs":[{"name":"x","datatype":"FP32","shape":[2],'
+    b'"data":[1,2,3,4,5,6],"data":[7,8]}]}',
+    "placeholder-lookalike": _doc('["\\u0000infergw-0-0"]', "BYTES", 1),
+    "parameter-past-uint64": _doc(
+        "[1,2,3,4,5,6]", extra='"parameters":{"b":18446744073709551616},'
+    ),
+}
+
+
+LEFT_IN_THE_DOCUMENT = {"nested", "unclosed", "placeholder-lookalike"}  # nothing to lift
+
+
+@pytest.mark.parametrize("case", LIFTED_CASES)
+def test_lifted_reading_accepts_and_refuses_what_reading_whole_does(
+    monkeypatch: pytest.MonkeyPatch, case: str
+) -> None:
+    body = LIFTED_CASES[case]
+    whole, lifted = _both_ways(monkeypatch, body, None)
+    assert lifted == whole
+    lifts = json_numbers.lift(body, len(body)) is not None
+    assert lifts == (case not in LEFT_IN_THE_DOCUMENT)  # the lifted path did run
+
+
+def test_lifted_reading_with_a_binary_section(monkeypatch: pytest.MonkeyPatch) -> None:
+    head = b'{"inputs":[{"name":"b","datatype":"UINT8","shape":[3],'
+    head += b'"parameters":{"binary_data_size":3}},'
+    head += b'{"name":"x","datatype":"FP32","shape":[6],"data":[1,2,3,4,5,6]}]}'
+    whole, lifted = _both_ways(monkeypatch, head + b"\x01\x02\x03", len(head))
+    assert lifted == whole and len(whole[0]) == 2
+    assert json_numbers.lift(head + b"\x01\x02\x03", len(head)) is not None
+
+
+def test_lift_takes_only_big_flat_string_free_data_arrays() -> None:
+    body = bytearray(_doc("[" + ",".join(["1"] * 40000) + "]", shape=40000))
+    body[:1] = b'{"id":"\\"data\\":[' + b"2," * 40000 + b'2]","n":{"data":[[1],[2]]},'
+    lifted = json_numbers.lift(body, len(body))
+    assert lifted is not None and len(lifted.arrays) == 1
+    assert len(lifted.document) < 100 + len(body) // 2  # the decoy string stayed in
+    (span,) = lifted.arrays.values()
+    assert [v for piece in json_numbers.pieces(span) for v in piece] == [1] * 40000
+
+
+def test_lifted_reading_matches_whole_on_mutated_documents(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A seeded mutator (JSON's own characters inserted, deleted, replaced): whatever the
+    result, 200 or 400, it is the same both ways (40,000 mutants agreed when written)."""
+    rng = random.Random(9)
+    alphabet = b'[]{},:"\\ 0123456789eE.+-tfnula\n'
+    seeds = list(LIFTED_CASES.values())
+    for _ in range(2000):
+        body = bytearray(rng.choice(seeds))
+        for _ in range(rng.randint(1, 4)):
+            pos = rng.randrange(len(body))
+            op = rng.randrange(3)
+            if op == 0:
+                body[pos:pos] = bytes([rng.choice(alphabet)])
+            elif op == 1:
+                del body[pos]
+            else:
+                body[pos] = rng.choice(alphabet)
+        whole, lifted = _both_ways(monkeypatch, bytes(body), None)
+        assert lifted == whole, bytes(body)

@@ -1,0 +1,148 @@
+"""What TLS and API keys cost per call: the gateway plain, with auth, with TLS, with both.
+
+    .venv/bin/python bench/security_overhead.py [--rounds R] [--requests N] [--out DIR]
+
+Starts the real Triton and four ``infergw serve`` processes in front of it (one per
+variant, each its own process group), makes a throwaway CA, and times tiny identity
+calls (1x16 FP32) over one long-lived gRPC connection per variant, the variants
+interleaved in rounds. Prints the median over rounds of each variant's p50 and its
+difference to the plain gateway; writes every round as JSON. The handshake is paid once
+per connection and is not in these figures (gRPC keeps the connection).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import grpc
+import grpc_load
+import servers
+
+from infergw.deploy.triton.launcher import TritonServer
+from infergw.wire import grpc_channel
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.certs import CertificateAuthority
+
+KEY = "bench-key-5b0c"
+VARIANTS = ("plain", "auth", "tls", "tls+auth")
+
+
+class SecuredGateway(servers.GatewayProcess):
+    """``infergw serve`` routing every model to Triton, with ``listen.tls``/``auth`` as given."""
+
+    def __init__(
+        self, triton: str, tls: dict[str, str] | None, keys_file: str | None, registry: list[int]
+    ) -> None:
+        super().__init__(triton, registry)
+        self.tls, self.keys_file = tls, keys_file
+
+    def start(self) -> str:
+        grpc_port, http_port, metrics_port = servers.free_ports(3)
+        listen: dict[str, object] = {"host": "127.0.0.1", "grpc_port": grpc_port}
+        listen.update(http_port=http_port, metrics_port=metrics_port)
+        if self.tls:
+            listen["tls"] = self.tls
+        doc: dict[str, object] = {
+            "listen": listen,
+            "backends": {"triton": {"kind": "triton", "url": self.triton_grpc}},
+            "models": {"*": {"backend": "triton"}},
+        }
+        if self.keys_file:
+            doc["auth"] = {"api_keys_file": self.keys_file}
+        conf = self.tmp / "gateway.yaml"
+        conf.write_text(json.dumps(doc))  # JSON is YAML
+        cli = Path(sys.executable).parent / "infergw"
+        self.spawn([str(cli), "serve", "--config", str(conf)])
+        self.grpc = f"127.0.0.1:{grpc_port}"
+        return self.grpc  # readiness: main() waits for a real call (the probe speaks no TLS)
+
+
+def client(address: str, ca_file: str | None) -> grpc.Channel:
+    credentials = grpc_channel.tls_credentials(ca_file) if ca_file else None
+    return grpc_channel.sync_channel(address, credentials=credentials, private=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--out", default="out/bench")
+    args = parser.parse_args()
+    pki = Path(tempfile.mkdtemp(prefix="infergw-bench-pki-"))
+    ca = CertificateAuthority(pki, "ca")
+    server = ca.issue("server")
+    (pki / "keys").write_text(f"{KEY}\n")
+    tls = {"cert_file": server.cert_file, "key_file": server.key_file}
+    keys = str(pki / "keys")
+    settings = {"plain": (None, None), "auth": (None, keys), "tls": (tls, None)}
+    settings["tls+auth"] = (tls, keys)
+    payload = grpc_load.identity_payload("tiny", 16)
+    registry: list[int] = []
+    gateways: dict[str, SecuredGateway] = {}
+    p50s: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    with TritonServer(models=["identity"]) as triton:
+        try:
+            for variant in VARIANTS:
+                gateway = SecuredGateway(triton.endpoints.grpc, *settings[variant], registry)
+                gateways[variant] = gateway
+                gateway.start()
+            channels = {
+                v: client(g.grpc, ca.cert_file if "tls" in v else None) for v, g in gateways.items()
+            }
+            metadata = (("authorization", f"Bearer {KEY}"),)
+            calls = {v: c.unary_unary(grpc_load.MODEL_INFER) for v, c in channels.items()}
+
+            def call(variant: str) -> None:
+                calls[variant](payload.request, timeout=30, metadata=metadata)
+
+            for variant in VARIANTS:  # ready, warm
+                deadline = time.monotonic() + 60
+                while True:
+                    try:
+                        call(variant)
+                        break
+                    except grpc.RpcError:
+                        gateway = gateways[variant]
+                        if gateway.proc is None or gateway.proc.poll() is not None:
+                            raise servers.StartError(servers.tail(gateway.log)) from None
+                        if time.monotonic() > deadline:
+                            raise
+                        time.sleep(0.2)
+                for _ in range(200):
+                    call(variant)
+            for round_no in range(args.rounds):
+                order = VARIANTS[round_no % 4 :] + VARIANTS[: round_no % 4]
+                for variant in order:
+                    samples = []
+                    for _ in range(args.requests):
+                        t0 = time.perf_counter_ns()
+                        call(variant)
+                        samples.append((time.perf_counter_ns() - t0) / 1e6)
+                    p50s[variant].append(statistics.median(samples))
+                line = "  ".join(f"{v} {p50s[v][-1]:.3f}" for v in VARIANTS)
+                print(f"round {round_no + 1}: p50 ms  {line}", flush=True)
+            for channel in channels.values():
+                channel.close()
+        finally:
+            for gateway in gateways.values():
+                gateway.stop()
+    plain = statistics.median(p50s["plain"])
+    print("\nvariant     p50 ms (median of rounds)   vs plain gateway")
+    for variant in VARIANTS:
+        p50 = statistics.median(p50s[variant])
+        print(f"{variant:<10}  {p50:8.3f}                     {p50 - plain:+.3f} ms")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "security_overhead.json").write_text(json.dumps({"p50_ms_per_round": p50s}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
