@@ -162,6 +162,7 @@ def map_aws_error(exc: BaseException, backend: str) -> InferGWError:
 
 class LambdaBackend(BackendBase):
     native_deadline = True  # infer runs inside asyncio.timeout(ctx.remaining()), S3 included
+    scales_to_zero = True
 
     def __init__(
         self,

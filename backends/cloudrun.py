@@ -137,6 +137,7 @@ def parse_url(url: str) -> tuple[str, bool, str]:
 
 class CloudRunBackend(OipGrpcBackend):
     reads_trailers = True  # the container's server-timing trailer carries compute/coldstart
+    scales_to_zero = True
 
     def __init__(
         self,

@@ -72,6 +72,8 @@ OPTIONS = frozenset({"endpoint_name", "endpoints", "region", "endpoint_url", "bi
 
 
 class SageMakerBackend(BackendBase):
+    scales_to_zero = True  # Serverless Inference
+
     def __init__(
         self,
         name: str,

@@ -28,6 +28,7 @@ from infergw.gateway.core.config import GatewayConfig, ListenConfig
 from infergw.gateway.core.metrics import GatewayMetrics
 from infergw.gateway.core.router import Router
 from infergw.gateway.core.service import InferenceService
+from infergw.gateway.core.warmth import WarmthCollector
 from infergw.gateway.frontends.grpc import GrpcFrontend
 from infergw.gateway.frontends.tfserving import add_tfserving_service
 from infergw.gateway.lifecycle import AsyncService
@@ -67,6 +68,8 @@ class Gateway(AsyncService):
                 trace_attempts(router, config, self.splits)
         self.router = router
         self.metrics.outliers = router.outliers
+        if router.estimators:
+            self.metrics.registry.register(WarmthCollector(router.estimators))
         self.service = InferenceService(self.router, self.metrics, config.limits)
         if self.splits is not None:
             self.splits.model_label = self.service.model_label

@@ -128,6 +128,9 @@ class BackendBase(Backend):
 
     name: str
     native_deadline: bool = False
+    # Serverless: instances scale to zero and start cold. The router keeps a warm-state
+    # estimate (``warmth.WarmthEstimator``) for such a backend; always-on ones need none.
+    scales_to_zero: bool = False
 
     @property
     def streaming(self) -> StreamingBackend | None:

@@ -38,6 +38,8 @@ from infergw.gateway.core import tracing
 from infergw.gateway.core.backend import Backend, InferStream, Release, StreamingBackend
 from infergw.gateway.core.config import BackendConfig
 from infergw.gateway.core.context import RequestContext
+from infergw.gateway.core.routing.budget import RetryBudget
+from infergw.gateway.core.warmth import Observation, WarmthEstimator
 from infergw.vocab.errors import DeadlineExceeded, InferGWError, QueueFull, Throttled
 from infergw.vocab.types import InferRequest, InferResponse, ModelMetadata, ModelStatistics
 
@@ -134,6 +136,12 @@ class Retry(Policy):
     ``parameter: N`` (``KIND.throttled_retries``; a raw pass-through response, sent as
     the backend's bytes, carries the count in the timing only). ``uniform`` and
     ``sleep`` are the jitter and the wait, replaceable so tests need not sleep.
+
+    A ``budget`` (Envoy's retry budget, ``routing.budget.RetryBudget``) bounds the retries
+    in flight to a share of the requests in flight: during a long throttling storm every
+    request would retry, and the budget keeps that extra load to ``budget_percent``
+    (never fewer than ``min_concurrent``); a retry the budget refuses gives the client
+    the throttling error at once.
     """
 
     def __init__(
@@ -144,10 +152,12 @@ class Retry(Policy):
         max_s: float,
         *,
         parameter: str = "",
+        budget: RetryBudget | None = None,
         uniform: Callable[[float, float], float] = random.uniform,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         super().__init__(inner)
+        self.budget = budget if budget is not None else RetryBudget(100.0, max_retries)
         self.max_retries = max_retries
         self.base_s = base_s
         self.max_s = max_s
@@ -158,14 +168,21 @@ class Retry(Policy):
     async def infer(self, request: InferRequest, ctx: RequestContext) -> InferResponse:
         retries = 0
         waited_ms = 0.0
+        budget = self.budget
+        retrying = False  # holds a place in the budget from its wait to its try's end
+        budget.active += 1
         try:
             while True:
                 try:
                     response = await self.inner.infer(request, ctx)
                 except Throttled as exc:
                     delay = self._delay(retries, exc, ctx)
-                    if delay is None:
+                    if retrying:
+                        budget.end_retry()
+                        retrying = False
+                    if delay is None or not budget.start_retry():
                         raise
+                    retrying = True
                     retries += 1
                     t0 = time.perf_counter()
                     try:
@@ -178,6 +195,9 @@ class Retry(Policy):
                     response = dataclasses.replace(response, parameters=params)
                 return response
         finally:
+            budget.active -= 1
+            if retrying:
+                budget.end_retry()
             if retries:
                 ctx.timings.add("queue", waited_ms, f"backend={self.name};throttled={retries}")
 
@@ -191,6 +211,22 @@ class Retry(Policy):
         if ctx.deadline is not None and delay >= ctx.deadline - time.monotonic():
             return None
         return delay
+
+
+class ObservedWarmth(Policy):
+    """Feeds each answer of a serverless backend to its warm-state estimator: whether it
+    came back cold (a ``coldstart`` timing) and how long it took. Spill-over and hedging
+    read the estimate; ``infergw_warm_state`` shows it."""
+
+    def __init__(self, inner: Backend, estimator: WarmthEstimator) -> None:
+        super().__init__(inner)
+        self.estimator = estimator
+
+    async def infer(self, request: InferRequest, ctx: RequestContext) -> InferResponse:
+        response = await self.inner.infer(request, ctx)
+        observed = Observation.from_entries(time.monotonic(), ctx.timings.entries, self.name)
+        self.estimator.observe(observed)
+        return response
 
 
 class Admission(Policy):
@@ -319,7 +355,8 @@ def admission(backend: Backend, cfg: BackendConfig) -> Backend:
 
 
 def retry(backend: Backend, cfg: BackendConfig) -> Backend | None:
-    """``retry: {max_retries, base_ms, max_ms}``; absent: no retries."""
+    """``retry: {max_retries, base_ms, max_ms, budget_percent, min_concurrent}``; absent:
+    no retries."""
     if cfg.retry is None:
         return None
     return Retry(
@@ -328,6 +365,7 @@ def retry(backend: Backend, cfg: BackendConfig) -> Backend | None:
         base_s=cfg.retry.base_ms / 1000.0,
         max_s=cfg.retry.max_ms / 1000.0,
         parameter=f"{cfg.kind}.throttled_retries",
+        budget=RetryBudget(cfg.retry.budget_percent, cfg.retry.min_concurrent),
     )
 
 

@@ -16,15 +16,22 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from infergw.gateway.core.backend import Backend, create_backend
+from infergw.gateway.core.backend import Backend, BackendBase, create_backend
 from infergw.gateway.core.config import WILDCARD, BackendConfig, GatewayConfig, RouteConfig
 from infergw.gateway.core.context import RequestContext
-from infergw.gateway.core.policies import DEFAULT_STACK, Admission, Policy, build_stack
+from infergw.gateway.core.policies import (
+    DEFAULT_STACK,
+    Admission,
+    ObservedWarmth,
+    Policy,
+    build_stack,
+)
 from infergw.gateway.core.routing.attempts import Target
 from infergw.gateway.core.routing.build import RouteParts, build_route
 from infergw.gateway.core.routing.decisions import NO_DECISIONS, DecisionSink
 from infergw.gateway.core.routing.outlier import OutlierDetector, OutlierGate
 from infergw.gateway.core.routing.queue_state import AdmissionQueue, QueueState
+from infergw.gateway.core.warmth import WarmthEstimator
 from infergw.vocab.errors import InvalidArgument, ModelNotFound
 from infergw.vocab.types import InferRequest, InferResponse, ModelMetadata, ModelStatistics
 
@@ -45,12 +52,14 @@ class Router:
         allow_model_control: bool = False,
         routed: Mapping[str, Backend] | None = None,
         outliers: Mapping[str, OutlierDetector] | None = None,
+        estimators: Mapping[str, WarmthEstimator] | None = None,
     ) -> None:
         self.backends = dict(backends)
         self.routes = {r.model: r for r in routes}
         # What each route's requests go to, by route key (default: its backend's stack).
         self.routed = dict(routed or {})
         self.outliers = dict(outliers or {})
+        self.estimators = dict(estimators or {})  # serverless backends' warm state
         self.allow_pinning = allow_pinning
         # The backends without their policies: control calls (``control.py``) bypass them.
         self.unwrapped = dict(unwrapped if unwrapped is not None else backends)
@@ -60,10 +69,19 @@ class Router:
     def from_config(cls, config: GatewayConfig, decisions: DecisionSink = NO_DECISIONS) -> Router:
         unwrapped = {b.name: create_backend(b.name, b.kind, b.options) for b in config.backends}
         backends = {b.name: wrap_with_policies(unwrapped[b.name], b) for b in config.backends}
+        estimators = {
+            name: WarmthEstimator()
+            for name, raw in unwrapped.items()
+            if isinstance(raw, BackendBase) and raw.scales_to_zero
+        }
+        for name, estimator in estimators.items():
+            backends[name] = ObservedWarmth(backends[name], estimator)
         outliers = {
             b.name: OutlierDetector(b.name, b.outlier) for b in config.backends if b.outlier
         }
-        targets = {n: Target(n, stack, outliers.get(n)) for n, stack in backends.items()}
+        targets = {
+            n: Target(n, stack, outliers.get(n), estimators.get(n)) for n, stack in backends.items()
+        }
         queues: dict[str, QueueState] = {}
         for name, target in targets.items():
             admission = _admission_of(target.backend)
@@ -84,6 +102,7 @@ class Router:
             allow_model_control=config.allow_model_control,
             routed=routed,
             outliers=outliers,
+            estimators=estimators,
         )
 
     def route_for(self, model: str) -> RouteConfig:

@@ -258,6 +258,7 @@ async def test_the_gateway_applies_the_listen_limits_to_its_grpc_port() -> None:
             with pytest.raises(grpc.aio.AioRpcError) as refused:
                 await health_pb2_grpc.HealthStub(second).Check(request, timeout=2.0)
             assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+            await second.close()  # else its reconnects may take the slot the first frees
             deadline = time.monotonic() + WAIT_S
             while first.get_state() != grpc.ChannelConnectivity.IDLE:  # the GOAWAY
                 assert time.monotonic() < deadline, "the idle connection was never closed"

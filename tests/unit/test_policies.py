@@ -12,6 +12,7 @@ from infergw.gateway.core.config import BackendConfig, RetryConfig, RouteConfig,
 from infergw.gateway.core.context import RequestContext
 from infergw.gateway.core.policies import Admission, Attempt, Policy, Retry, build_stack
 from infergw.gateway.core.router import Router
+from infergw.gateway.core.routing.budget import RetryBudget
 from infergw.vocab.datatypes import tensor_from_numpy
 from infergw.vocab.errors import (
     DeadlineExceeded,
@@ -279,6 +280,43 @@ async def test_retry_stops_at_max_retries() -> None:
         await retry(backend, max_retries=2, sleep=sleeps).infer(REQUEST, c)
     assert len(backend.calls) == 3 and c.attempts == 3 and len(sleeps.delays) == 2
     assert queue_entries(c) == ["backend=lambda;throttled=2"]  # waits are reported on failure
+
+
+class HeldSleeps:
+    """A ``sleep`` that holds every wait until ``release`` is set: retries stay in flight."""
+
+    def __init__(self) -> None:
+        self.waiting = 0
+        self.release = asyncio.Event()
+
+    async def __call__(self, delay: float) -> None:
+        self.waiting += 1
+        await self.release.wait()
+
+
+async def test_the_retry_budget_bounds_retries_in_flight_and_gives_the_place_back() -> None:
+    backend = ScriptedBackend(*(throttled() for _ in range(8)))  # the first 8 tries throttle
+    sleeps = HeldSleeps()
+    policy = Retry(
+        Attempt(backend),
+        max_retries=3,
+        base_s=0.01,
+        max_s=0.01,
+        budget=RetryBudget(budget_percent=0, min_concurrent=2),
+        sleep=sleeps,
+    )
+    tasks = [await spawn(lambda: policy.infer(REQUEST, ctx(10.0))) for _ in range(6)]
+    await asyncio.sleep(0)
+    refused = [t for t in tasks if t.done()]
+    assert sleeps.waiting == 2 and policy.budget.retrying == 2  # two places, both taken
+    assert len(refused) == 4  # the others got the throttling error at once
+    for task in refused:
+        with pytest.raises(Throttled):
+            task.result()
+    sleeps.release.set()
+    answered = await asyncio.gather(*(t for t in tasks if t not in refused))
+    assert all(r.outputs for r in answered)
+    assert policy.budget.retrying == 0 and policy.budget.active == 0  # every place given back
 
 
 @pytest.mark.parametrize(
