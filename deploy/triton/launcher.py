@@ -135,6 +135,10 @@ class TritonServer:
     def pid(self) -> int | None:
         return self._group.pid if self._group is not None else None
 
+    def running(self) -> bool:
+        """Started and not exited since (a crash, a kill)."""
+        return self._group is not None and self._group.poll() is None
+
     @property
     def endpoints(self) -> TritonEndpoints:
         if self._endpoints is None:

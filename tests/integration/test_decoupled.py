@@ -22,7 +22,7 @@ import tritonclient.grpc as tgrpc
 from tritonclient.utils import InferenceServerException
 
 from infergw.deploy.local.stack import local_config
-from infergw.deploy.triton.launcher import TritonEndpoints
+from infergw.deploy.triton.launcher import TritonEndpoints, TritonServer
 from infergw.gateway.core.config import parse_config
 from infergw.gateway.core.policies import Admission
 from infergw.gateway.frontends.oip_stream import MAX_UPSTREAMS
@@ -36,6 +36,29 @@ WAIT_S = 30.0  # bound on every wait for a reply or a state
 STREAM_INFER = "/inference.GRPCInferenceService/ModelStreamInfer"
 LISTEN = {"grpc_port": 0, "http_port": 0, "metrics_port": 0}
 Reply = tuple[Any, InferenceServerException | None]  # (InferResult | None, error | None)
+
+
+@pytest.fixture(scope="module")
+def triton() -> Iterator[TritonEndpoints]:
+    """A Triton of this module's own: Triton 2.51's python backend has been seen to crash
+    (SIGSEGV in TRITONBACKEND_ResponseSend from a decoupled model's sends, known upstream,
+    e.g. triton-inference-server/server#6723, #7472) after a few dozen rounds of these
+    streams, and a crash must not take the session's Triton down with it. The teardown
+    says so if it happened."""
+    with TritonServer(models=["repeat", "identity"]) as server:
+        yield server.endpoints
+        assert server.running(), (
+            "tritonserver died during the decoupled tests:\n" + server.log_tail()
+        )
+
+
+@pytest.fixture(scope="module")
+def gateway(triton: TritonEndpoints) -> Iterator[GatewayThread]:
+    gw = GatewayThread(local_config(triton.grpc, LISTEN))
+    try:
+        yield gw
+    finally:
+        gw.close()
 
 
 def repeat_inputs(values: list[int], delay_ms: int | None = None) -> list[tgrpc.InferInput]:
