@@ -20,7 +20,7 @@ from infergw.gateway.core.routing.outcomes import Outcome
 from infergw.gateway.core.routing.outlier import OutlierDetector
 from infergw.gateway.core.routing.queue_state import AdmissionQueue, expected_wait_s
 from infergw.gateway.core.routing.spillover import Spillover
-from infergw.vocab.errors import QueueFull
+from infergw.vocab.errors import InvalidArgument, QueueFull, Throttled, Unavailable
 from tests.unit.routing_fakes import (
     Decisions,
     FakeClock,
@@ -193,3 +193,35 @@ async def test_a_burst_spills_within_one_service_time_and_stops_after() -> None:
     for _ in range(10):  # after the burst: one at a time, each finishing
         await spill.infer(request(), RequestContext("test", deadline=clock.now() + 1))
     assert {r for _, _, r in sink.seen} == {Reason.PRIMARY}  # the spill fraction is back to 0
+
+
+@pytest.mark.parametrize(
+    ("error", "back_to_primary"),
+    [
+        (Throttled("backend 'lambda': Rate Exceeded."), True),  # the overflow is full too
+        (QueueFull("gateway admission is full"), True),
+        (Unavailable("down"), True),
+        (InvalidArgument("bad input"), False),  # the client's own: its answer
+    ],
+    ids=["throttled", "queue-full", "unavailable", "client-error"],
+)
+async def test_a_spilled_request_the_overflow_cannot_take_goes_back_to_the_primary(
+    error: Exception, back_to_primary: bool
+) -> None:
+    clock = FakeClock()
+    overflow = Target(
+        "lambda", Attempt(Gate("lambda", hold=False, error=error)), estimate=Estimate(0.05)
+    )
+    primary = Target("triton", Attempt(Gate("triton", hold=False)))
+    spill = route(clock, Queue(wait_s=0.5), overflow, primary=primary)  # it would wait 500 ms
+    c = ctx_with(clock, 1.0)
+    if not back_to_primary:
+        with pytest.raises(type(error)):
+            await spill.infer(request(), c)
+        return
+    response = await spill.infer(request(), c)
+    assert response.version == "triton"  # queued at the primary, not refused
+    assert backend_descs(c) == [
+        "backend=lambda;attempt=1;reason=spill",
+        "backend=triton;attempt=2;reason=fallback",
+    ]

@@ -16,8 +16,11 @@ For each request, in order:
 
 While the primary's expected wait is past ``prewarm_fraction`` of the bound, probably-cold
 overflow members are named to ``Prewarm`` (the keep-warm machinery), so they are warm
-before the first request spills. A spilled request is not moved on further: the members'
-own stacks (retries, ejection) handle their failures.
+before the first request spills. A spilled request the overflow member cannot serve for
+capacity or availability (throttled, its queue full, unavailable: ``Outcome.moves_on``)
+goes back to the primary's queue while the deadline leaves time (``reason=fallback``):
+a burst that also fills the overflow is queued, not refused. Other failures are the
+client's answer; the members' own stacks (retries, ejection) handle theirs.
 """
 
 from __future__ import annotations
@@ -30,9 +33,10 @@ from infergw.gateway.core.context import RequestContext
 from infergw.gateway.core.routing.attempts import Attempts, Target
 from infergw.gateway.core.routing.clock import remaining_s
 from infergw.gateway.core.routing.decisions import Reason
+from infergw.gateway.core.routing.outcomes import outcome_of
 from infergw.gateway.core.routing.queue_state import QueueState
 from infergw.gateway.core.routing.route import Route
-from infergw.vocab.errors import QueueFull
+from infergw.vocab.errors import InferGWError, QueueFull
 from infergw.vocab.types import InferRequest, InferResponse
 
 PREWARM_FRACTION = 0.5
@@ -92,7 +96,14 @@ class Spillover(Route):
 
     async def infer(self, request: InferRequest, ctx: RequestContext) -> InferResponse:
         target, reason = self.decide(ctx)
-        return await self.attempts.run(target, request, ctx, reason)
+        if target is self.primary or self.primary not in self.usable():
+            return await self.attempts.run(target, request, ctx, reason)
+        try:
+            return await self.attempts.run(target, request, ctx, reason)
+        except InferGWError as exc:
+            if not outcome_of(exc, remaining_s(ctx.deadline, self.attempts.clock)).moves_on:
+                raise
+        return await self.attempts.run(self.primary, request, ctx, Reason.FALLBACK)
 
     def _prewarm_if_pressed(self, wait: float, now: float) -> None:
         if self.prewarm is None or wait <= self.prewarm_fraction * self.max_queue_wait_s:
