@@ -48,32 +48,6 @@ ONE_MIB_COLUMNS = (1 << 20) // 4  # FP32 elements in 1 MiB
 TIMEOUT_S = 300.0
 
 
-class Gateway(servers.GatewayProcess):
-    """``infergw serve`` with its HTTP port kept (``GatewayProcess`` keeps the gRPC one).
-
-    ``pythonpath`` runs another tree's gateway (see ``--baseline``)."""
-
-    def __init__(self, triton_grpc: str, pythonpath: str | None = None) -> None:
-        super().__init__(triton_grpc)
-        self.pythonpath = pythonpath
-
-    def start(self) -> str:
-        conf = self.tmp / "gateway.yaml"
-        conf.write_text(servers.GATEWAY_CONF.format(triton=self.triton_grpc))
-        grpc_port, http_port, metrics_port = servers.free_ports(3)
-        cli = Path(sys.executable).parent / "infergw"
-        args = [str(cli), "serve", "--config", str(conf), "--grpc-port", str(grpc_port)]
-        args += ["--http-port", str(http_port), "--metrics-port", str(metrics_port)]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        if self.pythonpath is not None:
-            env["PYTHONPATH"] = self.pythonpath
-        self.spawn(args, env=env)
-        self.grpc, self.http = f"127.0.0.1:{grpc_port}", f"127.0.0.1:{http_port}"
-        assert self.proc is not None
-        servers.wait_grpc_ready(self.grpc, self.proc, self.log)
-        return self.grpc
-
-
 def http_client(url: str) -> thttp.InferenceServerClient:
     return thttp.InferenceServerClient(url, connection_timeout=TIMEOUT_S, network_timeout=TIMEOUT_S)
 
@@ -148,7 +122,7 @@ def request_bytes(array: np.ndarray) -> int:
     return len(body)
 
 
-def memory(gateway: Gateway, body_mb: int) -> dict[str, float]:
+def memory(gateway: servers.GatewayProcess, body_mb: int) -> dict[str, float]:
     array = np.random.default_rng(2).random((1, json_columns(body_mb * 10**6)), dtype=np.float32)
     size = request_bytes(array)
     client = http_client(gateway.http)
@@ -186,7 +160,7 @@ def _big_request(url: str, columns: int, pipe: Any) -> None:
         client.close()
 
 
-def blocking(gateway: Gateway, body_mb: int) -> dict[str, float]:
+def blocking(gateway: servers.GatewayProcess, body_mb: int) -> dict[str, float]:
     """The slowest tiny gRPC calls while a ``body_mb`` JSON body is in the gateway."""
     grpc_client = tgrpc.InferenceServerClient(gateway.grpc)
     tiny = tgrpc.InferInput("input", [1, 4], "FP32")
@@ -237,7 +211,9 @@ def blocking(gateway: Gateway, body_mb: int) -> dict[str, float]:
     }
 
 
-def added(figures: dict[str, float], gateways: dict[str, Gateway]) -> dict[str, float]:
+def added(
+    figures: dict[str, float], gateways: dict[str, servers.GatewayProcess]
+) -> dict[str, float]:
     """What each gateway adds to direct, in ms and in % of direct."""
     out: dict[str, float] = {}
     for name in gateways:
@@ -262,8 +238,12 @@ def main(argv: list[str] | None = None) -> int:
         "baseline": args.baseline,
     }
     with TritonServer() as triton:
-        gateway = Gateway(triton.endpoints.grpc)
-        baseline = Gateway(triton.endpoints.grpc, args.baseline) if args.baseline else None
+        gateway = servers.GatewayProcess(triton.endpoints.grpc)
+        baseline = (
+            servers.GatewayProcess(triton.endpoints.grpc, env={"PYTHONPATH": args.baseline})
+            if args.baseline
+            else None
+        )
         try:
             gateways = {"gateway": gateway, **({"baseline": baseline} if baseline else {})}
             for started in gateways.values():

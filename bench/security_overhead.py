@@ -34,34 +34,22 @@ KEY = "bench-key-5b0c"
 VARIANTS = ("plain", "auth", "tls", "tls+auth")
 
 
-class SecuredGateway(servers.GatewayProcess):
+def secured_gateway(
+    triton: str, tls: dict[str, str] | None, keys_file: str | None, registry: list[int]
+) -> servers.GatewayProcess:
     """``infergw serve`` routing every model to Triton, with ``listen.tls``/``auth`` as given."""
-
-    def __init__(
-        self, triton: str, tls: dict[str, str] | None, keys_file: str | None, registry: list[int]
-    ) -> None:
-        super().__init__(triton, registry)
-        self.tls, self.keys_file = tls, keys_file
-
-    def start(self) -> str:
-        grpc_port, http_port, metrics_port = servers.free_ports(3)
-        listen: dict[str, object] = {"host": "127.0.0.1", "grpc_port": grpc_port}
-        listen.update(http_port=http_port, metrics_port=metrics_port)
-        if self.tls:
-            listen["tls"] = self.tls
-        doc: dict[str, object] = {
-            "listen": listen,
-            "backends": {"triton": {"kind": "triton", "url": self.triton_grpc}},
-            "models": {"*": {"backend": "triton"}},
-        }
-        if self.keys_file:
-            doc["auth"] = {"api_keys_file": self.keys_file}
-        conf = self.tmp / "gateway.yaml"
-        conf.write_text(json.dumps(doc))  # JSON is YAML
-        cli = Path(sys.executable).parent / "infergw"
-        self.spawn([str(cli), "serve", "--config", str(conf)])
-        self.grpc = f"127.0.0.1:{grpc_port}"
-        return self.grpc  # readiness: main() waits for a real call (the probe speaks no TLS)
+    listen: dict[str, object] = {"host": "127.0.0.1"}
+    if tls:
+        listen["tls"] = tls
+    doc: dict[str, object] = {
+        "listen": listen,
+        "backends": {"triton": {"kind": "triton", "url": triton}},
+        "models": {"*": {"backend": "triton"}},
+    }
+    if keys_file:
+        doc["auth"] = {"api_keys_file": keys_file}
+    # JSON is YAML; no readiness probe: it speaks no TLS, main() waits on a real call.
+    return servers.GatewayProcess(registry=registry, config=json.dumps(doc), wait=False)
 
 
 def client(address: str, ca_file: str | None) -> grpc.Channel:
@@ -85,14 +73,15 @@ def main() -> int:
     settings["tls+auth"] = (tls, keys)
     payload = grpc_load.identity_payload("tiny", 16)
     registry: list[int] = []
-    gateways: dict[str, SecuredGateway] = {}
+    gateways: dict[str, servers.GatewayProcess] = {}
     p50s: dict[str, list[float]] = {v: [] for v in VARIANTS}
     with TritonServer(models=["identity"]) as triton:
         try:
             for variant in VARIANTS:
-                gateway = SecuredGateway(triton.endpoints.grpc, *settings[variant], registry)
-                gateways[variant] = gateway
-                gateway.start()
+                gateways[variant] = secured_gateway(
+                    triton.endpoints.grpc, *settings[variant], registry
+                )
+                gateways[variant].start()
             channels = {
                 v: client(g.grpc, ca.cert_file if "tls" in v else None) for v, g in gateways.items()
             }

@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import grpc
@@ -215,24 +215,42 @@ models:
 
 
 class GatewayProcess(ManagedProcess):
-    """``infergw serve`` routing every model to Triton, as a separate process."""
+    """``infergw serve`` on free loopback ports, as a separate process; ``grpc`` and
+    ``http`` are its addresses once started.
 
-    def __init__(self, triton_grpc: str, registry: list[int] | None = None) -> None:
+    By default every model routes to the Triton at ``triton_grpc``; ``config`` (YAML with
+    no ports: the command line gives them) replaces that. ``env`` adds to the
+    environment (``PYTHONPATH`` runs another tree's gateway). ``wait=False`` returns
+    without the plaintext readiness probe (a TLS gateway: the caller waits on a real call).
+    """
+
+    def __init__(
+        self,
+        triton_grpc: str = "",
+        registry: list[int] | None = None,
+        *,
+        config: str | None = None,
+        env: Mapping[str, str] | None = None,
+        wait: bool = True,
+    ) -> None:
         super().__init__("infergw", registry)
-        self.triton_grpc = triton_grpc
-        self.grpc = ""
+        self.config = config if config is not None else GATEWAY_CONF.format(triton=triton_grpc)
+        self.env = dict(env or {})
+        self.wait = wait
+        self.grpc = self.http = ""
 
     def start(self) -> str:
         conf = self.tmp / "gateway.yaml"
-        conf.write_text(GATEWAY_CONF.format(triton=self.triton_grpc))
+        conf.write_text(self.config)
         grpc_port, http_port, metrics_port = free_ports(3)
         cli = Path(sys.executable).parent / "infergw"
         args = [str(cli), "serve", "--config", str(conf), "--grpc-port", str(grpc_port)]
         args += ["--http-port", str(http_port), "--metrics-port", str(metrics_port)]
-        self.spawn(args, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        self.grpc = f"127.0.0.1:{grpc_port}"
+        self.spawn(args, env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env})
+        self.grpc, self.http = f"127.0.0.1:{grpc_port}", f"127.0.0.1:{http_port}"
         assert self.proc is not None
-        wait_grpc_ready(self.grpc, self.proc, self.log)
+        if self.wait:
+            wait_grpc_ready(self.grpc, self.proc, self.log)
         return self.grpc
 
 

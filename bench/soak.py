@@ -290,29 +290,6 @@ GATEWAY_CONF = {  # per --backend: the backends and the route of every model ({t
 }
 
 
-class SoakGateway(servers.ManagedProcess):
-    """``infergw serve`` on free loopback ports, routing every model to one backend."""
-
-    def __init__(self, backend: str, triton_grpc: str = "", registry: list[int] | None = None):
-        super().__init__("infergw", registry)
-        backends = GATEWAY_CONF[backend].format(triton=triton_grpc)
-        self.config = "listen: {host: 127.0.0.1}\n" + backends
-        self.grpc = self.http = ""
-
-    def start(self) -> tuple[str, str]:
-        conf = self.tmp / "gateway.yaml"
-        conf.write_text(self.config)
-        grpc_port, http_port, metrics_port = servers.free_ports(3)
-        cli = Path(sys.executable).parent / "infergw"
-        args = [str(cli), "serve", "--config", str(conf), "--grpc-port", str(grpc_port)]
-        args += ["--http-port", str(http_port), "--metrics-port", str(metrics_port)]
-        self.spawn(args, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        self.grpc, self.http = f"127.0.0.1:{grpc_port}", f"127.0.0.1:{http_port}"
-        assert self.proc is not None
-        servers.wait_grpc_ready(self.grpc, self.proc, self.log)
-        return self.grpc, self.http
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--minutes", type=float, default=10.0, help="measured window (default 10)")
@@ -348,9 +325,12 @@ def run(args: argparse.Namespace, groups: list[int]) -> dict[str, Any]:
             stack.callback(triton.stop)
             triton_grpc = triton.start().grpc
             groups.append(triton.pid or 0)
-        gateway = SoakGateway(args.backend, triton_grpc, registry=groups)
+        backend = GATEWAY_CONF[args.backend].format(triton=triton_grpc)
+        config = "listen: {host: 127.0.0.1}\n" + backend
+        gateway = servers.GatewayProcess(registry=groups, config=config)
         stack.callback(gateway.stop)
-        grpc_addr, http_addr = gateway.start()
+        grpc_addr = gateway.start()
+        http_addr = gateway.http
         print(f"gateway pid {gateway.pid}: grpc {grpc_addr}, http {http_addr}", flush=True)
         return asyncio.run(soak(args, grpc_addr, http_addr, gateway.pid))
 

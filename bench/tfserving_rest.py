@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -33,23 +31,6 @@ import servers
 from infergw.deploy.triton.launcher import TritonServer
 
 SHAPES = {"small": (1, 16), "large": (256, 1024)}
-
-
-class Gateway(servers.GatewayProcess):
-    """``infergw serve`` with its HTTP port kept."""
-
-    def start(self) -> str:
-        conf = self.tmp / "gateway.yaml"
-        conf.write_text(servers.GATEWAY_CONF.format(triton=self.triton_grpc))
-        grpc_port, http_port, metrics_port = servers.free_ports(3)
-        cli = Path(sys.executable).parent / "infergw"
-        args = [str(cli), "serve", "--config", str(conf), "--grpc-port", str(grpc_port)]
-        args += ["--http-port", str(http_port), "--metrics-port", str(metrics_port)]
-        self.spawn(args, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        self.grpc, self.http = f"127.0.0.1:{grpc_port}", f"127.0.0.1:{http_port}"
-        assert self.proc is not None
-        servers.wait_grpc_ready(self.grpc, self.proc, self.log)
-        return self.grpc
 
 
 def bodies(array: np.ndarray) -> tuple[bytes, bytes]:
@@ -101,7 +82,7 @@ def main() -> int:
     args = parser.parse_args()
     results: dict[str, Any] = {}
     with TritonServer(models=["identity"]) as triton:
-        gateway = Gateway(triton.endpoints.grpc)
+        gateway = servers.GatewayProcess(triton.endpoints.grpc)
         try:
             gateway.start()
             for label, shape in SHAPES.items():
