@@ -16,7 +16,7 @@ what the trailers say. ``OipGrpcBackend`` is the rest, once:
   a server that was down for a few seconds went unused for seconds more).
 
 Subclasses may override ``_open_channel`` (the default is plaintext to ``url``),
-``_metadata`` and ``_on_trailers``. A server that carries ModelStreamInfer itself
+``_metadata``, ``_on_trailers`` and ``_payload``. A server that carries ModelStreamInfer itself
 (Triton: decoupled models answer there only) is an ``OipGrpcStreamingBackend``: the
 ``StreamingBackend`` capability, on the same channel, with messages as bytes both ways.
 """
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -33,6 +34,7 @@ import grpc
 from infergw.gateway.core.backend import BackendBase, InferStream, Release
 from infergw.gateway.core.context import RequestContext
 from infergw.proto import grpc_service_pb2 as pb
+from infergw.vocab.errors import InferGWError
 from infergw.vocab.types import (
     InferRequest,
     InferResponse,
@@ -40,7 +42,8 @@ from infergw.vocab.types import (
     ModelStatistics,
     RawMessage,
 )
-from infergw.wire import grpc_channel, oip_proto
+from infergw.wire import grpc_channel, oip_proto, oip_stream
+from infergw.wire.protowire import WireError, len_field
 from infergw.wire.status import error_from_rpc
 
 SERVICE = "/inference.GRPCInferenceService/"
@@ -75,6 +78,10 @@ class OipGrpcBackend(BackendBase):
 
     def _on_trailers(self, trailers: grpc.aio.Metadata | None, ctx: RequestContext) -> None:
         """Read the backend's trailing metadata of a ModelInfer call (success or error)."""
+
+    def _payload(self, request: InferRequest, ctx: RequestContext) -> bytes:
+        """The serialized ModelInferRequest to send (by default: ``encode_request``)."""
+        return oip_proto.encode_request(request)
 
     # -- the shared client ---------------------------------------------------------------
     def _unary(self, method: str, serializer: Any, deserializer: Any) -> Any:
@@ -112,7 +119,7 @@ class OipGrpcBackend(BackendBase):
     async def infer(self, request: InferRequest, ctx: RequestContext) -> InferResponse:
         rpc = self._unary("ModelInfer", _identity, _identity)
         metadata = await self._metadata(ctx)
-        call = rpc(oip_proto.encode_request(request), timeout=ctx.remaining(), metadata=metadata)
+        call = rpc(self._payload(request, ctx), timeout=ctx.remaining(), metadata=metadata)
         try:
             reply: bytes = await call
         except grpc.aio.AioRpcError as exc:
@@ -177,6 +184,9 @@ class OipGrpcBackend(BackendBase):
 
 
 STREAM_METHOD = "ModelStreamInfer"
+# A model reloaded with another transaction policy is streamed by its old one this long.
+DECOUPLED_TTL_S = 30.0
+DECOUPLED_CACHE_SIZE = 4096
 
 
 def _nothing_to_release() -> None:
@@ -224,9 +234,36 @@ class OipGrpcStreamingBackend(OipGrpcBackend):
     A client's ModelStreamInfer goes out as one ModelStreamInfer per call, carrying the
     request's propagation headers and the client's deadline; nothing to admit here
     (the policies around the backend hold the slots).
+
+    Only decoupled models need the stream (``needs_stream``, from the model's config,
+    remembered for ``DECOUPLED_TTL_S``): Triton 2.51 crashes (SIGSEGV in
+    TRITONBACKEND_ResponseSend, about once in a hundred rounds of 20) when a
+    non-decoupled model's stream runs beside a decoupled one's, and never did in 1,000
+    rounds with the non-decoupled requests sent as ModelInfer calls.
     """
 
     encoding = oip_proto.ENCODING
+
+    def __init__(self, name: str, url: str) -> None:
+        super().__init__(name, url)
+        self._decoupled: dict[str, tuple[bool, float]] = {}  # model -> (flag, expiry)
+
+    async def needs_stream(self, model: str) -> bool:
+        now = time.monotonic()
+        known = self._decoupled.get(model)
+        if known is not None and known[1] > now:
+            return known[0]
+        try:
+            reply = await self.forward_unary(
+                "ModelConfig", len_field(1, model.encode()), HEALTH_TIMEOUT_S
+            )
+            decoupled = oip_stream.is_decoupled(reply)
+        except (InferGWError, WireError):
+            return True  # unknown model, or Triton away: its stream answers in its words
+        if len(self._decoupled) >= DECOUPLED_CACHE_SIZE:
+            self._decoupled.clear()  # names are the clients': bound what they can fill
+        self._decoupled[model] = (decoupled, now + DECOUPLED_TTL_S)
+        return decoupled
 
     async def open_stream(self, ctx: RequestContext) -> InferStream:
         rpc = self._rpcs.get(STREAM_METHOD)

@@ -31,13 +31,16 @@ from pydantic import Field, model_validator
 from infergw.backends.oip_grpc import OipGrpcStreamingBackend
 from infergw.backends.triton_control import CONTROL_TIMEOUT_S, TritonHttpControl
 from infergw.gateway.core.config import validate_section
+from infergw.gateway.core.context import RequestContext
 from infergw.gateway.core.control import HttpCall, HttpReply
 from infergw.gateway.core.sections import Section
 from infergw.proto import grpc_service_pb2 as pb
 from infergw.vocab.errors import FailedPrecondition, InvalidArgument
-from infergw.wire import grpc_channel
+from infergw.vocab.types import InferRequest
+from infergw.wire import grpc_channel, oip_proto
 
 NonEmpty = Annotated[str, Field(min_length=1)]
+TIMEOUT_COPY_LIMIT_BYTES = 1 << 20
 
 
 class ClientTls(Section):
@@ -100,6 +103,23 @@ class TritonBackend(OipGrpcStreamingBackend):
     def from_config(cls, name: str, options: Mapping[str, Any]) -> TritonBackend:
         config = validate_section(TritonOptions, dict(options), f"backend {name!r}")
         return cls(name, config.url, config.tls, config.http_url)
+
+    def _payload(self, request: InferRequest, ctx: RequestContext) -> bytes:
+        """The request, carrying the time left as Triton's ``timeout`` parameter: Triton
+        then drops a request its queue holds past the deadline (for models whose
+        scheduler honours it, e.g. the dynamic batcher) instead of running it for a
+        caller that is gone. Up to ``TIMEOUT_COPY_LIMIT_BYTES``: beyond it the copy that
+        appending takes costs more than an early failure saves (the gRPC deadline still
+        ends the call)."""
+        payload = oip_proto.encode_request(request)
+        remaining = ctx.remaining()
+        if remaining is None or len(payload) > TIMEOUT_COPY_LIMIT_BYTES:
+            return payload
+        timeout_us = max(round(remaining * 1e6), 1)
+        asked = request.parameters.get(oip_proto.TIMEOUT_PARAMETER)
+        if isinstance(asked, int) and not isinstance(asked, bool) and 0 < asked <= timeout_us:
+            return payload  # the client's own timeout is the tighter one
+        return oip_proto.with_timeout_us(payload, timeout_us)
 
     def _open_channel(self) -> grpc.aio.Channel:
         return grpc_channel.aio_channel(

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from infergw.vocab.timing import PHASES, TimingEntry
-from infergw.wire.server_timing import parse_server_timing
+from infergw.wire.server_timing import answered_by, parse_server_timing
 
 __all__ = ["NOT_PROTOCOL", "TimingBreakdown", "TimingEntry"]
 
@@ -45,6 +45,18 @@ class TimingBreakdown:
         """Build from a raw Server-Timing value (None or "" when the server sent none)."""
         entries = tuple(parse_server_timing(header)) if header else ()
         return cls(end_to_end_ms, entries)
+
+    @property
+    def answered_by(self) -> tuple[str, str] | None:
+        """(backend, reason) of the attempt that answered (``reason``: ``primary``,
+        ``spill``, ``fallback``, ``hedge`` or ``retry``); None when the server says not."""
+        return answered_by(self.entries)
+
+    @property
+    def backend(self) -> str | None:
+        """The backend that answered, when the gateway says."""
+        answer = self.answered_by
+        return None if answer is None else answer[0]
 
     @property
     def server(self) -> dict[str, float]:

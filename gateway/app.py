@@ -70,6 +70,8 @@ class Gateway(AsyncService):
         self.metrics.outliers = router.outliers
         if router.estimators:
             self.metrics.registry.register(WarmthCollector(router.estimators))
+        if router.keep_warm.runners:
+            self.metrics.registry.register(router.keep_warm.collector())
         self.service = InferenceService(self.router, self.metrics, config.limits)
         if self.splits is not None:
             self.splits.model_label = self.service.model_label
@@ -115,6 +117,7 @@ class Gateway(AsyncService):
             self.addresses["metrics"] = await self._serve(metrics, listen.metrics_port)
             if receiver is not None:
                 self._sites.append(receiver)  # stopped after the frontends, with metrics
+            await self.router.start()  # keep-warm pings; stopped by router.close()
         except BaseException:
             if receiver is not None and receiver not in self._sites:
                 await receiver.stop()

@@ -21,8 +21,10 @@ the first one a child of the span context the caller sent. So:
 
 The durations are Triton's own statistics' definitions: queue = ``COMPUTE_START -
 QUEUE_START``, compute input/infer/output between the compute events. An attempt with
-no spans after ``pending_timeout_s`` is recorded as unknown (Triton starts a new root
-trace for a small share of propagated contexts), never as zero.
+no spans after ``pending_timeout_s`` is recorded as unknown, never as zero: Triton 2.51
+ignores the propagated context of a few percent of requests, at random (with ``rate=1``
+it starts a new root trace for them, with ``rate=0`` it traces them not at all; the same
+traceparent sent again is traced), more of them under load.
 """
 
 from __future__ import annotations

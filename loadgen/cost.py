@@ -1,7 +1,7 @@
 """What a run's requests would cost per million on each serving option.
 
 The formulas are the providers' published ones, applied to the durations the run
-measured; the prices live in ``prices.json`` (dated, with sources) so a user can
+measured; the prices live in ``vocab/prices.json`` (dated, with sources) so a user can
 override them without touching code. Every result says which duration it billed
 (``basis``) because the cost is only as good as that number.
 """
@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import math
-from importlib import resources
 from pathlib import Path
 from typing import Any
+
+from infergw.vocab.prices import packaged_prices
 
 SERVERLESS_KINDS = ("lambda", "sagemaker", "cloudrun")
 MILLION = 1_000_000
@@ -25,7 +26,7 @@ class CostError(ValueError):
 
 def load_prices(path: Path | None = None) -> dict[str, Any]:
     """The packaged prices, with ``path`` (a user file) merged over them key by key."""
-    packaged = json.loads(resources.files("infergw.loadgen").joinpath("prices.json").read_text())
+    packaged = packaged_prices()
     if path is None:
         return packaged
     try:
@@ -208,6 +209,38 @@ def _node(run: dict[str, Any], kind: str, p: dict[str, Any]) -> dict[str, Any]:
     compute = float(hourly[instance]) / (rps * 3600) * MILLION
     basis = f"{instance} at {rps:.1f} req/s achieved"
     return _result(f"node:{instance}", {"instance": compute}, basis, p)
+
+
+def mixed_cost_per_million(
+    run: dict[str, Any], prices: dict[str, Any], kinds: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """USD per 1M requests for a route that several backends answered (spill-over,
+    fallback, hedging, weights), from the share each answered (``run["answered"]``).
+
+    A serverless backend bills its own requests: its formula over their own compute and
+    cold-start means (``run["billed_ms_by_backend"]``). An always-on node is paid for the
+    whole run whether it served or idled: its hourly price x the run's measured time,
+    spread over every request. ``kinds`` maps a backend name to its kind (default: the
+    name, as on the local stack: triton, lambda, sagemaker, cloudrun).
+    """
+    ok = int(run.get("ok") or 0)
+    billed = run.get("billed_ms_by_backend") or {}
+    if not ok or not billed:
+        raise CostError(f"run {run.get('label')!r} says no backend answered it")
+    components: dict[str, float] = {}
+    for backend, durations in billed.items():
+        kind = (kinds or {}).get(backend, backend)
+        requests = float(durations["requests"])
+        if kind in SERVERLESS_KINDS:
+            own = {"split_ms": {p: {"mean": durations[p]} for p in ("compute", "coldstart")}}
+            per_million = cost_per_million(own, kind, prices)["usd_per_million"]
+            components[backend] = per_million * requests / ok
+        else:
+            node = {"achieved_rps": ok / max(float(run.get("measured_s") or 0.0), 1e-9)}
+            components[backend] = _node(node, kind, _section(prices, "nodes"))["usd_per_million"]
+    shares = ", ".join(f"{b} {billed[b]['requests']}" for b in billed)
+    basis = f"requests answered: {shares}; nodes for the whole run"
+    return _result("mixed", components, basis, {"read_on": prices.get("read_on")})
 
 
 def annotate_costs(

@@ -113,6 +113,11 @@ class Histogram:
                 break
         return out
 
+    def count_above(self, ms: float) -> int:
+        """Recorded values above ``ms`` (to the histogram's precision: by bucket midpoint)."""
+        limit = ms * 1000.0
+        return sum(n for index, n in self._counts.items() if self._midpoint_us(index) > limit)
+
     def _clip(self, us: float) -> float:
         return min(max(us, float(self.min_us)), float(self.max_us))
 

@@ -77,6 +77,7 @@ def render_all(result: dict[str, Any]) -> list[Plot]:
         ("latency", "Latency percentiles per run", _latency),
         ("split", "Where the time goes (median per phase)", _split),
         ("timeseries", "Offered vs achieved rate and p95 over time", _timeseries),
+        ("answered", "Who answered, and why, over time", _answered),
         ("cold", "Cold start: initialisation vs inference", _cold),
         ("protocol", "Protocol sweep: latency and bytes vs payload size", _protocol),
         ("concurrency", "Concurrency: latency and throughput", _concurrency),
@@ -300,6 +301,26 @@ def _timeseries(result: dict[str, Any]) -> Figure | None:
     _slo_line(lat_ax, result)
     rate_ax.legend(frameon=False, ncol=3, fontsize=8)
     lat_ax.legend(frameon=False, fontsize=8)
+    return fig
+
+
+def _answered(result: dict[str, Any]) -> Figure | None:
+    """Per run whose requests several backends (or reasons) answered: requests per second
+    by ``backend/reason``, stacked (a route policy at work: spill, fallback, hedge)."""
+    runs = [r for r in _runs(result) if len(r.get("answered") or []) > 1]
+    if not runs:
+        return None
+    fig, axes = _figure(rows=len(runs), height=2.6)
+    for ax, run in zip(axes, runs, strict=False):
+        points = run.get("timeseries") or []
+        t = [float(p.get("t", i)) for i, p in enumerate(points)]
+        keys = [f"{a['backend']}/{a['reason']}" for a in run["answered"]]
+        series = [[(p.get("answered") or {}).get(k, 0) for p in points] for k in keys]
+        ax.stackplot(t, series, labels=keys, alpha=0.85)
+        ax.set_ylabel("answers per window")
+        ax.set_title(str(run.get("label", "")), fontsize=9)
+        ax.legend(frameon=False, ncol=4, fontsize=8, loc="upper right")
+    axes[-1].set_xlabel("time since start (s)")
     return fig
 
 

@@ -25,6 +25,7 @@ from infergw.clients.timing import NOT_PROTOCOL
 from infergw.loadgen.histogram import Histogram
 from infergw.loadgen.timeseries import TimeSeries
 from infergw.vocab.timing import BACKEND_REPORTED
+from infergw.wire.server_timing import answered_by, parse_server_timing
 
 # What a sender returns: (error code or None when OK, raw Server-Timing or None, bytes
 # received), plus the request's sequence number when it traces requests (``splits``).
@@ -58,6 +59,7 @@ class Recorder:
         self.ok = 0
         self.arrivals = 0  # measured arrivals (open loop), warm-up excluded
         self.late = 0
+        self.max_late_ms = 0.0  # the latest send: a few ms on a busy machine, not a stall
         self.dropped = 0
         self.warmup_excluded = 0
         self.unfinished = 0
@@ -70,6 +72,10 @@ class Recorder:
         self._unsplit_gateway = array("d")  # their queue etc., to subtract as well
         self.split_unknown = 0
         self._resolved = False
+        self.answered: Counter[tuple[str, str]] = Counter()  # (backend, reason) -> ok
+        # backend -> [compute ms, coldstart ms] summed over the requests it answered:
+        # what a serverless platform bills them (compute: the round trip when unreported).
+        self._billed: dict[str, list[float]] = {}
 
     def arrival(self, intended: float) -> None:
         self.timeseries.at(intended).offered += 1
@@ -99,6 +105,7 @@ class Recorder:
             return
         if sent - intended > LATE_S:
             self.late += 1
+            self.max_late_ms = max(self.max_late_ms, (sent - intended) * 1000.0)
         self.received_bytes += received
         if error is not None:
             self.errors[error] += 1
@@ -107,13 +114,20 @@ class Recorder:
         self.latency.record_ms(latency_ms)
         key = outcome[3] if len(outcome) > 3 else NO_KEY
         if timing:
-            self._split((done - sent) * 1000.0, timing, key)
+            server = phase_totals(timing)
+            self._split((done - sent) * 1000.0, server, key)
+            answer = answer_of(timing)
+            if answer is not None:
+                self.answered[answer] += 1
+                window.answered["/".join(answer)] += 1
+                billed = self._billed.setdefault(answer[0], [0.0, 0.0])
+                billed[0] += server.get("compute", server.get("backend", 0.0))
+                billed[1] += server.get("coldstart", 0.0)
         else:  # no Server-Timing (a server other than the gateway): nothing is split
             self._unsplit(key, (done - sent) * 1000.0, 0.0)
 
-    def _split(self, service_ms: float, header: str, key: int) -> None:
+    def _split(self, service_ms: float, server: dict[str, float], key: int) -> None:
         """Server-Timing phases plus protocol = service time minus the non-protocol phases."""
-        server = phase_totals(header)
         for phase in SPLIT_PHASES[1:]:
             if phase in server:
                 self._phase(phase).record_ms(server[phase])
@@ -161,6 +175,32 @@ class Recorder:
         residual = (sum(self._unsplit_service) - sum(self._unsplit_gateway)) / through
         return {"backend_queue": queue, "compute": compute, "protocol": residual - queue - compute}
 
+    def slo(self, slo_ms: float) -> dict[str, float | int]:
+        """SLO violations of the measured requests: answered slower than ``slo_ms``, or
+        not answered at all (an error, or dropped by the outstanding bound)."""
+        slow = self.latency.count_above(slo_ms)
+        failed = sum(self.errors.values()) + self.dropped
+        total = self.completed + self.dropped
+        violations = slow + failed
+        return {
+            "ms": slo_ms,
+            "slow": slow,
+            "failed": failed,
+            "violations": violations,
+            "share": violations / total if total else 0.0,
+        }
+
+    def _billed_means(self) -> dict[str, dict[str, float]]:
+        """Per answering backend: its requests, and their compute and coldstart means
+        (over all of them: a warm request's cold start is 0)."""
+        counts: Counter[str] = Counter()
+        for (backend, _), n in self.answered.items():
+            counts[backend] += n
+        return {
+            b: {"requests": counts[b], "compute": c / counts[b], "coldstart": cold / counts[b]}
+            for b, (c, cold) in self._billed.items()
+        }
+
     def _phase(self, name: str) -> Histogram:
         hist = self.phases.get(name)
         if hist is None:
@@ -198,7 +238,13 @@ class Recorder:
             "requests": self.completed,
             "ok": self.ok,
             "errors": dict(self.errors),
+            "answered": [
+                {"backend": b, "reason": r, "requests": n, "share": n / self.ok}
+                for (b, r), n in self.answered.most_common()
+            ],
+            "billed_ms_by_backend": self._billed_means(),
             "late_sends": self.late,
+            "max_late_ms": self.max_late_ms,
             "dropped": self.dropped,
             "warmup_excluded": self.warmup_excluded,
             "unfinished": self.unfinished,
@@ -222,6 +268,14 @@ class Recorder:
             "timeseries": [w.as_dict() for w in self.timeseries.windows()],
         }
         return out
+
+
+def answer_of(header: str) -> tuple[str, str] | None:
+    """(backend, reason) of the attempt that answered, when the gateway says
+    (``server_timing.answered_by``); only a header that names one is parsed in full."""
+    if "backend=" not in header:
+        return None
+    return answered_by(parse_server_timing(header))
 
 
 def phase_totals(header: str) -> dict[str, float]:

@@ -20,7 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from infergw.loadgen import plots
-from infergw.loadgen.cost import SERVERLESS_KINDS, CostError, cost_per_million, load_prices
+from infergw.loadgen.cost import (
+    SERVERLESS_KINDS,
+    CostError,
+    cost_per_million,
+    load_prices,
+    mixed_cost_per_million,
+)
 
 log = logging.getLogger(__name__)
 
@@ -95,14 +101,18 @@ def run_costs(result: dict[str, Any]) -> list[dict[str, Any] | None]:
     """Each run's cost: ``run["cost"]`` if the runner stored one, else computed from settings.
 
     Settings used: ``backend_kind`` (falls back to ``backend`` when that is a known kind),
-    ``memory_mb`` and ``prices_file``. ``None`` when nothing says what to price.
+    ``memory_mb`` and ``prices_file``. A run several backends answered (or any run the
+    gateway says who answered, with no kind set) is priced by ``mixed_cost_per_million``
+    (``backend_kinds``: name -> kind, default the name).
+    ``None`` when nothing says what to price.
     """
     runs = result.get("runs") or []
     settings = result.get("settings") or {}
     kind = settings.get("backend_kind")
     if kind is None and str(result.get("backend") or "").lower() in SERVERLESS_KINDS:
         kind = result["backend"]
-    if all("cost" in r for r in runs) or kind is None:
+    answered = [bool(r.get("billed_ms_by_backend")) for r in runs]
+    if all("cost" in r for r in runs) or (kind is None and not any(answered)):
         return [r.get("cost") for r in runs]
     try:
         prices = load_prices(Path(settings["prices_file"]) if settings.get("prices_file") else None)
@@ -114,9 +124,15 @@ def run_costs(result: dict[str, Any]) -> list[dict[str, Any] | None]:
             costs.append(run["cost"])
             continue
         try:
-            costs.append(cost_per_million(run, str(kind), prices, settings.get("memory_mb")))
+            billed = run.get("billed_ms_by_backend") or {}
+            if len(billed) > 1 or (kind is None and billed):  # priced by who answered
+                costs.append(mixed_cost_per_million(run, prices, settings.get("backend_kinds")))
+            elif kind is not None:
+                costs.append(cost_per_million(run, str(kind), prices, settings.get("memory_mb")))
+            else:
+                costs.append(None)
         except CostError as exc:
-            costs.append({"kind": kind, "error": str(exc)})
+            costs.append({"kind": kind or "mixed", "error": str(exc)})
     return costs
 
 
@@ -171,9 +187,23 @@ def _footnotes(result: dict[str, Any]) -> list[str]:
         if errors:
             listed = ", ".join(f"{code}={n}" for code, n in sorted(errors.items()))
             notes.append(f"{label}: errors {listed}")
+        slo = run.get("slo")
+        if slo and slo.get("violations"):
+            notes.append(
+                f"{label}: SLO {slo['ms']:g} ms violated by {slo['violations']:,} requests "
+                f"({100 * slo['share']:.1f}%): {slo['slow']:,} slower, {slo['failed']:,} failed"
+            )
+        answered = run.get("answered") or []
+        if len(answered) > 1 or any(a["reason"] != "primary" for a in answered):
+            shares = ", ".join(
+                f"{a['backend']} {100 * a['share']:.1f}% ({a['reason']})" for a in answered
+            )
+            notes.append(f"{label}: answered by {shares}")
         late, dropped = run.get("late_sends") or 0, run.get("dropped") or 0
         if late or dropped:
-            notes.append(f"{label}: late sends {late}, dropped {dropped}")
+            worst = run.get("max_late_ms")
+            latest = f" (the latest {worst:.1f} ms)" if late and worst is not None else ""
+            notes.append(f"{label}: late sends {late}{latest}, dropped {dropped}")
         if cost and cost.get("error"):
             notes.append(f"{label}: no cost: {cost['error']}")
         unknown = int(run.get("split_unknown") or 0)

@@ -108,6 +108,7 @@ class Context:
         run = rec.run_dict(
             label, mode, {"protocol": protocol, **params}, mode == "open", server_stats
         )
+        run["slo"] = rec.slo(s.slo_ms)
         self.last_windows = rec.timeseries.windows()
         self.runs.append(run)
         return run

@@ -9,6 +9,7 @@ they completed in, so a stall shows up where the user felt it.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -27,8 +28,9 @@ class Window:
     errors: int = 0  # failed completions in this window
     dropped: int = 0  # arrivals refused by the max-outstanding bound
     latency: Histogram = field(default_factory=lambda: Histogram(WINDOW_DIGITS))
+    answered: Counter[str] = field(default_factory=Counter)  # "backend/reason" -> ok count
 
-    def as_dict(self) -> dict[str, float | int | None]:
+    def as_dict(self) -> dict[str, float | int | dict[str, int] | None]:
         p50, p95 = self.latency.percentiles((50, 95))
         return {
             "t": self.t,
@@ -38,6 +40,7 @@ class Window:
             "errors": self.errors + self.dropped,
             "p50_ms": None if math.isnan(p50) else p50,
             "p95_ms": None if math.isnan(p95) else p95,
+            "answered": dict(self.answered),
         }
 
 

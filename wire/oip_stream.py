@@ -12,7 +12,8 @@ language guide's "last one wins"), so a field is *added* by appending its encodi
 
 ``read_reply`` walks a response's fields (``protowire``) for what the gateway needs to
 match it to its request: the id, the final flag, the error, whether it carries outputs.
-Tensors are skipped by their length, never copied.
+Tensors are skipped by their length, never copied. ``is_decoupled`` reads one flag of
+Triton's ModelConfig reply (whose proto the gateway does not carry).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from functools import cache
 
 from infergw.proto import grpc_service_pb2 as pb
-from infergw.wire.protowire import LEN, VARINT, WireError, iter_fields
+from infergw.wire.protowire import LEN, VARINT, WireError, find_varint, iter_fields
 
 FINAL = "triton_final_response"  # response parameter: the request's last response
 EMPTY_FINAL = "triton_enable_empty_final_response"  # request parameter, Triton's own name
@@ -32,6 +33,9 @@ _RESPONSE_ID, _RESPONSE_PARAMETERS, _RESPONSE_OUTPUTS = 3, 4, 5  # ModelInferRes
 _ENTRY_KEY, _ENTRY_VALUE = 1, 2  # a map entry
 _BOOL_PARAM = 1  # InferParameter.bool_param
 _FINAL_KEY = FINAL.encode()
+# ModelConfigResponse.config -> ModelConfig.model_transaction_policy -> .decoupled
+# (Triton's model_config.proto: fields 1, 19, 1).
+_DECOUPLED_PATH = (1, 19, 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +88,12 @@ def read_reply(payload: bytes) -> StreamReply:
                     flag = _final_flag(item)
                     final = final if flag is None else flag
     return StreamReply(response_id, error, final, outputs)
+
+
+def is_decoupled(config_reply: bytes) -> bool:
+    """Whether a serialized ModelConfigResponse is of a decoupled model (any number of
+    responses per request). Raises ``WireError`` for bytes that are not a message."""
+    return bool(find_varint(config_reply, _DECOUPLED_PATH))
 
 
 def _final_flag(entry: memoryview) -> bool | None:

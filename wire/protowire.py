@@ -60,28 +60,53 @@ def iter_fields(payload: bytes | memoryview) -> Iterator[tuple[int, int, int | m
         yield number, wire_type, value
 
 
+def _message_at(payload: bytes | memoryview, path: Sequence[int]) -> memoryview | None:
+    """The nested message at field ``path``, as protobuf reads it: the occurrences of a
+    message field merge, which is the same as parsing their bytes one after another."""
+    view = memoryview(payload)
+    for field in path:
+        found = [v for n, t, v in iter_fields(view) if n == field and t == LEN]
+        if not found:
+            return None
+        last = found[-1]
+        assert isinstance(last, memoryview)
+        view = last if len(found) == 1 else memoryview(b"".join(found))  # type: ignore[arg-type]
+    return view
+
+
+def _last(view: memoryview, field: int, wire_type: int) -> int | memoryview | None:
+    found = None
+    for number, kind, value in iter_fields(view):
+        if number == field and kind == wire_type:
+            found = value  # a scalar: the last occurrence wins
+    return found
+
+
 def find_string(payload: bytes | memoryview, path: Sequence[int]) -> str | None:
     """The UTF-8 string at field ``path`` (message fields, then the string), or None.
 
-    Like protobuf, the last occurrence of a field wins. Raises ``WireError`` for bytes
-    that are not a valid message along the way.
+    Raises ``WireError`` for bytes that are not a valid message along the way.
     """
-    view: memoryview | None = memoryview(payload)
-    for field in path:
-        assert view is not None
-        found = None
-        for number, wire_type, value in iter_fields(view):
-            if number == field and wire_type == LEN:
-                found = value
-        if found is None:
-            return None
-        assert isinstance(found, memoryview)
-        view = found
-    assert view is not None
+    *messages, field = path
+    view = _message_at(payload, messages)
+    found = None if view is None else _last(view, field, LEN)
+    if found is None:
+        return None
+    assert isinstance(found, memoryview)
     try:
-        return bytes(view).decode()
+        return bytes(found).decode()
     except UnicodeDecodeError as exc:
         raise WireError("not a UTF-8 string") from exc
+
+
+def find_varint(payload: bytes | memoryview, path: Sequence[int]) -> int | None:
+    """The varint (int, bool, enum) at field ``path``: messages along ``path[:-1]``, then
+    field ``path[-1]``; None when absent (protobuf's default, 0, is not sent)."""
+    *messages, field = path
+    view = _message_at(payload, messages)
+    found = None if view is None else _last(view, field, VARINT)
+    assert found is None or isinstance(found, int)
+    return found
 
 
 def encode_varint(value: int) -> bytes:

@@ -105,3 +105,35 @@ def append_server_timing(
 def select_entries(entries: Iterable[TimingEntry], names: Container[str]) -> list[TimingEntry]:
     """The entries whose phase is one of ``names`` (e.g. what a backend may report)."""
     return [e for e in entries if e.name in names]
+
+
+PRIMARY = "primary"  # the reason of an attempt that names none: the route's first choice
+
+
+def answered_by(entries: Iterable[TimingEntry]) -> tuple[str, str] | None:
+    """(backend, reason) of the attempt that answered, or None when nothing says.
+
+    The gateway names the backend that answered in ``total`` (``desc="backend=NAME"``);
+    the reason is that of the backend's last ``backend`` entry (``reason=spill``,
+    ``fallback``, ``hedge``, ``retry``; ``primary`` when it names none).
+    """
+    backend = reason = None
+    items = list(entries)
+    for entry in items:
+        if entry.name == "total":
+            backend = _desc_value(entry.description, "backend")
+    if not backend:
+        return None
+    for entry in items:
+        if entry.name == "backend" and _desc_value(entry.description, "backend") == backend:
+            reason = _desc_value(entry.description, "reason")
+    return backend, reason or PRIMARY
+
+
+def _desc_value(description: str, key: str) -> str | None:
+    """``value`` of ``key=value`` in a ``;``-separated description."""
+    for part in description.split(";"):
+        name, sep, value = part.partition("=")
+        if sep and name.strip() == key:
+            return value.strip()
+    return None

@@ -75,6 +75,11 @@ class StreamingBackend(Protocol):
         """Admit one request into a stream (policies: a slot, held until its last response)."""
         ...
 
+    async def needs_stream(self, model: str) -> bool:
+        """Whether ``model``'s requests must travel on a stream (a decoupled model answers
+        any number of responses); the others go as ModelInfer calls."""
+        ...
+
 
 @runtime_checkable
 class Backend(Protocol):

@@ -38,11 +38,15 @@ from infergw.gateway.core.routing.config import KeepWarmConfig
 from infergw.gateway.core.routing.config import KeepWarmMode as Mode
 from infergw.gateway.core.warmth import IdleTimeHistogram, Observation, WarmthEstimator, Window
 from infergw.gateway.lifecycle import AsyncService
-from infergw.vocab.types import InferRequest
+from infergw.vocab.datatypes import element_count, element_size, serialize_bytes
+from infergw.vocab.errors import InferGWError
+from infergw.vocab.prices import Rate
+from infergw.vocab.types import InferRequest, ModelMetadata, Tensor
 
 log = logging.getLogger(__name__)
 
 HOUR_S = 3600.0
+PREWARM_BACKOFF_S = 5.0  # after a failed pre-warm ping, the next waits this long
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
 Ping = Callable[[], Awaitable[Observation]]  # one tiny real inference; raises on failure
@@ -90,6 +94,13 @@ class DurationPingPrice:
 
     def estimate_usd(self) -> float:
         return self._price(self.typical_ms)
+
+    @classmethod
+    def of(cls, rate: Rate) -> DurationPingPrice:
+        """A ping priced as the price list prices a request (``vocab.prices``)."""
+        return cls(
+            rate.usd_per_second, rate.usd_per_request, rate.granularity_ms, rate.bills_coldstart
+        )
 
     def cost_usd(self, answer: Observation | None) -> float:
         if answer is None:
@@ -244,6 +255,7 @@ class KeepWarm(AsyncService):
         self._waiting_for_change = False  # no ping due: only a call can change that
         self._task: asyncio.Task[None] | None = None
         self._prewarming: set[asyncio.Task[None]] = set()
+        self._prewarm_after = -math.inf  # a failed pre-warm holds the next one back
         self._started_at: float | None = None
         self._last_attempt: float | None = None  # last scheduled ping, sent or skipped
         self._last_sent: float | None = None
@@ -310,6 +322,8 @@ class KeepWarm(AsyncService):
         if self._task is None:
             return 0
         now = self._clock()
+        if now < self._prewarm_after:
+            return 0  # the last pre-warm failed: not a ping per request while it is down
         warm = 0 if self.estimator.probably_cold(now) else self.estimator.warm_instances(now)
         wanted = min(instances, self._max_prewarm) - warm - len(self._prewarming)
         started = 0
@@ -392,8 +406,12 @@ class KeepWarm(AsyncService):
         try:
             answer = await self._ping_fn()
         except Exception as exc:  # a background loop: count it, keep pinging later
-            log.warning("keep-warm ping to %s failed: %s", self.backend, type(exc).__name__)
+            # The tree's messages are written for clients; anything else only by its type.
+            said = exc.message if isinstance(exc, InferGWError) else type(exc).__name__
+            log.warning("keep-warm ping to %s failed: %s", self.backend, said)
             self._count(reason, "error", spend, self._pricer.cost_usd(None))
+            if reason == "prewarm":
+                self._prewarm_after = self._clock() + PREWARM_BACKOFF_S
             return
         self.estimator.observe(answer)
         self._count(reason, "cold" if answer.cold else "warm", spend, self._pricer.cost_usd(answer))
@@ -443,25 +461,43 @@ class KeepWarmSet(AsyncService):
         return KeepWarmCollector(self.runners)
 
 
+def tiny_request(metadata: ModelMetadata) -> InferRequest:
+    """The smallest request ``metadata`` allows: every variable dimension 1, numbers 0,
+    strings ``b"warm"``. A ping is a real inference, so it warms what a request needs."""
+    inputs = []
+    for spec in metadata.inputs:
+        shape = tuple(1 if d < 0 else d for d in spec.shape)
+        count = element_count(shape, f"input {spec.name!r}")
+        size = element_size(spec.datatype)
+        data = serialize_bytes([b"warm"] * count) if size is None else bytes(size * count)
+        inputs.append(Tensor(spec.name, spec.datatype, shape, data))
+    return InferRequest(model=metadata.name, inputs=tuple(inputs), id="infergw-keep-warm")
+
+
 def backend_ping(
     backend: Backend,
-    request: InferRequest,
+    model: str,
     *,
     timeout_s: float = 30.0,
     clock: Clock = time.monotonic,
 ) -> Ping:
-    """A ``Ping`` that sends ``request`` (a tiny real inference) straight to ``backend``.
+    """A ``Ping`` that sends ``model``'s ``tiny_request`` straight to ``backend``.
 
     It bypasses admission and retries: one request every few minutes, or a few to
-    pre-warm. Its answer is observed like any other (cold when it paid a cold start).
+    pre-warm. The request is made from the model's metadata at the first ping (asked
+    again after a failure). Its answer is observed like any other (cold when it paid a
+    cold start).
     """
+    made: list[InferRequest] = []
 
     async def ping() -> Observation:
         ctx = RequestContext(protocol="keep_warm")
         ctx.with_timeout(timeout_s)
         t0 = time.perf_counter()
         async with asyncio.timeout(timeout_s):  # also for backends without native deadlines
-            await backend.infer(request, ctx)
+            if not made:
+                made.append(tiny_request(await backend.model_metadata(model)))
+            await backend.infer(made[0], ctx)
         ctx.timings.add_since("backend", t0, f"backend={backend.name}")
         return Observation.from_entries(clock(), ctx.timings.entries, backend.name)
 

@@ -33,13 +33,14 @@ import random
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
 
 from infergw.gateway.core import tracing
 from infergw.gateway.core.backend import Backend, InferStream, Release, StreamingBackend
 from infergw.gateway.core.config import BackendConfig
 from infergw.gateway.core.context import RequestContext
 from infergw.gateway.core.routing.budget import RetryBudget
-from infergw.gateway.core.warmth import Observation, WarmthEstimator
+from infergw.gateway.core.warmth import Observation
 from infergw.vocab.errors import DeadlineExceeded, InferGWError, QueueFull, Throttled
 from infergw.vocab.types import InferRequest, InferResponse, ModelMetadata, ModelStatistics
 
@@ -213,19 +214,24 @@ class Retry(Policy):
         return delay
 
 
-class ObservedWarmth(Policy):
-    """Feeds each answer of a serverless backend to its warm-state estimator: whether it
-    came back cold (a ``coldstart`` timing) and how long it took. Spill-over and hedging
-    read the estimate; ``infergw_warm_state`` shows it."""
+class Observer(Protocol):
+    def observe(self, answer: Observation) -> None: ...
 
-    def __init__(self, inner: Backend, estimator: WarmthEstimator) -> None:
+
+class ObservedWarmth(Policy):
+    """Feeds each answer of a serverless backend to its observer (the warm-state
+    estimator, or the keep-warm runner that feeds it): whether it came back cold (a
+    ``coldstart`` timing) and how long it took. Spill-over and hedging read the
+    estimate; ``infergw_warm_state`` shows it."""
+
+    def __init__(self, inner: Backend, observer: Observer) -> None:
         super().__init__(inner)
-        self.estimator = estimator
+        self.observer = observer
 
     async def infer(self, request: InferRequest, ctx: RequestContext) -> InferResponse:
         response = await self.inner.infer(request, ctx)
         observed = Observation.from_entries(time.monotonic(), ctx.timings.entries, self.name)
-        self.estimator.observe(observed)
+        self.observer.observe(observed)
         return response
 
 
@@ -316,6 +322,9 @@ class StreamSlots:
 
     async def open_stream(self, ctx: RequestContext) -> InferStream:
         return await self.inner.open_stream(ctx)
+
+    async def needs_stream(self, model: str) -> bool:
+        return await self.inner.needs_stream(model)
 
     async def admit(self, ctx: RequestContext) -> Release:
         """Wait for a slot as ``Admission.infer`` does (``queue``); the release gives it back."""

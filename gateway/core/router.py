@@ -14,11 +14,21 @@ an ``OutlierGate`` when the backend has ``outlier:``) or the route policy over t
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 
 from infergw.gateway.core.backend import Backend, BackendBase, create_backend
 from infergw.gateway.core.config import WILDCARD, BackendConfig, GatewayConfig, RouteConfig
 from infergw.gateway.core.context import RequestContext
+from infergw.gateway.core.keep_warm import (
+    DurationPingPrice,
+    FlatPingPrice,
+    KeepWarm,
+    KeepWarmSet,
+    Ping,
+    PingPricer,
+    backend_ping,
+)
 from infergw.gateway.core.policies import (
     DEFAULT_STACK,
     Admission,
@@ -28,12 +38,16 @@ from infergw.gateway.core.policies import (
 )
 from infergw.gateway.core.routing.attempts import Target
 from infergw.gateway.core.routing.build import RouteParts, build_route
+from infergw.gateway.core.routing.config import KeepWarmConfig
 from infergw.gateway.core.routing.decisions import NO_DECISIONS, DecisionSink
 from infergw.gateway.core.routing.outlier import OutlierDetector, OutlierGate
 from infergw.gateway.core.routing.queue_state import AdmissionQueue, QueueState
-from infergw.gateway.core.warmth import WarmthEstimator
+from infergw.gateway.core.warmth import Observation, WarmthEstimator
 from infergw.vocab.errors import InvalidArgument, ModelNotFound
+from infergw.vocab.prices import PriceError, packaged_prices, serverless_rate
 from infergw.vocab.types import InferRequest, InferResponse, ModelMetadata, ModelStatistics
+
+log = logging.getLogger(__name__)
 
 
 def wrap_with_policies(backend: Backend, cfg: BackendConfig) -> Backend:
@@ -53,6 +67,7 @@ class Router:
         routed: Mapping[str, Backend] | None = None,
         outliers: Mapping[str, OutlierDetector] | None = None,
         estimators: Mapping[str, WarmthEstimator] | None = None,
+        keep_warm: KeepWarmSet | None = None,
     ) -> None:
         self.backends = dict(backends)
         self.routes = {r.model: r for r in routes}
@@ -60,6 +75,7 @@ class Router:
         self.routed = dict(routed or {})
         self.outliers = dict(outliers or {})
         self.estimators = dict(estimators or {})  # serverless backends' warm state
+        self.keep_warm = keep_warm or KeepWarmSet({})  # their pings (started by ``start``)
         self.allow_pinning = allow_pinning
         # The backends without their policies: control calls (``control.py``) bypass them.
         self.unwrapped = dict(unwrapped if unwrapped is not None else backends)
@@ -69,13 +85,17 @@ class Router:
     def from_config(cls, config: GatewayConfig, decisions: DecisionSink = NO_DECISIONS) -> Router:
         unwrapped = {b.name: create_backend(b.name, b.kind, b.options) for b in config.backends}
         backends = {b.name: wrap_with_policies(unwrapped[b.name], b) for b in config.backends}
-        estimators = {
-            name: WarmthEstimator()
-            for name, raw in unwrapped.items()
-            if isinstance(raw, BackendBase) and raw.scales_to_zero
-        }
-        for name, estimator in estimators.items():
-            backends[name] = ObservedWarmth(backends[name], estimator)
+        configs = {b.name: b for b in config.backends}
+        keep_warm = KeepWarmSet(
+            {
+                name: _keep_warm(configs[name], raw, config.routes)
+                for name, raw in unwrapped.items()
+                if isinstance(raw, BackendBase) and raw.scales_to_zero
+            }
+        )
+        estimators = keep_warm.estimators()
+        for name, runner in keep_warm.runners.items():
+            backends[name] = ObservedWarmth(backends[name], runner)  # feeds its estimator too
         outliers = {
             b.name: OutlierDetector(b.name, b.outlier) for b in config.backends if b.outlier
         }
@@ -90,7 +110,7 @@ class Router:
         routed: dict[str, Backend] = {}
         for route in config.routes:
             if route.policy is not None:
-                parts = RouteParts(route.model, targets, queues, sink=decisions)
+                parts = RouteParts(route.model, targets, queues, sink=decisions, prewarm=keep_warm)
                 routed[route.model] = build_route(route.policy, parts)
             elif route.primary in outliers:
                 routed[route.model] = OutlierGate(backends[route.primary], outliers[route.primary])
@@ -103,6 +123,7 @@ class Router:
             routed=routed,
             outliers=outliers,
             estimators=estimators,
+            keep_warm=keep_warm,
         )
 
     def route_for(self, model: str) -> RouteConfig:
@@ -172,9 +193,57 @@ class Router:
     def model_names(self) -> list[str]:
         return [m for m in self.routes if m != WILDCARD]
 
+    async def start(self) -> None:
+        """Start the background work: keep-warm pings."""
+        await self.keep_warm.start()
+
     async def close(self) -> None:
-        for backend in self.backends.values():
-            await backend.close()
+        """Stop the pings, then close every backend (each even if one before it fails)."""
+        try:
+            await self.keep_warm.stop()
+        finally:
+            for backend in self.backends.values():
+                try:
+                    await backend.close()
+                except Exception:
+                    log.exception("closing backend %r failed", backend.name)
+
+
+def _keep_warm(cfg: BackendConfig, backend: Backend, routes: Sequence[RouteConfig]) -> KeepWarm:
+    """A serverless backend's keep-warm runner: pings of the smallest request of its ping
+    model (``keep_warm.model``, else the first route naming it), priced by the price list."""
+    keep = cfg.keep_warm or KeepWarmConfig()
+    model = ping_model(cfg, routes)
+    if model is None and keep.mode != "off":
+        raise InvalidArgument(
+            f"backends.{cfg.name}.keep_warm: no model to ping: set keep_warm.model "
+            "or route a model to this backend"
+        )
+    try:
+        pricer: PingPricer = DurationPingPrice.of(serverless_rate(cfg.kind, packaged_prices()))
+    except PriceError as exc:
+        if keep.max_cost_per_hour is not None:
+            raise InvalidArgument(
+                f"backends.{cfg.name}.keep_warm.max_cost_per_hour: {exc}"
+            ) from exc
+        pricer = FlatPingPrice(0.0)  # a kind the price list does not know: pings unpriced
+    ping = backend_ping(backend, model) if model is not None else _no_ping(cfg.name)
+    return KeepWarm(cfg.name, keep, ping, pricer=pricer)
+
+
+def ping_model(cfg: BackendConfig, routes: Sequence[RouteConfig]) -> str | None:
+    """The model a backend's keep-warm pings: ``keep_warm.model``, else the first route
+    (not ``*``) that names the backend; None when there is none."""
+    if cfg.keep_warm is not None and cfg.keep_warm.model is not None:
+        return cfg.keep_warm.model
+    return next((r.model for r in routes if r.model != WILDCARD and cfg.name in r.members), None)
+
+
+def _no_ping(backend: str) -> Ping:
+    async def ping() -> Observation:
+        raise InvalidArgument(f"backend {backend!r} has no model to ping")
+
+    return ping
 
 
 def _admission_of(stack: Backend) -> Admission | None:

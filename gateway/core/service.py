@@ -175,8 +175,12 @@ class InferenceService:
                 self.finish(model, ctx, "CANCELLED")
 
     def finish(self, model: str, ctx: RequestContext, status: str) -> tuple[TimingEntry, ...]:
-        """Close the request: add ``total``, record metrics, return all entries."""
-        ctx.timings.add("total", ctx.timings.elapsed_ms())
+        """Close the request: add ``total`` (naming the backend that answered, for the
+        SDK and the load generator), record metrics, return all entries."""
+        answered = ctx.backend_name if status == "OK" else None
+        ctx.timings.add(
+            "total", ctx.timings.elapsed_ms(), f"backend={answered}" if answered else ""
+        )
         entries = ctx.timings.entries
         label = self.model_label(model)
         self.metrics.observe(label, ctx.backend_name or NO_BACKEND, ctx.protocol, status, entries)

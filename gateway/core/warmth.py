@@ -216,6 +216,14 @@ class WarmthEstimator:
         """Warm p50 + P(cold) x the cold-start estimate: what the spill-over fits to a deadline."""
         return self.warm_latency_s() + self.p_cold(now) * self.coldstart_s()
 
+    def cold_latency_s(self) -> float:
+        """A cold answer's round trip: the warm one plus a cold start."""
+        return self.warm_latency_s() + self.coldstart_s()
+
+    def warm_capacity(self, now: float) -> int | None:
+        """The requests it can probably take at once warm: ``warm_instances``."""
+        return 0 if self.probably_cold(now) else self.warm_instances(now)
+
     def warm_instances(self, now: float) -> int:
         """Instances probably still warm: the most answers in flight at once among those
         that ended recently enough (within the idle time where P(cold) is below 1/2).

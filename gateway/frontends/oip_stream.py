@@ -2,16 +2,19 @@
 
 A request message goes, by its model and the call's ``x-infergw-backend``:
 
-- to a backend that streams (``Backend.streaming``: Triton): decoded and validated as a
-  ModelInfer request is, admitted (one admission slot per request, held until its last
-  response: a stream of requests weighs what as many calls do), then written as its own
-  bytes to an upstream ModelStreamInfer of the call's, one per backend and model (Triton
-  2.51 aborts when one stream mixes decoupled and other models; per model, Triton keeps
-  a non-decoupled model's responses in request order). Every response comes back as the
-  backend's bytes, as soon as it arrives: a decoupled model's n responses are n
-  messages, with Triton's ``triton_final_response`` and per-response ``error_message``;
-- anywhere else (Lambda, SageMaker, Cloud Run, or a model that cannot be routed): the
-  ModelInfer lifecycle (``InferenceService.serve``), one response per request, in order.
+- for a model that needs a stream (``StreamingBackend.needs_stream``: a decoupled model
+  on Triton): decoded and validated as a ModelInfer request is, admitted (one admission
+  slot per request, held until its last response: a stream of requests weighs what as
+  many calls do), then written as its own bytes to an upstream ModelStreamInfer of the
+  call's, one per backend and model (Triton 2.51 aborts when one stream mixes decoupled
+  and other models). Every response comes back as the backend's bytes, as soon as it
+  arrives: a decoupled model's n responses are n messages, with Triton's
+  ``triton_final_response`` and per-response ``error_message``;
+- anything else (any other model, on Triton too, and Lambda, SageMaker, Cloud Run, or a
+  model that cannot be routed): the ModelInfer lifecycle (``InferenceService.serve``),
+  one response per request, marked ``triton_final_response: true`` as Triton marks it.
+  Up to ``MAX_CALLS`` run at once (the client's messages wait beyond that) and their
+  responses go out in request order, as Triton's stream keeps a non-decoupled model's.
 
 Responses are matched to requests by ``id``, which Triton echoes. To see the end of
 every request, the gateway asks Triton for the empty final response (Triton's own
@@ -58,6 +61,8 @@ BACKEND_ERROR = "UNKNOWN"
 # control slows the backend instead of the gateway buffering without bound.
 OUTBOX_SIZE = 64
 MODEL_NAME_PATH = (1,)  # ModelInferRequest.model_name
+# ModelInfer calls one stream runs at once (requests that need no stream upstream).
+MAX_CALLS = 64
 # Upstream streams one call may open (one per backend and model): a client naming a new
 # model per message must not make the gateway open thousands of streams to Triton.
 MAX_UPSTREAMS = 64
@@ -118,9 +123,9 @@ class _Upstream:
 class StreamCall:
     """One client's ModelStreamInfer call (see the module docstring).
 
-    ``responses`` runs the call: a reader task takes the client's messages (one at a
-    time, as ModelInfer's lifecycle does), a task per upstream stream relays its
-    responses, and the generator hands every response to the transport in arrival order.
+    ``responses`` runs the call: a reader task takes the client's messages, a task per
+    request served as a ModelInfer call and a task per upstream stream produce the
+    responses, and the generator hands every response to the transport as it is put.
     """
 
     def __init__(
@@ -141,6 +146,9 @@ class StreamCall:
         self._outbox: asyncio.Queue[bytes | None] = asyncio.Queue()
         self._room = asyncio.Semaphore(OUTBOX_SIZE)
         self._upstreams: dict[tuple[str, str], _Upstream] = {}  # by (backend, model)
+        self._calls: set[asyncio.Task[None]] = set()  # requests served as ModelInfer calls
+        self._last_call: asyncio.Task[None] | None = None  # the next one answers after it
+        self._call_room = asyncio.Semaphore(MAX_CALLS)
         self._started = time.perf_counter()
         self._sums: dict[str, float] = {}
 
@@ -167,11 +175,13 @@ class StreamCall:
         try:
             async for payload in requests:
                 ctx = self.service.new_context(self.protocol, self.headers, self._time_remaining())
-                backend = self._streaming_backend(payload, ctx.pinned_backend)
+                backend = await self._streaming_backend(payload, ctx.pinned_backend)
                 if backend is None:
-                    await self._serve(ctx, payload)
+                    await self._start_call(ctx, payload)
                 else:
                     await self._forward(ctx, payload, backend)
+            if self._last_call is not None:
+                await asyncio.wait((self._last_call,))  # it answers after all the others
             upstreams = list(self._upstreams.values())
             for upstream in upstreams:
                 await upstream.stream.close_sending()
@@ -181,7 +191,10 @@ class StreamCall:
         finally:
             self._outbox.put_nowait(None)  # never blocks: only responses take room
 
-    def _streaming_backend(self, payload: bytes, pinned: str | None) -> StreamingBackend | None:
+    async def _streaming_backend(
+        self, payload: bytes, pinned: str | None
+    ) -> StreamingBackend | None:
+        """The backend to stream this request to, or None: a ModelInfer call serves it."""
         try:
             model = find_string(payload, MODEL_NAME_PATH) or ""
         except WireError:
@@ -189,18 +202,39 @@ class StreamCall:
         backend = self.service.stream_backend(model, pinned)
         if backend is None or backend.encoding != oip_proto.ENCODING:
             return None
-        return backend
+        return backend if await backend.needs_stream(model) else None
 
-    async def _serve(self, ctx: RequestContext, payload: bytes) -> None:
-        """One request through ModelInfer's lifecycle, answered before the next is read."""
+    async def _start_call(self, ctx: RequestContext, payload: bytes) -> None:
+        """Serve one request as a ModelInfer call beside the others; wait for room first."""
+        await self._call_room.acquire()
+        task = asyncio.get_running_loop().create_task(
+            self._serve(ctx, payload, self._last_call), name="infergw-stream-call"
+        )
+        self._last_call = task
+        self._calls.add(task)
+        task.add_done_callback(self._call_done)
+
+    def _call_done(self, task: asyncio.Task[None]) -> None:
+        self._calls.discard(task)
+        self._call_room.release()
+
+    async def _serve(
+        self, ctx: RequestContext, payload: bytes, previous: asyncio.Task[None] | None
+    ) -> None:
+        """One request through ModelInfer's lifecycle, answered after ``previous``."""
         result, entries = await self.service.serve(ctx, payload, self._decode, self._encode)
-        self._add(entries)
         if isinstance(result, InferGWError):
             reply = pb.ModelStreamInferResponse(error_message=result.message)
         else:
             reply = result
-            reply.infer_response.parameters[TIMING_KEY].string_param = format_server_timing(entries)
-        await self._put(reply.SerializeToString())
+            parameters = reply.infer_response.parameters
+            parameters[oip_stream.FINAL].bool_param = True  # its only response, as Triton says
+            parameters[TIMING_KEY].string_param = format_server_timing(entries)
+        payload_out = reply.SerializeToString()
+        if previous is not None:
+            await asyncio.wait((previous,))  # request order, whatever ended the one before
+        self._add(entries)
+        await self._put(payload_out)
 
     async def _forward(
         self, ctx: RequestContext, payload: bytes, backend: StreamingBackend
@@ -348,7 +382,7 @@ class StreamCall:
     async def _close(self, reader: asyncio.Task[None]) -> None:
         """End whatever still runs (the client left, or the call failed); release it all."""
         upstreams = list(self._upstreams.values())
-        tasks = [reader, *(u.task for u in upstreams if u.task is not None)]
+        tasks = [reader, *self._calls, *(u.task for u in upstreams if u.task is not None)]
         for upstream in upstreams:
             upstream.stream.cancel()  # a finished call ignores it
         for task in tasks:

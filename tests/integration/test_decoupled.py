@@ -21,6 +21,7 @@ import pytest
 import tritonclient.grpc as tgrpc
 from tritonclient.utils import InferenceServerException
 
+from infergw.backends.triton import TritonBackend
 from infergw.deploy.local.stack import local_config
 from infergw.deploy.triton.launcher import TritonEndpoints, TritonServer
 from infergw.gateway.core.config import parse_config
@@ -40,11 +41,11 @@ Reply = tuple[Any, InferenceServerException | None]  # (InferResult | None, erro
 
 @pytest.fixture(scope="module")
 def triton() -> Iterator[TritonEndpoints]:
-    """A Triton of this module's own: Triton 2.51's python backend has been seen to crash
-    (SIGSEGV in TRITONBACKEND_ResponseSend from a decoupled model's sends, known upstream,
-    e.g. triton-inference-server/server#6723, #7472) after a few dozen rounds of these
-    streams, and a crash must not take the session's Triton down with it. The teardown
-    says so if it happened."""
+    """A Triton of this module's own: Triton 2.51 crashes (SIGSEGV in
+    TRITONBACKEND_ResponseSend) when a non-decoupled model's stream runs beside a
+    decoupled one's. The gateway no longer streams non-decoupled models upstream
+    (``test_only_decoupled_models_stream_upstream``), but should a crash come back it must
+    not take the session's Triton down with it. The teardown says so if it happened."""
     with TritonServer(models=["repeat", "identity"]) as server:
         yield server.endpoints
         assert server.running(), (
@@ -279,6 +280,20 @@ def test_modelinfer_on_a_decoupled_model_answers_as_triton(
         messages.append((info.value.status(), info.value.message()))
     assert messages[0] == messages[1]
     assert "decoupled transaction policy" in messages[0][1]
+
+
+def test_only_decoupled_models_stream_upstream(triton: TritonEndpoints) -> None:
+    # Triton 2.51 crashes when a non-decoupled model's stream runs beside a decoupled
+    # one's: the backend reads each model's transaction policy from Triton's config, and
+    # only a decoupled model's requests (or one Triton does not know) go on a stream.
+    async def ask() -> list[bool]:
+        backend = TritonBackend("triton", triton.grpc)
+        try:
+            return [await backend.needs_stream(m) for m in ("repeat", "identity", "nope")]
+        finally:
+            await backend.close()
+
+    assert asyncio.run(ask()) == [True, False, True]
 
 
 def test_repeat_cannot_be_pinned_to_a_serverless_backend(triton: TritonEndpoints) -> None:

@@ -93,9 +93,11 @@ async def test_open_loop_charges_the_stall_to_every_request_scheduled_during_it(
     assert 550.0 < p90 < 850.0
     assert 900.0 < p99 < 1100.0
     assert rec.latency.max_ms == pytest.approx(1000.0, abs=100.0)
-    # the scheduler kept time through the stall (a few sends are late when ~200 replies
-    # arrive at once as it ends: that is counted, not hidden)
-    assert rec.late < 0.05 * rec.arrivals
+    # The scheduler kept time through the stall: no send waited for it. Some sends are
+    # late by a few ms when ~200 replies arrive at once as it ends, or when the machine is
+    # busy (1% idle here, 6-9% with two CPU hogs beside it): counted, and the latest shown.
+    assert 0 <= rec.late < 0.5 * rec.arrivals
+    assert rec.max_late_ms < 200.0  # a stalled scheduler would be ~1,000 ms late
     # the per-second windows place the slow completions at the end of the freeze
     slow_windows = [w for w in rec.timeseries.windows() if w.latency.percentile(95) > 500]
     assert 1 <= len(slow_windows) <= 2

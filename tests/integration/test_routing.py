@@ -8,8 +8,11 @@ Which backend answered is read where a client reads it: the ``backend`` entries 
 from __future__ import annotations
 
 import concurrent.futures
+import os
 import re
+import signal
 import socket
+import time
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -18,7 +21,8 @@ import grpc
 import numpy as np
 import pytest
 
-from infergw.deploy.triton.launcher import TritonEndpoints
+from infergw.clients.timing import TimingBreakdown
+from infergw.deploy.triton.launcher import TritonEndpoints, TritonServer
 from infergw.gateway.core.config import parse_config
 from infergw.proto import grpc_service_pb2 as pb
 from infergw.wire import grpc_channel
@@ -67,9 +71,11 @@ class Client:
     def __init__(self, address: str) -> None:
         self.channel = grpc_channel.sync_channel(address, private=True)
         self.infer = self.channel.unary_unary(MODEL_INFER)
+        self.last_timing = ""  # the last call's server-timing trailer
 
     def call(self, payload: bytes) -> tuple[pb.ModelInferResponse, list[tuple[str, int, str]]]:
         reply, call = self.infer.with_call(payload, timeout=30)
+        self.last_timing = dict(call.trailing_metadata() or ()).get("server-timing", "")
         return pb.ModelInferResponse.FromString(reply), attempts(call.trailing_metadata())
 
     def close(self) -> None:
@@ -116,12 +122,38 @@ def test_fallback_moves_on_from_a_dead_backend_and_ejects_it(
     # Then it is ejected: straight to the fallback, no time lost on it.
     for tried in seen[2:]:
         assert tried == [("triton", 1, "fallback")]
+    # The SDK reads who answered, and why, from the same trailer.
+    answered = TimingBreakdown.from_server_timing(1.0, client.last_timing).answered_by
+    assert answered == ("triton", "fallback")
     metrics = gw.gateway.metrics.render().decode()
     assert 'infergw_backend_ejected{backend="dead"} 1.0' in metrics
     assert (
         'infergw_route_decisions_total{backend="triton",reason="fallback",route="identity"} 6.0'
         in metrics
     )
+
+
+def test_fallback_when_triton_is_killed_loses_no_request(client_of: Any) -> None:
+    # A Triton of this test's own, killed between two requests: the next one fails over
+    # to the runtime (attempt 2), none fails; once ejected, requests go there at once.
+    policy = {"kind": "fallback", "order": ["triton", "runtime"]}
+    outlier = {"consecutive_failures": 2, "base_ejection_s": 60}
+    with TritonServer(models=["identity"]) as own:
+        gw = gateway(
+            own.endpoints, {"identity": {"policy": policy}}, {"triton": {"outlier": outlier}}
+        )
+        client = client_of(gw)
+        before = [client.call(identity_request(f"b{i}"))[1] for i in range(5)]
+        assert own.pid is not None
+        os.kill(own.pid, signal.SIGKILL)  # no drain, no goodbye: the process is gone
+        deadline = time.monotonic() + 10
+        while own.running() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not own.running()
+        after = [client.call(identity_request(f"a{i}"))[1] for i in range(6)]
+    assert before == [[("triton", 1, "")]] * 5
+    assert after[:2] == [[("triton", 1, ""), ("runtime", 2, "fallback")]] * 2
+    assert after[2:] == [[("runtime", 1, "fallback")]] * 4  # ejected: no time lost on it
 
 
 def test_a_single_backend_route_fails_fast_while_its_backend_is_ejected(

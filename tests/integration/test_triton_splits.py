@@ -140,7 +140,10 @@ def test_bench_shows_tritons_queue_and_compute_per_request(
     )  # fmt: skip
     (run,) = result["runs"]
     assert run["ok"] > 20 and not run["errors"]
-    assert run["split_unknown"] <= 0.15 * run["ok"]
+    # Triton 2.51 ignores the propagated context of some requests, at random (the same
+    # traceparent resent is traced): 2-6% idle, 18% seen on a loaded 2-core CI machine.
+    # Those are unknown, never zero; most requests must still get their split.
+    assert run["split_unknown"] <= 0.3 * run["ok"]
     split = run["split_ms"]
     assert {"protocol", "queue", "backend_queue", "compute"} <= set(split)
     # The product's point: Triton's queue and compute are no longer counted as protocol.

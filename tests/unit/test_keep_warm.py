@@ -10,7 +10,6 @@ import asyncio
 import heapq
 import itertools
 
-import numpy as np
 import pytest
 import yaml
 from prometheus_client import CollectorRegistry, generate_latest
@@ -27,11 +26,13 @@ from infergw.gateway.core.keep_warm import (
     KeepWarmConfig,
     KeepWarmSet,
     backend_ping,
+    tiny_request,
 )
 from infergw.gateway.core.warmth import IdleTimeHistogram, Observation, WarmthEstimator
-from infergw.vocab.datatypes import tensor_from_numpy
-from infergw.vocab.errors import Throttled
-from infergw.vocab.types import InferRequest, InferResponse
+from infergw.vocab.datatypes import serialize_bytes
+from infergw.vocab.errors import ModelNotFound, Throttled
+from infergw.vocab.prices import PriceError, packaged_prices, serverless_rate
+from infergw.vocab.types import InferRequest, InferResponse, ModelMetadata, Tensor, TensorSpec
 from tests.fakes import EchoBackend
 
 T0 = 50_000.0
@@ -175,7 +176,7 @@ def parse_yaml(text: str) -> object:
 
 
 def test_duration_price_bills_like_lambda() -> None:
-    # 3008 MB at $0.0000166667 per GB-s, $0.20 per million requests (loadgen/prices.json).
+    # 3008 MB at $0.0000166667 per GB-s, $0.20 per million requests (vocab/prices.json).
     price = DurationPingPrice(usd_per_second=3008 / 1024 * 0.0000166667, usd_per_request=0.2e-6)
     warm = Observation(0.0, cold=False, compute_s=0.0123, backend_s=0.02)
     cold = Observation(0.0, cold=True, coldstart_s=1.5, compute_s=0.0123, backend_s=1.6)
@@ -463,13 +464,57 @@ class ColdOnceBackend(EchoBackend):
 
 async def test_backend_ping_observes_the_backends_own_timings() -> None:
     backend = ColdOnceBackend("lambda")
-    request = InferRequest("identity", (tensor_from_numpy("input", np.ones((1, 1), np.float32)),))
-    ping = backend_ping(backend, request, clock=lambda: T0)
+    ping = backend_ping(backend, "identity", clock=lambda: T0)
     first, second = await ping(), await ping()
     assert first.cold and first.coldstart_s == pytest.approx(0.8) and first.at == T0
     assert first.backend_s is not None and first.backend_s >= 0
     assert not second.cold
-    assert len(backend.calls) == 2
+    # The model's smallest request, made from its metadata (FP32 [-1, -1] -> [1, 1] of 0).
+    assert [c.inputs for c in backend.calls] == [(Tensor("input", "FP32", (1, 1), bytes(4)),)] * 2
+
+
+async def test_a_ping_to_a_model_the_backend_lacks_fails_and_asks_again_next_time() -> None:
+    backend = ColdOnceBackend("lambda")
+    ping = backend_ping(backend, "nope")
+    for _ in range(2):
+        with pytest.raises(ModelNotFound):
+            await ping()
+    assert backend.calls == []
+
+
+WARM, WARM_2 = serialize_bytes([b"warm"]), serialize_bytes([b"warm"] * 2)
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        (TensorSpec("x", "FP32", (-1, 3)), Tensor("x", "FP32", (1, 3), bytes(12))),
+        (TensorSpec("x", "INT64", (2,)), Tensor("x", "INT64", (2,), bytes(16))),
+        (TensorSpec("x", "BOOL", (-1,)), Tensor("x", "BOOL", (1,), b"\x00")),
+        (TensorSpec("t", "BYTES", (-1,)), Tensor("t", "BYTES", (1,), serialize_bytes([b"warm"]))),
+        (
+            TensorSpec("t", "BYTES", (2, -1)),
+            Tensor("t", "BYTES", (2, 1), serialize_bytes([b"warm"] * 2)),
+        ),
+    ],
+)
+def test_tiny_request_is_the_smallest_request_the_metadata_allows(
+    spec: TensorSpec, expected: Tensor
+) -> None:
+    request = tiny_request(ModelMetadata("m", ("1",), "p", (spec, spec), ()))
+    assert request.model == "m" and request.inputs == (expected, expected)
+
+
+def test_a_ping_is_priced_as_the_price_list_prices_a_request() -> None:
+    rate = serverless_rate("lambda", packaged_prices())
+    pricer = DurationPingPrice.of(rate)
+    # 3008 MB at $0.0000166667 per GB-s for 10 ms (the estimate), plus $0.20 per million.
+    assert pricer.estimate_usd() == pytest.approx(3008 / 1024 * 0.0000166667 * 0.010 + 0.20e-6)
+    cloudrun = DurationPingPrice.of(serverless_rate("cloudrun", packaged_prices()))
+    # 2 vCPU x $0.000024 + 2 GiB x $0.0000025 per second, 100 ms minimum, + $0.40 per million.
+    assert cloudrun.estimate_usd() == pytest.approx((2 * 0.000024 + 2 * 0.0000025) * 0.1 + 0.4e-6)
+    with pytest.raises(PriceError):
+        serverless_rate("triton", packaged_prices())
 
 
 async def test_collector_reports_pings_skips_and_cost() -> None:

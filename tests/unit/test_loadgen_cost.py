@@ -14,6 +14,7 @@ from infergw.loadgen.cost import (
     billed_duration_ms,
     cost_per_million,
     load_prices,
+    mixed_cost_per_million,
 )
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
@@ -178,3 +179,27 @@ def test_annotate_costs_keeps_the_reason_when_a_run_cannot_be_priced() -> None:
     annotate_costs(result, "lambda", memory_mb=1024)
     assert result["runs"][0]["cost"]["usd_per_million"] > 0
     assert "no measured duration" in result["runs"][1]["cost"]["error"]
+
+
+def test_a_mixed_route_pays_the_node_for_the_run_and_each_serverless_request_its_own() -> None:
+    # 1,000 requests in 10 s: 900 on Triton (a g4dn.xlarge at $0.526/h for 10 s), 100
+    # spilled to Lambda at 3008 MB: 20 ms compute each, one of them cold by 1,000 ms
+    # (coldstart mean 10 ms over the 100), so 30 ms billed per request on average.
+    run = {
+        "label": "spill",
+        "ok": 1000,
+        "measured_s": 10.0,
+        "billed_ms_by_backend": {
+            "triton": {"requests": 900, "compute": 5.0, "coldstart": 0.0},
+            "lambda": {"requests": 100, "compute": 20.0, "coldstart": 10.0},
+        },
+    }
+    cost = mixed_cost_per_million(run, load_prices())
+    node = 0.526 * 10 / 3600 / 1000 * 1e6  # the node's 10 s over 1,000 requests
+    per_lambda = 3008 / 1024 * 0.030 * 0.0000166667 + 0.20e-6  # one request's bill
+    assert cost["kind"] == "mixed"
+    assert cost["components"]["triton"] == pytest.approx(node)
+    assert cost["components"]["lambda"] == pytest.approx(per_lambda * 100 / 1000 * 1e6)
+    assert cost["usd_per_million"] == pytest.approx(node + per_lambda * 100 / 1000 * 1e6)
+    with pytest.raises(CostError, match="no backend answered"):
+        mixed_cost_per_million({"label": "x", "ok": 0}, load_prices())

@@ -34,6 +34,7 @@ def test_latency_from_intended_time_warmup_late_and_split() -> None:
     rec.record(102.0, 101.9995, 102.01, (None, None, 5))  # sent 0.5 ms early
     rec.record(102.0, 102.0, 102.2, ("UNAVAILABLE", None, 0))
     assert rec.warmup_excluded == 1 and rec.late == 1 and rec.ok == 2
+    assert rec.max_late_ms == pytest.approx(500.0)
     assert rec.errors == {"UNAVAILABLE": 1}
     assert rec.latency.max_ms == pytest.approx(600.0)  # from the intended time, not 100 ms
     assert rec.latency.min_ms == pytest.approx(10.5)  # from the actual (early) send
@@ -41,5 +42,38 @@ def test_latency_from_intended_time_warmup_late_and_split() -> None:
     assert rec.phases["protocol"].percentile(50) == pytest.approx(50.0, rel=1e-3)
     run = rec.run_dict("r", "closed", {}, offered=False)
     assert run["requests"] == 3 and run["offered_rps"] is None
+    assert run["late_sends"] == 1 and run["max_late_ms"] == pytest.approx(500.0)
     assert set(run["split_ms"]) == {"protocol", "queue", "compute"}
     assert run["bytes"] == {"sent_per_request": 10.0, "received_per_request": pytest.approx(10 / 3)}
+
+
+def test_each_answer_is_counted_by_backend_and_reason_overall_and_per_window() -> None:
+    rec = Recorder(start=100.0)
+    spill = 'backend;dur=5;desc="backend=lambda;reason=spill", total;dur=6;desc="backend=lambda"'
+    primary = 'backend;dur=5;desc="backend=triton", total;dur=6;desc="backend=triton"'
+    rec.record(100.1, 100.1, 100.2, (None, primary, 5))
+    rec.record(100.2, 100.2, 100.3, (None, primary, 5))
+    rec.record(101.1, 101.1, 101.2, (None, spill, 5))
+    rec.record(101.2, 101.2, 101.3, (None, "total;dur=6", 5))  # not named: not counted
+    rec.record(101.3, 101.3, 101.4, ("UNAVAILABLE", None, 0))
+    run = rec.run_dict("r", "open", {}, offered=True)
+    assert run["answered"] == [
+        {"backend": "triton", "reason": "primary", "requests": 2, "share": 0.5},
+        {"backend": "lambda", "reason": "spill", "requests": 1, "share": 0.25},
+    ]
+    assert [w["answered"] for w in run["timeseries"]] == [
+        {"triton/primary": 2},
+        {"lambda/spill": 1},
+    ]
+
+
+def test_slo_violations_are_the_slow_the_failed_and_the_dropped() -> None:
+    rec = Recorder(start=100.0)
+    for latency_s in (0.050, 0.090, 0.150, 0.400):
+        rec.record(100.0, 100.0, 100.0 + latency_s, (None, None, 1))
+    rec.record(100.0, 100.0, 100.1, ("RESOURCE_EXHAUSTED", None, 0))
+    rec.drop(100.5)
+    assert rec.latency.count_above(100.0) == 2 and rec.latency.count_above(10.0) == 4
+    assert rec.slo(100.0) == {
+        "ms": 100.0, "slow": 2, "failed": 2, "violations": 4, "share": pytest.approx(4 / 6)
+    }  # fmt: skip

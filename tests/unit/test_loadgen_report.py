@@ -171,3 +171,30 @@ def test_report_without_matplotlib_still_writes(tmp_path: Path, monkeypatch: Any
     write_reports(load("warm"), tmp_path)
     assert not list(tmp_path.glob("*.png"))
     assert "infergw[bench]" in (tmp_path / "report.html").read_text()
+
+
+def test_table_shows_who_answered_when_a_route_mixed_backends() -> None:
+    result = load("scale")
+    run = result["runs"][0]
+    run["answered"] = [
+        {"backend": "triton", "reason": "primary", "requests": 60, "share": 0.6},
+        {"backend": "lambda", "reason": "spill", "requests": 40, "share": 0.4},
+    ]
+    assert "answered by triton 60.0% (primary), lambda 40.0% (spill)" in format_table(result)
+    run["answered"] = [{"backend": "triton", "reason": "primary", "requests": 9, "share": 1.0}]
+    assert "answered by" not in format_table(result)  # one backend, first choice: no note
+
+
+def test_a_run_several_backends_answered_gets_the_answered_over_time_figure() -> None:
+    pytest.importorskip("matplotlib")
+    result = load("scale")
+    assert "answered" not in {p.name for p in plots.render_all(result)}  # one backend
+    run = result["runs"][0]
+    run["answered"] = [
+        {"backend": "triton", "reason": "primary", "requests": 3, "share": 0.75},
+        {"backend": "lambda", "reason": "spill", "requests": 1, "share": 0.25},
+    ]
+    for i, window in enumerate(run["timeseries"]):
+        window["answered"] = {"triton/primary": 3, **({"lambda/spill": 1} if i % 2 else {})}
+    answered = [p for p in plots.render_all(result) if p.name == "answered"]
+    assert len(answered) == 1 and answered[0].png.startswith(PNG_MAGIC)

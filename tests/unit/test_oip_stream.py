@@ -15,7 +15,7 @@ from infergw.proto import grpc_service_pb2 as pb
 from infergw.vocab.errors import QueueFull
 from infergw.wire import oip_stream
 from infergw.wire.oip_stream import StreamReply
-from infergw.wire.protowire import WireError
+from infergw.wire.protowire import WireError, find_varint
 from tests.fakes import EchoBackend
 
 
@@ -101,6 +101,43 @@ def test_with_reply_parameter_adds_one_parameter_and_changes_nothing_else() -> N
     assert oip_stream.read_reply(out) == oip_stream.read_reply(original)
 
 
+def model_config_reply(**config: object) -> bytes:
+    from tritonclient.grpc import model_config_pb2, service_pb2
+
+    return service_pb2.ModelConfigResponse(
+        config=model_config_pb2.ModelConfig(name="m", **config)  # type: ignore[arg-type]
+    ).SerializeToString()
+
+
+@pytest.mark.parametrize(
+    ("config", "decoupled"),
+    [
+        ({}, False),
+        ({"model_transaction_policy": {"decoupled": False}}, False),
+        ({"model_transaction_policy": {"decoupled": True}}, True),
+        ({"model_transaction_policy": {"decoupled": True}, "max_batch_size": 8}, True),
+    ],
+)
+def test_is_decoupled_reads_tritons_model_config(config: dict, decoupled: bool) -> None:
+    assert oip_stream.is_decoupled(model_config_reply(**config)) is decoupled
+
+
+def test_is_decoupled_takes_the_last_occurrence_as_protobuf_does() -> None:
+    on = model_config_reply(model_transaction_policy={"decoupled": True})
+    off = model_config_reply(model_transaction_policy={"decoupled": False}, max_batch_size=1)
+    assert oip_stream.is_decoupled(off + on) and oip_stream.is_decoupled(on + off) is True
+    # ("decoupled: false" is not sent at all: merging keeps the true one.)
+
+
+def test_find_varint_reads_nested_scalars_and_rejects_garbage() -> None:
+    payload = model_config_reply(max_batch_size=7)
+    assert find_varint(payload, (1, 4)) == 7  # ModelConfig.max_batch_size
+    assert find_varint(payload, (1, 19, 1)) is None
+    assert find_varint(payload, (9,)) is None
+    with pytest.raises(WireError):
+        oip_stream.is_decoupled(b"\x0a\x05ab")
+
+
 # -- the capability through the policies ----------------------------------------------------
 
 
@@ -116,6 +153,9 @@ class StreamingEcho(EchoBackend):
 
     async def open_stream(self, ctx: RequestContext) -> InferStream:
         raise NotImplementedError  # not reached by these tests
+
+    async def needs_stream(self, model: str) -> bool:
+        return True
 
     async def admit(self, ctx: RequestContext) -> Release:
         self.admitted += 1

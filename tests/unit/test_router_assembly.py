@@ -5,13 +5,17 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from infergw.gateway.core.config import parse_config
 from infergw.gateway.core.context import RequestContext
 from infergw.gateway.core.policies import ObservedWarmth
-from infergw.gateway.core.router import Router
+from infergw.gateway.core.router import Router, ping_model
 from infergw.gateway.core.routing.outlier import OutlierGate
 from infergw.gateway.core.routing.route import Route
+from infergw.gateway.core.routing.spillover import Spillover
 from infergw.gateway.core.warmth import WarmthEstimator
+from infergw.vocab.errors import InvalidArgument
 from infergw.vocab.types import InferRequest, InferResponse
 from tests.fakes import EchoBackend
 
@@ -67,3 +71,46 @@ async def test_answers_feed_the_estimate() -> None:
         await observed.infer(request, RequestContext(protocol="grpc"))
     assert estimator.coldstart_s() == 0.8  # measured, no longer the 5 s prior
     assert estimator.warm_latency_s() < 0.1
+
+
+def test_each_backend_that_scales_to_zero_gets_a_keep_warm_runner_fed_by_its_answers() -> None:
+    r = router(
+        {"spill": {"policy": {"kind": "spillover", "primary": "triton", "overflow": ["lambda"]}}}
+    )
+    runner = r.keep_warm.runners["lambda"]
+    assert set(r.keep_warm.runners) == {"lambda"}
+    assert r.estimators["lambda"] is runner.estimator  # one view: spill-over's and the pings'
+    observed = r.backends["lambda"]
+    assert isinstance(observed, ObservedWarmth) and observed.observer is runner
+    route = r.select("spill")
+    assert isinstance(route, Spillover) and route.prewarm is r.keep_warm  # pre-warm wired
+
+
+def test_keep_warm_pings_the_first_route_naming_the_backend_unless_told() -> None:
+    def pinged(models: dict[str, Any], keep_warm: dict[str, Any]) -> str | None:
+        backends = {**BACKENDS, "lambda": {**BACKENDS["lambda"], "keep_warm": keep_warm}}
+        config = parse_config({"backends": backends, "models": models})
+        (lambda_config,) = (b for b in config.backends if b.name == "lambda")
+        return ping_model(lambda_config, config.routes)
+
+    spill = {"policy": {"kind": "spillover", "primary": "triton", "overflow": ["lambda"]}}
+    assert pinged({"*": "lambda", "a": "triton", "b": spill}, {"mode": "fixed"}) == "b"
+    assert pinged({"b": spill, "c": "lambda"}, {"mode": "fixed", "model": "c"}) == "c"
+    assert pinged({"*": "lambda"}, {}) is None  # "*" is no model name
+
+
+def test_keep_warm_on_without_a_model_to_ping_is_a_config_error() -> None:
+    backends = {**BACKENDS, "lambda": {**BACKENDS["lambda"], "keep_warm": {"mode": "fixed"}}}
+    config = parse_config({"backends": backends, "models": {"*": "triton"}})
+    with pytest.raises(InvalidArgument, match=r"backends.lambda.keep_warm: no model to ping"):
+        Router.from_config(config)
+    off = parse_config({"backends": BACKENDS, "models": {"*": "triton"}})
+    assert "lambda" in Router.from_config(off).keep_warm.runners  # off: pre-warm only
+
+
+async def test_start_and_close_run_the_keep_warm_runners_and_close_every_backend() -> None:
+    r = router({"*": "triton"})
+    await r.start()
+    assert r.keep_warm.runners["lambda"].running
+    await r.close()
+    assert not r.keep_warm.runners["lambda"].running

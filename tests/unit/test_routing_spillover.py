@@ -53,12 +53,18 @@ class Estimate:
     def probably_cold(self, now: float) -> bool:
         return self.cold
 
+    def warm_capacity(self, now: float) -> int | None:
+        return None
+
+    def cold_latency_s(self) -> float:
+        return self.latency_s
+
 
 class Prewarmer:
     def __init__(self) -> None:
         self.asked: list[str] = []
 
-    def prewarm(self, backend: str) -> None:
+    def prewarm(self, backend: str, instances: int = 1) -> None:
         self.asked.append(backend)
 
 
@@ -118,6 +124,18 @@ def test_a_probably_cold_overflow_is_passed_over_for_a_warm_one_that_fits() -> N
     assert target.name == "cloudrun"
     only_cold = route(clock, Queue(1.0), cold).decide(ctx_with(clock, 1.0))
     assert only_cold[0].name == "lambda"  # it fits, cold start included: better than waiting
+
+
+def test_a_cold_start_longer_than_the_primarys_wait_is_not_paid_while_it_warms() -> None:
+    clock = FakeClock()
+    warmer = Prewarmer()
+    queue = Queue(0.5)  # past the bound, but shorter than the 2 s cold start
+    spill = route(clock, queue, member("lambda", Estimate(2.0, cold=True)), prewarm=warmer)
+    assert spill.decide(ctx_with(clock, None)) == (spill.primary, Reason.PRIMARY)
+    assert warmer.asked == ["lambda"]  # warming meanwhile
+    queue.wait_s = 2.5  # now the cold start is the shorter wait
+    target, reason = spill.decide(ctx_with(clock, None))
+    assert (target.name, reason) == ("lambda", Reason.SPILL)
 
 
 def test_an_ejected_primary_spills_whatever_the_queue_says() -> None:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from infergw.vocab.timing import BACKEND_REPORTED, TimingEntry
 from infergw.wire.server_timing import (
     TRAILER,
+    answered_by,
     append_server_timing,
     format_server_timing,
     join_server_timing,
@@ -64,3 +67,36 @@ def test_select_keeps_only_the_named_phases_with_their_detail() -> None:
         TimingEntry("coldstart", 3.0),
         TimingEntry("backend_queue", 4.0),
     ]
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        (
+            'backend;dur=3;desc="backend=triton", total;dur=4;desc="backend=triton"',
+            ("triton", "primary"),
+        ),
+        (
+            'backend;dur=1;desc="backend=dead;attempt=1", '
+            'backend;dur=3;desc="backend=triton;attempt=2;reason=fallback", '
+            'total;dur=5;desc="backend=triton"',
+            ("triton", "fallback"),
+        ),
+        (  # a hedge the second member won: the loser's entry stays, the winner is named
+            'backend;dur=60;desc="backend=lambda;attempt=1", '
+            'backend;dur=9;desc="backend=sagemaker;attempt=2;reason=hedge", '
+            'total;dur=61;desc="backend=sagemaker"',
+            ("sagemaker", "hedge"),
+        ),
+        (  # the member's own retry inside one attempt: its last entry's reason
+            'backend;dur=2;desc="backend=lambda;attempt=1;reason=spill", '
+            'backend;dur=2;desc="backend=lambda;attempt=2;reason=retry", '
+            'total;dur=5;desc="backend=lambda"',
+            ("lambda", "retry"),
+        ),
+        ('backend;dur=3;desc="backend=triton", total;dur=4', None),  # an error: no answer
+        ("total;dur=4", None),  # not the gateway (or an older one)
+    ],
+)
+def test_answered_by_names_the_backend_and_why(header: str, expected: tuple | None) -> None:
+    assert answered_by(parse_server_timing(header)) == expected

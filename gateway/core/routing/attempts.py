@@ -39,6 +39,13 @@ BACKEND_PHASE = "backend"
 WAIT_PHASE = "queue"  # admission and throttling waits: not service time
 
 
+@dataclass(eq=False)
+class Load:
+    """Attempts in flight on a member (mutable, inside the frozen ``Target``)."""
+
+    in_flight: int = 0
+
+
 @dataclass(frozen=True, eq=False)
 class Target:
     """A route member: a configured backend with its policies (no ``OutlierGate``), its
@@ -49,12 +56,22 @@ class Target:
     outlier: OutlierDetector | None = None
     estimate: LatencyEstimate | None = None  # a warm-state estimator; None: service times
     service_times: LatencyWindow = field(default_factory=LatencyWindow)
+    load: Load = field(default_factory=lambda: Load())  # its attempts in flight (any route)
+
+    def saturated(self, now: float) -> bool:
+        """Whether every probably-warm instance is busy with an attempt of ours: the next
+        request would start another, cold (a Lambda instance serves one at a time)."""
+        capacity = self._estimate().warm_capacity(now)
+        return capacity is not None and self.load.in_flight >= capacity
 
     def expected_latency_s(self, now: float) -> float:
-        return self._estimate().expected_latency_s(now)
+        estimate = self._estimate()
+        return (
+            estimate.cold_latency_s() if self.saturated(now) else estimate.expected_latency_s(now)
+        )
 
     def probably_cold(self, now: float) -> bool:
-        return self._estimate().probably_cold(now)
+        return self._estimate().probably_cold(now) or self.saturated(now)
 
     def _estimate(self) -> LatencyEstimate:
         return self.estimate or ObservedLatency(self.service_times)
@@ -86,6 +103,7 @@ class Attempts:
                 "infergw.reason": reason,
             },
         )
+        target.load.in_flight += 1
         try:
             with span:
                 response = await target.backend.infer(request, child)
@@ -94,6 +112,7 @@ class Attempts:
                 target.outlier.record(outcome_of(exc, remaining_s(ctx.deadline, self.clock)))
             raise
         finally:
+            target.load.in_flight -= 1
             _join(child.timings, ctx.timings, reason)
             ctx.attempts = max(ctx.attempts, child.attempts)
         waited_s = sum(e.duration_ms for e in child.timings.entries if e.name == WAIT_PHASE)

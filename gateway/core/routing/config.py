@@ -93,10 +93,12 @@ class KeepWarmConfig(RoutingSection):
 
     ``bin_s`` and ``bins`` shape the adaptive histogram: the paper's 1-minute bins up
     to 4 hours by default; the local stack, whose instances idle out in seconds to
-    minutes, scales the bins down. ``max_cost_per_hour`` (USD) unset: no cap.
+    minutes, scales the bins down. ``max_cost_per_hour`` (USD) unset: no cap. A ping is
+    the smallest request ``model`` takes (default: the first route naming the backend).
     """
 
     mode: KeepWarmMode = "off"
+    model: Annotated[str, Field(min_length=1)] | None = None
     interval_s: Annotated[float, Field(gt=0)] = 240.0
     max_cost_per_hour: Annotated[float, Field(gt=0)] | None = None
     bin_s: Annotated[float, Field(gt=0)] = 60.0

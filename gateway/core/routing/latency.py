@@ -27,6 +27,15 @@ class LatencyEstimate(Protocol):
         """Whether a request sent now would probably pay a cold start."""
         ...
 
+    def warm_capacity(self, now: float) -> int | None:
+        """Requests it can probably take at once without a cold start (None: no limit
+        known, as for an always-on backend)."""
+        ...
+
+    def cold_latency_s(self) -> float:
+        """The time a request that pays a cold start would probably take."""
+        ...
+
 
 class LatencyWindow:
     """The most recent service times, in seconds."""
@@ -66,3 +75,9 @@ class ObservedLatency:
 
     def probably_cold(self, now: float) -> bool:
         return False
+
+    def warm_capacity(self, now: float) -> int | None:
+        return None
+
+    def cold_latency_s(self) -> float:
+        return self.expected_latency_s(0.0)

@@ -8,7 +8,9 @@ For each request, in order:
    the queue is full, and stops as soon as the queue is short again);
 2. else the first overflow member, not ejected, whose expected latency (its warm-state
    estimate, a cold start included) fits the request's remaining deadline, warm ones
-   first (a probably-cold member is passed over for a warm one that fits);
+   first (a probably-cold member is passed over for a warm one that fits, and taken only
+   when its cold start is shorter than the wait at the primary: a cold start the
+   primary's queue would beat is not one to pay);
 3. else the primary's queue; or, when its expected wait is known to exceed the remaining
    deadline, RESOURCE_EXHAUSTED at once with a Retry-After of that wait (the client is
    told now, instead of at its deadline). With the primary ejected, the first overflow
@@ -16,11 +18,15 @@ For each request, in order:
 
 While the primary's expected wait is past ``prewarm_fraction`` of the bound, probably-cold
 overflow members are named to ``Prewarm`` (the keep-warm machinery), so they are warm
-before the first request spills. A spilled request the overflow member cannot serve for
-capacity or availability (throttled, its queue full, unavailable: ``Outcome.moves_on``)
-goes back to the primary's queue while the deadline leaves time (``reason=fallback``):
-a burst that also fills the overflow is queued, not refused. Other failures are the
-client's answer; the members' own stacks (retries, ejection) handle theirs.
+before the first request spills. A member whose warm instances are all busy with our
+attempts (``Target.saturated``) counts as cold: the next request would start an instance,
+so it is pre-warmed for one instance more and the cold start is judged as above.
+
+A spilled request the overflow member cannot serve for capacity or availability
+(throttled, its queue full, unavailable: ``Outcome.moves_on``) goes back to the primary's
+queue while the deadline leaves time (``reason=fallback``): a burst that also fills the
+overflow is queued, not refused. Other failures are the client's answer; the members'
+own stacks (retries, ejection) handle theirs.
 """
 
 from __future__ import annotations
@@ -43,8 +49,9 @@ PREWARM_FRACTION = 0.5
 
 
 class Prewarm(Protocol):
-    def prewarm(self, backend: str) -> None:
-        """Start warming ``backend`` (returns at once; repeated calls are cheap)."""
+    def prewarm(self, backend: str, instances: int = 1) -> None:
+        """Start warming ``instances`` of ``backend`` (returns at once; repeated calls
+        are cheap)."""
         ...
 
 
@@ -75,13 +82,24 @@ class Spillover(Route):
         usable = self.usable()
         primary_in = self.primary in usable
         wait = self.queue.expected_wait_s() if primary_in else math.inf
-        if primary_in and wait <= self.max_queue_wait_s:
+        if primary_in:
             self._prewarm_if_pressed(wait, now)
-            return self.primary, Reason.PRIMARY
+            if wait <= self.max_queue_wait_s:
+                return self.primary, Reason.PRIMARY
         left = remaining_s(ctx.deadline, clock)
         overflow = [t for t in usable if t is not self.primary]
         fits = [t for t in overflow if left is None or t.expected_latency_s(now) <= left]
-        if not primary_in:
+        if primary_in:
+            # A cold start is worth waiting for only when it is shorter than the wait at
+            # the primary: else the request queues there while the member warms up. An
+            # unknown wait (no service time seen yet) is not known to be longer.
+            at_primary = wait + self.primary.expected_latency_s(now) if math.isfinite(wait) else 0.0
+            fits = [
+                t
+                for t in fits
+                if not t.probably_cold(now) or t.expected_latency_s(now) < at_primary
+            ]
+        else:
             fits = fits or overflow
         warm = [t for t in fits if not t.probably_cold(now)]
         if warm or fits:
@@ -109,5 +127,5 @@ class Spillover(Route):
         if self.prewarm is None or wait <= self.prewarm_fraction * self.max_queue_wait_s:
             return
         for target in self.overflow:
-            if target.probably_cold(now):
-                self.prewarm.prewarm(target.name)
+            if target.probably_cold(now):  # cold, or every warm instance busy
+                self.prewarm.prewarm(target.name, target.load.in_flight + 1)
