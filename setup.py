@@ -70,6 +70,7 @@ PACKAGES = {
     "infergw.backends": "backends",
     "infergw.clients": "clients",
     "infergw.loadgen": "loadgen",
+    "infergw.planner": "planner",
     "infergw.deploy": "deploy",
     "infergw.deploy.triton": "deploy/triton",
     "infergw.deploy.local": "deploy/local",

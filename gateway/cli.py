@@ -169,8 +169,10 @@ def build_parser() -> argparse.ArgumentParser:
     # Subcommands that live with their subsystem (argparse only; heavy imports are lazy).
     from infergw.gateway.sidecar_cli import register as register_sidecar
     from infergw.loadgen.cli import register as register_bench
+    from infergw.planner.cli import register as register_plan
 
     register_bench(sub)
+    register_plan(sub)
     register_sidecar(sub)
     return parser
 

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from infergw.loadgen import traces
 from infergw.loadgen.progress import Progress
 from infergw.loadgen.settings import Settings
 from infergw.wire.protocols import Protocol
@@ -66,8 +67,8 @@ def resolve(s: Settings) -> Settings:
         _check_cold(s, info)
     if s.scenario == "protocol":
         s = _resolve_protocol(s)
-    if s.scenario == "trace" and s.trace_csv and not Path(s.trace_csv).is_file():
-        raise UsageError(f"--trace-csv {s.trace_csv}: no such file")
+    if s.scenario == "trace":
+        _check_trace_files(s)
     if s.scenario == "scale" and (s.ramp_from < 0 or s.ramp_to <= 0 or s.hold < 0):
         raise UsageError("--ramp-from must be >= 0, --ramp-to > 0, --hold >= 0")
     return s
@@ -193,3 +194,14 @@ def emit(result: dict[str, Any], out: Path | None) -> None:
         out.mkdir(parents=True, exist_ok=True)
         write_reports(result, out)
         print(f"wrote {out}/result.json, result.csv, report.html", file=sys.stderr)
+
+
+def _check_trace_files(s: Settings) -> None:
+    """A trace file that is not there fails before anything connects."""
+    for flag, path in (
+        ("--trace-csv", s.trace_csv),
+        ("--trace-file", s.trace_file),
+        ("--trace-counts", s.trace_counts),
+    ):
+        if path and path not in traces.NAMED and not Path(path).is_file():
+            raise UsageError(f"{flag} {path}: no such file")

@@ -20,6 +20,8 @@ examples:
   infergw bench protocol --target 127.0.0.1:8001 --http-target 127.0.0.1:8000 --sizes 1KB,1MB
   infergw bench concurrency --target 127.0.0.1:8001 --model identity --levels 1,4,16,64
   infergw bench trace --target 127.0.0.1:8001 --model identity --trace-kind mmpp --seed 7
+  infergw bench trace --target 127.0.0.1:8001 --trace-kind azure-code --trace-speedup 10
+  infergw bench trace --target 127.0.0.1:8001 --trace-kind fitted --trace-file azure-code
 """
 
 
@@ -85,8 +87,27 @@ def register(sub: Any) -> None:
     tr = p.add_argument_group("trace")
     tr.add_argument("--trace-csv", help="CSV of arrival timestamps (first column)")
     tr.add_argument("--trace-unit", choices=("s", "ms"), default=D.trace_unit)
-    tr.add_argument("--trace-speedup", type=float, default=D.trace_speedup)
-    tr.add_argument("--trace-kind", choices=("onoff", "mmpp"), default=D.trace_kind)
+    tr.add_argument(
+        "--trace-speedup", type=float, default=D.trace_speedup, help="compress time k times"
+    )
+    tr.add_argument(
+        "--trace-kind",
+        choices=("onoff", "mmpp", "file", "azure-code", "azure-conv", "fitted"),
+        default=D.trace_kind,
+        help="synthetic (onoff, mmpp), replayed (file, the packaged azure-*), or a seeded "
+        "2-state MMPP fitted to --trace-file (default mmpp; file when a file is given)",
+    )
+    tr.add_argument("--trace-file", help="CSV of timestamps (ISO or s/ms), or azure-code|conv")
+    tr.add_argument("--trace-counts", help="CSV of per-interval counts (last column)")
+    tr.add_argument("--interval-s", type=float, default=D.interval_s, help="counts: s per row")
+    tr.add_argument(
+        "--trace-spread", choices=("uniform", "poisson", "even"), default=D.trace_spread
+    )
+    tr.add_argument("--trace-start", type=float, default=D.trace_start, help="trace s to start at")
+    tr.add_argument("--trace-duration", type=float, help="trace s to replay (default: all)")
+    tr.add_argument(
+        "--trace-fit-window", type=float, default=D.trace_fit_window, help="fitted: window (s)"
+    )
     tr.add_argument("--on-rate", type=float, default=D.on_rate, help="onoff: rps while on")
     tr.add_argument("--mean-on", type=float, default=D.mean_on, help="onoff: mean on period (s)")
     tr.add_argument("--mean-off", type=float, default=D.mean_off, help="onoff: mean off period (s)")

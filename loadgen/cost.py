@@ -97,16 +97,31 @@ def _phase_ms(run: dict[str, Any], phase: str) -> float | None:
     return float(value) if value is not None else None
 
 
+def _share_ms(run: dict[str, Any], phase: str) -> float | None:
+    """A phase's mean over *all* the run's requests, for a phase only some requests have
+    (a cold start): its mean over those, times their share (``n`` of ``ok``). Without
+    the counts (a result recorded before they were), its typical duration, which bills
+    every request as if it had paid it."""
+    entry = (run.get("split_ms") or {}).get(phase)
+    if not isinstance(entry, dict):
+        return None
+    ok, n = run.get("ok"), entry.get("n")
+    if ok and n is not None and entry.get("mean") is not None:
+        return float(entry["mean"]) * float(n) / float(ok)
+    return _phase_ms(run, phase)
+
+
 def billed_duration_ms(run: dict[str, Any], include_coldstart: bool = True) -> tuple[float, str]:
     """The per-request duration a serverless platform bills, and where it came from.
 
-    Preference: the backend-reported compute (+ coldstart share) from Server-Timing;
+    Preference: the backend-reported compute (+ the cold starts' share: their mean over
+    every request, so one cold request of 100 adds 1/100 of its init) from Server-Timing;
     for cold runs without a split, the cold samples; otherwise the backend round trip
     (end-to-end minus the client/gateway phases), which overestimates the bill.
     """
     compute = _phase_ms(run, "compute")
     if compute is not None:
-        cold = (_phase_ms(run, "coldstart") or 0.0) if include_coldstart else 0.0
+        cold = (_share_ms(run, "coldstart") or 0.0) if include_coldstart else 0.0
         return compute + cold, "compute+coldstart" if cold else "compute"
     samples = run.get("cold") or []
     if samples:

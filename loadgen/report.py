@@ -193,6 +193,12 @@ def _footnotes(result: dict[str, Any]) -> list[str]:
                 f"{label}: SLO {slo['ms']:g} ms violated by {slo['violations']:,} requests "
                 f"({100 * slo['share']:.1f}%): {slo['slow']:,} slower, {slo['failed']:,} failed"
             )
+        steady = run.get("steady_state") or {}
+        if steady.get("why"):
+            reached = "no steady state" if steady.get("at_s") is None else "steady state late"
+            when = steady.get("failed_at_s")
+            at = f" (the span from {when:g} s)" if when is not None else ""
+            notes.append(f"{label}: {reached}{at}: {steady['why']}")
         answered = run.get("answered") or []
         if len(answered) > 1 or any(a["reason"] != "primary" for a in answered):
             shares = ", ".join(

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from infergw.loadgen import payloads, schedules, splits, standins
+from infergw.loadgen import payloads, schedules, splits, standins, traces
 from infergw.loadgen.progress import Progress
 from infergw.loadgen.recorder import Recorder
 from infergw.loadgen.runner import closed_loop, open_loop
@@ -26,7 +26,7 @@ from infergw.loadgen.server_stats import StatsWindow
 from infergw.loadgen.settings import Settings
 from infergw.loadgen.splits import TraceIds
 from infergw.loadgen.targets import make_sender
-from infergw.loadgen.timeseries import Window, steady_state
+from infergw.loadgen.timeseries import Window, steady_state_verdict
 from infergw.wire.protocols import Protocol
 
 Run = dict[str, Any]
@@ -242,7 +242,9 @@ async def scale(s: Settings, ctx: Context) -> list[Run]:
         duration_s=total_s,
         requests=s.requests,
     )
-    run["steady_state_s"] = steady_state(ctx.last_windows, s.slo_ms, max(1, round(s.steady_window)))
+    verdict = steady_state_verdict(ctx.last_windows, s.slo_ms, max(1, round(s.steady_window)))
+    run["steady_state_s"] = verdict.at_s
+    run["steady_state"] = verdict.as_dict()
     run["params"]["steady_window_s"] = s.steady_window
     return ctx.runs
 
@@ -304,7 +306,8 @@ def _levels(s: Settings) -> list[int]:
 
 
 async def trace(s: Settings, ctx: Context) -> list[Run]:
-    """Replay ``--trace-csv`` or a generated bursty trace (on/off or MMPP), open loop."""
+    """Replay a real trace (a file, the packaged Azure ones, an MMPP fitted to one) or a
+    generated bursty one (on/off or MMPP), open loop."""
     schedule, params, length = trace_schedule(s)
     duration = s.duration if s.duration is not None else length
     ctx.progress.stage(0, 1, f"trace {params['trace']}")
@@ -323,10 +326,10 @@ async def trace(s: Settings, ctx: Context) -> list[Run]:
 
 def trace_schedule(s: Settings) -> tuple[Iterator[float], dict[str, Any], float]:
     """(offsets, params describing them, natural length in seconds)."""
-    if s.trace_csv:
-        offsets = list(schedules.trace_csv(s.trace_csv, s.trace_unit, s.trace_speedup))
-        params = {"trace": "csv", "path": str(s.trace_csv), "arrivals": len(offsets)}
-        return iter(offsets), params, offsets[-1] + 1e-3
+    kind = trace_kind(s)
+    if kind in REPLAYED:
+        offsets, params, length = replayed_trace(s, kind)
+        return iter(offsets.tolist()), params, length
     length = s.duration if s.duration is not None else 60.0
     period = s.diurnal_period or length
     common: dict[str, Any] = {
@@ -353,6 +356,60 @@ def trace_schedule(s: Settings) -> tuple[Iterator[float], dict[str, Any], float]
         rates, dwell, diurnal_amplitude=s.diurnal_amplitude, diurnal_period_s=period, seed=s.seed
     )
     return gen, {"trace": "mmpp", "rates": rates, "mean_dwell_s": dwell, **common}, length
+
+
+REPLAYED = ("file", "azure-code", "azure-conv", "fitted")
+
+
+def trace_kind(s: Settings) -> str:
+    """``--trace-kind``, except that a given file is replayed rather than ignored."""
+    if (s.trace_file or s.trace_counts or s.trace_csv) and s.trace_kind in ("onoff", "mmpp"):
+        return "file"
+    return s.trace_kind
+
+
+def replayed_trace(s: Settings, kind: str) -> tuple[np.ndarray, dict[str, Any], float]:
+    """The offsets a real (or fitted) trace sends: its window [start, start + duration) in
+    trace time, then compressed by the speedup; params saying which were replayed; and
+    the replay's length in seconds (the window's, so a quiet tail is part of the run)."""
+    if kind in traces.NAMED:
+        if s.trace_file or s.trace_counts or s.trace_csv:
+            raise ValueError(f"--trace-kind {kind} replays the packaged trace: drop the file")
+        source: dict[str, Any] = {"source": kind}
+        arrivals = traces.packaged(kind)
+    else:
+        source, arrivals = _trace_source(s, kind)
+    part = traces.window(arrivals, s.trace_start, s.trace_duration)
+    length = s.trace_duration or float(part[-1]) + 1e-3  # in trace seconds
+    params: dict[str, Any] = {"trace": kind, **source, "trace_start_s": s.trace_start}
+    params |= {"trace_duration_s": s.trace_duration, "speedup": s.trace_speedup}
+    if kind == "fitted":
+        fit = traces.fit_mmpp(part, s.trace_fit_window)
+        length = max(length, (s.duration or 0.0) * s.trace_speedup)
+        gen = itertools.takewhile(lambda t: t < length, fit.schedule(s.seed))
+        part = np.fromiter(gen, dtype=np.float64)
+        params |= {"fit": fit.as_dict(), "seed": s.seed, "fitted_length_s": length}
+        if part.size == 0:
+            raise ValueError("the fitted trace has no arrivals: give a longer --trace-duration")
+    offsets = traces.speedup(part, s.trace_speedup)
+    params["arrivals"] = int(offsets.size)
+    if offsets.size >= 2 and offsets[-1] > offsets[0]:
+        params["replay_stats"] = traces.describe(offsets).as_dict()  # in replay seconds
+    return offsets, params, length / s.trace_speedup
+
+
+def _trace_source(s: Settings, kind: str) -> tuple[dict[str, Any], np.ndarray]:
+    if s.trace_counts:
+        arrivals = traces.read_counts(s.trace_counts, s.interval_s, s.trace_spread, s.seed)
+        source = {"source": str(s.trace_counts), "interval_s": s.interval_s}
+        return source | {"spread": s.trace_spread, "seed": s.seed}, arrivals
+    path = s.trace_file or s.trace_csv
+    if not path:
+        raise ValueError(
+            f"--trace-kind {kind} needs --trace-file FILE|{'|'.join(traces.NAMED)} "
+            "or --trace-counts FILE"
+        )
+    return {"source": str(path), "unit": s.trace_unit}, traces.load(path, s.trace_unit)
 
 
 def _warmup(s: Settings, default: float) -> float:

@@ -8,7 +8,8 @@ lazily, so a million-request schedule costs no memory. Randomness comes from a
 - ``poisson(rate, seed)``: exponential inter-arrivals (a memoryless stream of users).
 - ``ramp(r0, r1, duration)``: rate rising linearly; arrivals placed by inverting the
   cumulative rate, so ``poisson=True`` gives an exact non-homogeneous Poisson process.
-- ``trace_csv(path, unit)``: replay recorded timestamps.
+- recorded traces are read by ``loadgen.traces`` (timestamps, per-interval counts, the
+  packaged Azure traces; MMPPs fitted to them), not here.
 - ``onoff(...)`` and ``mmpp(...)``: bursty synthetic traces in the spirit of the
   Berkeley and WITS traces (which cannot be downloaded here), optionally with a
   diurnal sinusoid; see their docstrings for the parameters.
@@ -16,13 +17,11 @@ lazily, so a million-request schedule costs no memory. Randomness comes from a
 
 from __future__ import annotations
 
-import csv
 import math
 import random
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 
-__all__ = ["constant", "mmpp", "onoff", "poisson", "ramp", "trace_csv"]
+__all__ = ["constant", "mmpp", "onoff", "poisson", "ramp"]
 
 
 def constant(rate: float, start: float = 0.0) -> Iterator[float]:
@@ -73,34 +72,6 @@ def _inverse_linear(level: float, r0: float, slope: float) -> float:
     if abs(slope) < 1e-12:
         return level / r0
     return (math.sqrt(r0 * r0 + 2 * slope * level) - r0) / slope
-
-
-def trace_csv(path: str | Path, unit: str = "s", speedup: float = 1.0) -> Iterator[float]:
-    """Replay arrival timestamps from a CSV file.
-
-    The first column of each row is a timestamp (absolute or relative, any origin);
-    rows whose first cell is not a number (a header, comments) are skipped; other
-    columns are ignored. ``unit`` is ``"s"`` or ``"ms"``. Offsets are relative to the
-    earliest timestamp and sorted; ``speedup`` > 1 compresses time (2: twice as fast).
-    """
-    scale = {"s": 1.0, "ms": 1e-3}.get(unit)
-    if scale is None:
-        raise ValueError("trace unit must be 's' or 'ms'")
-    _positive(speedup, "speedup")
-    stamps: list[float] = []
-    with Path(path).open(newline="") as f:
-        for row in csv.reader(f):
-            if not row or row[0].lstrip().startswith("#"):
-                continue
-            try:
-                stamps.append(float(row[0]) * scale)
-            except ValueError:
-                continue
-    if not stamps:
-        raise ValueError(f"{path}: no numeric timestamps in the first column")
-    stamps.sort()
-    origin = stamps[0]
-    return iter([(t - origin) / speedup for t in stamps])
 
 
 def onoff(

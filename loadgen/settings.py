@@ -59,7 +59,14 @@ class Settings:
     trace_csv: str | None = None
     trace_unit: str = "s"
     trace_speedup: float = 1.0
-    trace_kind: str = "mmpp"
+    trace_kind: str = "mmpp"  # onoff|mmpp|file|azure-code|azure-conv|fitted (loadgen.traces)
+    trace_file: str | None = None  # timestamps CSV, or a packaged trace's name (fitted)
+    trace_counts: str | None = None  # CSV of per-interval counts
+    interval_s: float = 1.0  # --trace-counts: seconds per row
+    trace_spread: str = "uniform"  # --trace-counts: uniform|poisson|even within an interval
+    trace_start: float = 0.0  # trace seconds: replay [start, start + duration)
+    trace_duration: float | None = None
+    trace_fit_window: float = 10.0  # fitted: the window of the dispersion and autocorrelation
     on_rate: float = 50.0
     mean_on: float = 2.0
     mean_off: float = 4.0

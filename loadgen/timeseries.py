@@ -87,23 +87,48 @@ def steady_state(
     or None if even the last full span does not (or the run is shorter than a span).
     A span with no traffic at all does not meet it: silence is not a steady state.
     """
+    return steady_state_verdict(windows, slo_ms, span, min_success).at_s
+
+
+@dataclass(frozen=True, slots=True)
+class SteadyState:
+    """When the run reached steady state (``at_s``; None: never), and the last span that
+    did not meet the SLO: its start ``failed_at_s`` and which criterion it missed."""
+
+    at_s: float | None
+    failed_at_s: float | None = None
+    failed_because: str | None = None
+
+    def as_dict(self) -> dict[str, float | str | None]:
+        return {"at_s": self.at_s, "failed_at_s": self.failed_at_s, "why": self.failed_because}
+
+
+def steady_state_verdict(
+    windows: Sequence[Window], slo_ms: float, span: int = 10, min_success: float = 0.99
+) -> SteadyState:
+    """``steady_state``, saying why the span just before it (or the last one) failed."""
     if span < 1 or len(windows) < span:
-        return None
+        return SteadyState(None, None, f"the run is shorter than one span of {span} windows")
     answer: float | None = None
     # Walk backwards: the answer is the start of the longest run of good spans ending last.
     for start in range(len(windows) - span, -1, -1):
-        if not _span_ok(windows[start : start + span], slo_ms, min_success):
-            break
+        problem = _span_problem(windows[start : start + span], slo_ms, min_success)
+        if problem is not None:
+            return SteadyState(answer, windows[start].t, problem)
         answer = windows[start].t
-    return answer
+    return SteadyState(answer)
 
 
-def _span_ok(span: Sequence[Window], slo_ms: float, min_success: float) -> bool:
+def _span_problem(span: Sequence[Window], slo_ms: float, min_success: float) -> str | None:
+    """Why a span does not meet the SLO (None: it does)."""
     ok = sum(w.ok for w in span)
-    total = ok + sum(w.errors + w.dropped for w in span)
-    if total == 0 or ok / total < min_success:
-        return False
+    failed = sum(w.errors + w.dropped for w in span)
+    if ok + failed == 0:
+        return "no traffic"
+    if ok / (ok + failed) < min_success:
+        return f"success {ok / (ok + failed):.3f} < {min_success:g} ({failed} failed)"
     merged = Histogram(WINDOW_DIGITS)
     for w in span:
         merged.merge(w.latency)
-    return merged.percentile(95) <= slo_ms
+    p95 = merged.percentile(95)
+    return f"p95 {p95:,.0f} ms > SLO {slo_ms:g} ms" if p95 > slo_ms else None

@@ -203,3 +203,20 @@ def test_a_mixed_route_pays_the_node_for_the_run_and_each_serverless_request_its
     assert cost["usd_per_million"] == pytest.approx(node + per_lambda * 100 / 1000 * 1e6)
     with pytest.raises(CostError, match="no backend answered"):
         mixed_cost_per_million({"label": "x", "ok": 0}, load_prices())
+
+
+def test_one_cold_request_in_a_hundred_adds_a_hundredth_of_its_init_to_the_bill() -> None:
+    # Recorded by the load generator's own recorder: 99 warm requests computing 16 ms,
+    # one that also paid a 2,000 ms cold start. Lambda bills each its own duration: the
+    # mean is 16 + 2000/100 = 36 ms, not 16 + 2000 (the cold requests' median).
+    from infergw.loadgen.recorder import Recorder
+
+    rec = Recorder(start=0.0)
+    for i in range(100):
+        timing = "compute;dur=16" + (", coldstart;dur=2000" if i == 0 else "")
+        rec.record(1.0 + i, 1.0 + i, 1.05 + i, (None, timing, 10))
+    run = rec.run_dict("scale", "open", {}, offered=True)
+    cost = cost_per_million(run, "lambda")
+    per_request = 3008 / 1024 * 0.036 * 0.0000166667 + 0.20e-6
+    assert cost["billed_ms"] == pytest.approx(36.0)
+    assert cost["usd_per_million"] == pytest.approx(per_request * 1e6)  # ~$1.96, not ~$98

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -99,20 +98,6 @@ def test_mmpp_transition_matrix_and_bad_parameters() -> None:
         next(schedules.mmpp([1.0], [1.0]))
     with pytest.raises(ValueError):
         next(schedules.mmpp([1.0, 2.0], [1.0, 1.0], diurnal_amplitude=1.5))
-
-
-def test_csv_replay_seconds_and_milliseconds(tmp_path: Path) -> None:
-    trace = tmp_path / "trace.csv"
-    trace.write_text("timestamp,model\n# comment\n1000.5,a\n1000.0,b\n1002.0,c\n")
-    assert list(schedules.trace_csv(trace)) == pytest.approx([0.0, 0.5, 2.0])
-    assert list(schedules.trace_csv(trace, speedup=2.0)) == pytest.approx([0.0, 0.25, 1.0])
-    ms = tmp_path / "ms.csv"
-    ms.write_text("0\n250\n1250\n")
-    assert list(schedules.trace_csv(ms, unit="ms")) == pytest.approx([0.0, 0.25, 1.25])
-    empty = tmp_path / "empty.csv"
-    empty.write_text("header\n")
-    with pytest.raises(ValueError, match="no numeric"):
-        schedules.trace_csv(empty)
 
 
 def test_generators_are_lazy() -> None:

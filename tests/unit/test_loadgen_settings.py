@@ -72,11 +72,17 @@ def test_the_ready_file_gives_the_gateway_address_per_protocol(
         (["cold", "--backend", "lambda", "--concurrency", "2"], "--concurrency does not apply"),
         (["warm", "--model", "resnet"], "--model resnet: inputs are generated for identity"),
         (["protocol", "--protocols", "grpc,soap"], "unknown protocol 'soap'"),
+        (["trace", "--trace-file", "/nonexistent.csv"], "--trace-file /nonexistent.csv: no such"),
+        (["trace", "--trace-counts", "/nope.csv"], "--trace-counts /nope.csv: no such file"),
     ],
 )
 def test_bad_settings_are_usage_errors(ready_file: str, argv: list[str], message: str) -> None:
     with pytest.raises(UsageError, match=re.escape(message)):
         resolve(parse(*argv, "--stack-ready-file", ready_file))
+
+
+def test_a_packaged_trace_name_is_not_a_missing_file(ready_file: str) -> None:
+    resolve(parse("trace", "--stack-ready-file", ready_file, "--trace-file", "azure-code"))
 
 
 def test_cold_on_a_scalable_backend_or_with_a_wait_is_fine(ready_file: str) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from infergw.loadgen.timeseries import Window, steady_state
+import pytest
+
+from infergw.loadgen.timeseries import Window, steady_state, steady_state_verdict
 
 
 def windows(spec: list[tuple[int, int, float]]) -> list[Window]:
@@ -50,3 +52,30 @@ def test_never_steady_short_runs_and_silence() -> None:
     for w in dropped[-5:]:
         w.dropped = 10  # drops are failures too
     assert steady_state(dropped, slo_ms=100.0, span=5) is None
+
+
+@pytest.mark.parametrize(
+    ("spec", "at_s", "failed_at_s", "why"),
+    [
+        ([(10, 0, 50.0)] * 8, 0.0, None, None),  # met throughout
+        ([(10, 0, 500.0)] * 8, None, 3.0, "p95 500 ms > SLO 100 ms"),  # too slow to the end
+        ([(10, 0, 50.0)] * 4 + [(5, 5, 50.0)] * 4, None, 3.0, "success 0.600 < 0.99 (20 failed)"),
+        ([(10, 0, 500.0)] * 3 + [(10, 0, 50.0)] * 6, 3.0, 2.0, "p95 500 ms > SLO 100 ms"),  # late
+    ],
+)
+def test_the_verdict_says_which_criterion_failed_and_when(
+    spec: list[tuple[int, int, float]],
+    at_s: float | None,
+    failed_at_s: float | None,
+    why: str | None,
+) -> None:
+    verdict = steady_state_verdict(windows(spec), slo_ms=100.0, span=5)
+    assert (verdict.at_s, verdict.failed_at_s, verdict.failed_because) == (at_s, failed_at_s, why)
+
+
+def test_a_run_shorter_than_a_span_says_so() -> None:
+    verdict = steady_state_verdict(windows([(10, 0, 50.0)] * 2), slo_ms=100.0, span=5)
+    assert (
+        verdict.at_s is None
+        and verdict.failed_because == "the run is shorter than one span of 5 windows"
+    )
