@@ -71,6 +71,7 @@ PACKAGES = {
     "infergw.clients": "clients",
     "infergw.loadgen": "loadgen",
     "infergw.planner": "planner",
+    "infergw.experiments": "experiments",
     "infergw.deploy": "deploy",
     "infergw.deploy.triton": "deploy/triton",
     "infergw.deploy.local": "deploy/local",

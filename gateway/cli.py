@@ -167,11 +167,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     # Subcommands that live with their subsystem (argparse only; heavy imports are lazy).
+    from infergw.experiments import hybrid_cli
     from infergw.gateway.sidecar_cli import register as register_sidecar
     from infergw.loadgen.cli import register as register_bench
     from infergw.planner.cli import register as register_plan
 
-    register_bench(sub)
+    register_bench(sub, {"hybrid": (hybrid_cli.add_options, hybrid_cli.run)})
     register_plan(sub)
     register_sidecar(sub)
     return parser

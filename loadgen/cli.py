@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import functools
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from infergw.loadgen.settings import DEFAULTS as D
@@ -25,8 +27,17 @@ examples:
 """
 
 
-def register(sub: Any) -> None:
-    """Add the ``bench`` subcommand to the ``infergw`` parser's subparsers."""
+# A scenario that lives outside the load generator (``bench hybrid`` drives the local
+# stack, which the load generator may not import): its options, then its command.
+ExtraScenario = tuple[
+    Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]
+]
+
+
+def register(sub: Any, extra: Mapping[str, ExtraScenario] | None = None) -> None:
+    """Add the ``bench`` subcommand to the ``infergw`` parser's subparsers (with the
+    ``extra`` scenarios the caller supplies)."""
+    extra = dict(extra or {})
     p: argparse.ArgumentParser = sub.add_parser(
         "bench",
         help="load-test an OIP endpoint (the gateway, Triton, ...) with a named scenario",
@@ -35,7 +46,7 @@ def register(sub: Any) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("scenario", choices=SCENARIOS)
+    p.add_argument("scenario", choices=(*SCENARIOS, *extra))
     p.add_argument("--target", help="HOST:PORT (gRPC address in the protocol scenario)")
     p.add_argument("--http-target", help="HOST:PORT of the REST endpoint (protocol scenario)")
     p.add_argument("--protocol", choices=[p.value for p in Protocol], default=D.protocol.value)
@@ -117,10 +128,14 @@ def register(sub: Any) -> None:
         "--diurnal-amplitude", type=float, default=D.diurnal_amplitude, help="0..1 (default 0.5)"
     )
     tr.add_argument("--diurnal-period", type=float, help="seconds (default: the run)")
-    p.set_defaults(func=_run)
+    for add_options, _ in extra.values():
+        add_options(p)
+    p.set_defaults(func=functools.partial(_run, extra=extra))
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace, extra: Mapping[str, ExtraScenario]) -> int:
+    if args.scenario in extra:
+        return extra[args.scenario][1](args)
     from infergw.loadgen.app import main
 
     return main(args)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -227,7 +228,10 @@ def _node(run: dict[str, Any], kind: str, p: dict[str, Any]) -> dict[str, Any]:
 
 
 def mixed_cost_per_million(
-    run: dict[str, Any], prices: dict[str, Any], kinds: dict[str, str] | None = None
+    run: dict[str, Any],
+    prices: dict[str, Any],
+    kinds: dict[str, str] | None = None,
+    instances: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
     """USD per 1M requests for a route that several backends answered (spill-over,
     fallback, hedging, weights), from the share each answered (``run["answered"]``).
@@ -235,8 +239,9 @@ def mixed_cost_per_million(
     A serverless backend bills its own requests: its formula over their own compute and
     cold-start means (``run["billed_ms_by_backend"]``). An always-on node is paid for the
     whole run whether it served or idled: its hourly price x the run's measured time,
-    spread over every request. ``kinds`` maps a backend name to its kind (default: the
-    name, as on the local stack: triton, lambda, sagemaker, cloudrun).
+    spread over every request (``instances`` of it: default 1). ``kinds`` maps a backend
+    name to its kind (default: the name, as on the local stack: triton, lambda,
+    sagemaker, cloudrun).
     """
     ok = int(run.get("ok") or 0)
     billed = run.get("billed_ms_by_backend") or {}
@@ -252,7 +257,8 @@ def mixed_cost_per_million(
             components[backend] = per_million * requests / ok
         else:
             node = {"achieved_rps": ok / max(float(run.get("measured_s") or 0.0), 1e-9)}
-            components[backend] = _node(node, kind, _section(prices, "nodes"))["usd_per_million"]
+            one = _node(node, kind, _section(prices, "nodes"))["usd_per_million"]
+            components[backend] = one * (instances or {}).get(backend, 1)
     shares = ", ".join(f"{b} {billed[b]['requests']}" for b in billed)
     basis = f"requests answered: {shares}; nodes for the whole run"
     return _result("mixed", components, basis, {"read_on": prices.get("read_on")})

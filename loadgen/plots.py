@@ -32,6 +32,7 @@ LEAD_PLOT = {
     "cold": "cold",
     "protocol": "protocol",
     "concurrency": "concurrency",
+    "hybrid": "cost_slo",
 }
 PAYLOAD_KEYS = ("payload_bytes", "payload_size", "size_bytes")
 
@@ -78,6 +79,7 @@ def render_all(result: dict[str, Any]) -> list[Plot]:
         ("split", "Where the time goes (median per phase)", _split),
         ("timeseries", "Offered vs achieved rate and p95 over time", _timeseries),
         ("answered", "Who answered, and why, over time", _answered),
+        ("cost_slo", "Cost against SLO violations, one point per configuration", _cost_slo),
         ("cold", "Cold start: initialisation vs inference", _cold),
         ("protocol", "Protocol sweep: latency and bytes vs payload size", _protocol),
         ("concurrency", "Concurrency: latency and throughput", _concurrency),
@@ -321,6 +323,47 @@ def _answered(result: dict[str, Any]) -> Figure | None:
         ax.set_title(str(run.get("label", "")), fontsize=9)
         ax.legend(frameon=False, ncol=4, fontsize=8, loc="upper right")
     axes[-1].set_xlabel("time since start (s)")
+    return fig
+
+
+def _cost_slo(result: dict[str, Any]) -> Figure | None:
+    """Each run that has both: SLO violations (%) against $ per 1M requests; with a
+    ``comparison`` (``bench hybrid``), the published points placed relative to the
+    always-on run, as the papers report them."""
+    points: list[tuple[dict[str, Any], float, float]] = []
+    for r in _runs(result):
+        share = (r.get("slo") or {}).get("share")
+        usd = (r.get("cost") or {}).get("usd_per_million")
+        if share is not None and usd is not None:
+            points.append((r, 100 * float(share), float(usd)))
+    if len(points) < 2:
+        return None
+    fig, (ax,) = _figure()
+    for run, percent, usd in points:
+        ax.scatter(percent, usd, s=40)
+        ax.annotate(
+            str(run.get("label", "")),
+            (percent, usd),
+            xytext=(5, 3),
+            textcoords="offset points",
+            fontsize=8,
+        )
+    published = (result.get("comparison") or {}).get("published") or {}
+    base = next((p for p in points if str(p[0].get("label", "")).startswith("always-on")), None)
+    if base is not None:
+        for name, (dv, dc) in published.items():
+            x, y = base[1] * (1 + dv), base[2] * (1 + dc)
+            ax.scatter(x, y, marker="x", color="#7f7f7f")
+            ax.annotate(
+                f"{name} vs {base[0].get('label')}",
+                (x, y),
+                xytext=(5, -10),
+                textcoords="offset points",
+                fontsize=7,
+                color="#7f7f7f",
+            )
+    ax.set_xlabel("SLO violations (% of requests: slower than the SLO, or failed)")
+    ax.set_ylabel("$ per 1M requests")
     return fig
 
 

@@ -230,7 +230,31 @@ def _footnotes(result: dict[str, Any]) -> list[str]:
     if costs:
         c = costs[0]
         notes.append(f"cost: {c['kind']}, billed on {c['basis']}; prices read {c.get('read_on')}")
+    notes += _comparison_notes(result.get("comparison") or {})
     return notes
+
+
+def _comparison_notes(comparison: dict[str, Any]) -> list[str]:
+    """``bench hybrid``: hybrid against each other configuration, then the papers'."""
+    notes = []
+    for label, change in comparison.items():
+        if label == "published" or not isinstance(change, dict):
+            continue
+        violations, cost = change.get("violations"), change.get("cost")
+        notes.append(
+            f"hybrid vs {label}: SLO violations {_signed_percent(violations)}, "
+            f"cost per 1M {_signed_percent(cost)}"
+        )
+    for name, (violations, cost) in (comparison.get("published") or {}).items():
+        notes.append(
+            f"published, {name}: SLO violations {_signed_percent(violations)}, "
+            f"cost {_signed_percent(cost)} vs always-on"
+        )
+    return notes
+
+
+def _signed_percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:+.0f}%"
 
 
 def format_table(result: dict[str, Any]) -> str:

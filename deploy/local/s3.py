@@ -75,6 +75,9 @@ class MotoS3:
     def pid(self) -> int | None:
         return self._group.pid if self._group is not None else None
 
+    def log_tail(self) -> str:
+        return self._group.log_tail() if self._group is not None else ""
+
     def wait(self, timeout: float | None = None) -> int:
         """Block until the server exits on its own; its exit code."""
         if self._group is None:

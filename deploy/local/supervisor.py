@@ -46,6 +46,9 @@ class Child(Protocol):
     def wait(self, timeout: float | None = None) -> int:
         """Block until the running server exits; its exit code."""
 
+    def log_tail(self) -> str:
+        """The end of its log: why it exited, in its own words (logged with the exit)."""
+
 
 @dataclass(frozen=True, slots=True)
 class RestartPolicy:
@@ -170,7 +173,10 @@ class Supervisor:
             if code is None:
                 return
             count = failures.record(time.monotonic())
-            log.warning("%s (pid %s) exited with code %s", self.name, pid, code)
+            tail = await self._in_thread(self.child.log_tail)  # before stop removes the log
+            log.warning(
+                "%s (pid %s) exited with code %s; its log ends:\n%s", self.name, pid, code, tail
+            )
             while True:
                 # Reap first: the exited leader is a zombie and its helpers may still run.
                 await self._to_the_end(self.child.stop)

@@ -121,7 +121,9 @@ def test_a_killed_triton_is_restarted_and_served_within_a_second(
     assert lag < SERVE_AFTER_READY_S
     assert supervised.triton.endpoints == endpoints  # the gateway's configured address holds
     messages = [r.getMessage() for r in caplog.records]
-    assert any("exited with code -9" in m for m in messages)
+    exits = [m for m in messages if "exited with code -9" in m]
+    assert exits and "its log ends:" in exits[-1]
+    assert "GRPCInferenceService" in exits[-1]  # Triton's own words, up to the kill
     assert any("restarted (pid" in m for m in messages)
 
 

@@ -41,6 +41,10 @@ class FakeChild:
         self.calls.append("stop")
         self.pid = None
 
+    def log_tail(self) -> str:
+        assert self.pid is not None, "read after stop, which removes the log"
+        return "fake: the last words"
+
     def start(self) -> None:
         self.calls.append("start")
         self.start_entered.set()
@@ -89,7 +93,7 @@ async def test_an_exit_is_reaped_then_restarted_and_a_failed_start_retried(
     assert supervisor.restarts == 1 and not supervisor.gave_up
     assert supervisor.ready_at is not None
     messages = [r.getMessage() for r in caplog.records]
-    assert "fake (pid 100) exited with code -9" in messages
+    assert "fake (pid 100) exited with code -9; its log ends:\nfake: the last words" in messages
     assert "fake did not restart: port taken" in messages
     assert all(r.levelno == logging.WARNING for r in caplog.records)
 
@@ -110,6 +114,10 @@ async def test_it_gives_up_after_max_failures_in_the_window_and_leaves_it_stoppe
     # The exit and two failed starts are the 3 allowed; the third failed start gives up.
     assert child.calls == ["stop", "start", "stop", "start", "stop", "start", "stop"]
     assert any(r.levelno == logging.ERROR and "giving up" in r.getMessage() for r in caplog.records)
+    exit_report = next(
+        r.getMessage() for r in caplog.records if "exited with code" in r.getMessage()
+    )
+    assert exit_report.endswith("its log ends:\nfake: the last words")  # why, in its words
 
 
 async def test_stop_lets_a_restart_in_progress_finish() -> None:

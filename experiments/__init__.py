@@ -1,0 +1,1 @@
+"""Experiments that drive the local stack with the load generator (``bench hybrid``)."""

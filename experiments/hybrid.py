@@ -1,0 +1,216 @@
+"""``infergw bench hybrid``: one trace against several routing configurations of the
+local stack, one after the other, and the papers' comparison from the results.
+
+Each configuration is its own ``infergw local up --config FILE`` (a process group of its
+own, so the stack and the load generator do not share an event loop), replayed open
+loop with the same trace and seed by the load generator's ``trace`` scenario:
+
+- ``always-on-mean`` / ``always-on-peak``: Triton only, its slots (the backend's
+  ``max_concurrency``) sized for the trace's mean rate / its peak 1 s rate at
+  ``--service-ms`` per request;
+- ``serverless``: Lambda only;
+- ``hybrid``: spill-over from Triton (sized for the mean) to Lambda, with the gateway's
+  cold-start hiding (pre-warm, no avoidable cold start).
+
+Reactive autoscaling of the always-on part (Spock's VM-only baseline) is not emulated
+on the local stack yet; ``infergw plan`` simulates it. Every run is priced by who
+answered it (``loadgen.cost.mixed_cost_per_million``: the always-on instances for the
+whole run, each serverless request its own bill) and its SLO violations are counted;
+the notes compare ``hybrid`` with the others next to the published figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import datetime as dt
+import itertools
+import json
+import math
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from infergw.experiments.hybrid_cli import CONFIGS
+from infergw.gateway.processes import ProcessGroup
+from infergw.loadgen.app import build_result, emit, resolve, run_scenario
+from infergw.loadgen.cost import CostError, load_prices, mixed_cost_per_million
+from infergw.loadgen.progress import Progress
+from infergw.loadgen.scenarios import trace_schedule
+from infergw.loadgen.settings import Settings
+
+READY_TIMEOUT_S = 300.0
+# The published points, relative to always-on procurement (SLO violations, cost).
+PUBLISHED = {
+    "Spock (CLOUD'19)": (-0.74, -0.33),
+    "PennState (WoSC'20)": (-0.60, -0.10),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Sizing:
+    """Always-on slots for the trace: its mean and peak (1 s windows) rates at the
+    service time of one request."""
+
+    mean_rps: float
+    peak_rps: float
+    service_s: float
+
+    @property
+    def mean_slots(self) -> int:
+        return max(1, math.ceil(self.mean_rps * self.service_s))
+
+    @property
+    def peak_slots(self) -> int:
+        return max(self.mean_slots, math.ceil(self.peak_rps * self.service_s))
+
+    @classmethod
+    def of(cls, offsets: np.ndarray, service_s: float) -> Sizing:
+        span = max(float(offsets[-1]), 1e-9) if offsets.size else 1e-9
+        counts = np.bincount(offsets.astype(np.int64)) if offsets.size else np.zeros(1)
+        return cls(offsets.size / span, float(counts.max()), service_s)
+
+
+def stack_config(name: str, model: str, sizing: Sizing, max_queue_wait_ms: float) -> dict:
+    """The ``local up --config`` document of one configuration."""
+    spill = {"kind": "spillover", "primary": "triton", "overflow": ["lambda"]}
+    routes: dict[str, Callable[[], dict[str, Any]]] = {
+        "always-on-mean": lambda: _triton(model, sizing.mean_slots),
+        "always-on-peak": lambda: _triton(model, sizing.peak_slots),
+        "serverless": lambda: {"models": {model: {"backend": "lambda"}}},
+        "hybrid": lambda: {
+            "backends": {"triton": {"max_concurrency": sizing.mean_slots}},
+            "models": {model: {"policy": {**spill, "max_queue_wait_ms": max_queue_wait_ms}}},
+        },
+    }
+    if name not in routes:
+        raise ValueError(f"unknown configuration {name!r} (known: {', '.join(CONFIGS)})")
+    return routes[name]()
+
+
+def _triton(model: str, slots: int) -> dict[str, Any]:
+    return {
+        "backends": {"triton": {"max_concurrency": slots}},
+        "models": {model: {"backend": "triton"}},
+    }
+
+
+def slots_of(config: Mapping[str, Any]) -> int:
+    """The always-on slots a configuration runs (0 when it routes none to Triton)."""
+    routes = json.dumps(config.get("models", {}))
+    if '"triton"' not in routes:
+        return 0
+    return int(config.get("backends", {}).get("triton", {}).get("max_concurrency", 1))
+
+
+class Stack:
+    """``infergw local up --config FILE`` in a process group of its own, until ``stop``."""
+
+    def __init__(self, config: Mapping[str, Any], workdir: Path, name: str) -> None:
+        self.config_file = workdir / f"{name}.json"  # JSON is YAML
+        self.config_file.write_text(json.dumps(config))
+        self.ready_file = workdir / f"{name}-ready.json"
+        argv = [sys.executable, "-m", "infergw.gateway.cli", "local", "up"]
+        argv += ["--config", str(self.config_file), "--ready-file", str(self.ready_file)]
+        argv += ["--host", "127.0.0.1", "--grpc-port", "0", "--http-port", "0"]
+        argv += ["--metrics-port", "0"]
+        self.group = ProcessGroup.start(argv, log=workdir / f"{name}.log", name=f"stack {name}")
+        try:
+            self.group.wait_ready(self._ready, READY_TIMEOUT_S)
+        except BaseException:
+            self.group.stop()
+            raise
+
+    def _ready(self) -> bool:
+        return self.ready_file.exists() and self.ready_file.stat().st_size > 0
+
+    def stop(self) -> None:
+        self.group.stop()
+
+
+def run(args: argparse.Namespace) -> int:
+    """The ``bench hybrid`` command (see the module docstring)."""
+    base = Settings.from_namespace(args)
+    base = dataclasses.replace(base, scenario="trace")
+    names = [n.strip() for n in str(args.configs).split(",") if n.strip()]
+    schedule, params, length = trace_schedule(base)  # a generated one never ends
+    offsets = np.fromiter(itertools.takewhile(lambda t: t < length, schedule), np.float64)
+    sizing = Sizing.of(offsets, args.service_ms / 1000.0)
+    prices = load_prices(Path(args.prices) if args.prices else None)
+    started, t0 = dt.datetime.now(dt.UTC), time.perf_counter()
+    runs: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="infergw-hybrid-") as tmp:
+        for name in names:
+            config = stack_config(name, base.model, sizing, args.max_queue_wait_ms)
+            print(f"{name}: starting the local stack", file=sys.stderr)
+            stack = Stack(config, Path(tmp), name)
+            try:
+                s = resolve(dataclasses.replace(base, stack_ready_file=str(stack.ready_file)))
+                measured, interrupted = asyncio.run(run_scenario(s, Progress(s.progress)))
+            finally:
+                stack.stop()
+            for one in measured:
+                one["label"] = name
+                one["config"] = config
+                _price(one, prices, slots_of(config), args.slots_per_instance)
+            runs.extend(measured)
+            if interrupted:
+                break
+    result = build_result(base, runs, started, time.perf_counter() - t0)
+    result["scenario"] = "hybrid"
+    result["target"] = "the local stack, one per configuration"
+    result["trace"] = params
+    result["sizing"] = dataclasses.asdict(sizing) | {
+        "mean_slots": sizing.mean_slots,
+        "peak_slots": sizing.peak_slots,
+    }
+    result["comparison"] = compare(runs)
+    emit(result, Path(base.out) if base.out else None)
+    return 0
+
+
+def _price(run: dict[str, Any], prices: dict[str, Any], slots: int, per_instance: int) -> None:
+    instances = {"triton": max(1, math.ceil(slots / per_instance))} if slots else {}
+    try:
+        run["cost"] = mixed_cost_per_million(run, prices, instances=instances)
+    except CostError as exc:
+        run["cost"] = {"kind": "mixed", "error": str(exc)}
+
+
+def compare(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """``hybrid`` relative to every other run: SLO violations and cost per 1M requests
+    (negative: fewer, cheaper), next to the published figures."""
+    by_label = {r["label"]: r for r in runs}
+    hybrid = by_label.get("hybrid")
+    if hybrid is None:
+        return {}
+    out: dict[str, Any] = {"published": PUBLISHED}
+    for label, other in by_label.items():
+        if label == "hybrid":
+            continue
+        out[label] = {
+            "violations": _relative(_violations(hybrid), _violations(other)),
+            "cost": _relative(_usd(hybrid), _usd(other)),
+        }
+    return out
+
+
+def _violations(run: Mapping[str, Any]) -> float | None:
+    slo = run.get("slo") or {}
+    return slo.get("share")
+
+
+def _usd(run: Mapping[str, Any]) -> float | None:
+    return (run.get("cost") or {}).get("usd_per_million")
+
+
+def _relative(value: float | None, baseline: float | None) -> float | None:
+    if value is None or baseline is None or baseline == 0:
+        return None
+    return value / baseline - 1.0

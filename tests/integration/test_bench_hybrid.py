@@ -1,0 +1,50 @@
+"""``infergw bench hybrid`` end to end: two configurations of the real local stack (each
+its own ``infergw local up``), one bursty trace against both, the comparison and the
+report files. About a minute: two stack start-ups and 12 s of trace each."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+
+from infergw.gateway.cli import build_parser
+
+pytestmark = pytest.mark.integration
+
+# On for 2 s at 40 req/s, off for 4 s, from the start: bursts and silences, seeded.
+TRACE = ["--trace-kind", "onoff", "--on-rate", "40", "--mean-on", "2", "--mean-off", "4"]
+
+
+def test_hybrid_spills_during_bursts_only_and_writes_the_comparison(tmp_path: Path) -> None:
+    parser: argparse.ArgumentParser = build_parser()
+    args = parser.parse_args(
+        [
+            "bench", "hybrid", "--model", "minilm", *TRACE, "--duration", "12", "--seed", "3",
+            "--configs", "always-on-mean,hybrid", "--service-ms", "15", "--slo-ms", "200",
+            "--diurnal-amplitude", "0", "--out", str(tmp_path), "--no-progress",
+        ]
+    )  # fmt: skip
+    assert args.func(args) == 0
+    result = json.loads((tmp_path / "result.json").read_text())
+    always_on, hybrid = result["runs"]
+    assert (always_on["label"], hybrid["label"]) == ("always-on-mean", "hybrid")
+    assert result["sizing"]["mean_slots"] >= 1
+    # The always-on run is Triton's alone; the hybrid one spilled, only while it was busy.
+    assert {a["backend"] for a in always_on["answered"]} == {"triton"}
+    spilled = {(a["backend"], a["reason"]) for a in hybrid["answered"]}
+    assert ("lambda", "spill") in spilled
+    quiet = [
+        w for prev, w in zip(hybrid["timeseries"], hybrid["timeseries"][1:], strict=False)
+        if prev["offered"] == 0 and w["offered"] == 0
+    ]  # fmt: skip
+    assert quiet, "the trace had no silence"
+    assert all("lambda/spill" not in w["answered"] for w in quiet)
+    # Priced and compared; the report files are there.
+    for run in result["runs"]:
+        assert run["cost"]["usd_per_million"] > 0 and 0 <= run["slo"]["share"] <= 1
+    assert set(result["comparison"]["always-on-mean"]) == {"violations", "cost"}
+    for name in ("result.csv", "report.html"):
+        assert (tmp_path / name).stat().st_size > 0
