@@ -142,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
     schedule, params, length = trace_schedule(base)  # a generated one never ends
     offsets = np.fromiter(itertools.takewhile(lambda t: t < length, schedule), np.float64)
     sizing = Sizing.of(offsets, args.service_ms / 1000.0)
-    prices = load_prices(Path(args.prices) if args.prices else None)
+    prices = load_prices(Path(base.prices_file) if base.prices_file else None)
     started, t0 = dt.datetime.now(dt.UTC), time.perf_counter()
     runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="infergw-hybrid-") as tmp:

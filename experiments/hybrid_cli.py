@@ -19,7 +19,6 @@ def add_options(bench: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--max-queue-wait-ms", type=float, default=20.0, help="hybrid: the spill-over bound"
     )
-    group.add_argument("--prices", help="a prices JSON merged over vocab/prices.json")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -69,6 +69,8 @@ def resolve(s: Settings) -> Settings:
         s = _resolve_protocol(s)
     if s.scenario == "trace":
         _check_trace_files(s)
+    if s.prices_file and not Path(s.prices_file).is_file():
+        raise UsageError(f"--prices {s.prices_file}: no such file")
     if s.scenario == "scale" and (s.ramp_from < 0 or s.ramp_to <= 0 or s.hold < 0):
         raise UsageError("--ramp-from must be >= 0, --ramp-to > 0, --hold >= 0")
     return s

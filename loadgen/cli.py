@@ -55,6 +55,14 @@ def register(sub: Any, extra: Mapping[str, ExtraScenario] | None = None) -> None
     bound = p.add_mutually_exclusive_group()
     bound.add_argument("--duration", type=float, help="seconds per run (after warm-up)")
     bound.add_argument("--requests", type=int, help="measured requests per run")
+    cost = p.add_argument_group("cost")
+    cost.add_argument(
+        "--prices", dest="prices_file", help="a prices JSON merged over vocab/prices.json"
+    )
+    cost.add_argument(
+        "--backend-kind", help="price runs as lambda|sagemaker|cloudrun|triton|node:INSTANCE"
+    )
+    cost.add_argument("--memory-mb", type=int, help="serverless memory size to price at")
     load = p.add_mutually_exclusive_group()
     load.add_argument("--rate", type=float, help="open loop: requests per second")
     load.add_argument("--concurrency", type=int, help="closed loop: requests in flight")

@@ -38,6 +38,11 @@ class Settings:
     no_server_stats: bool = False
     progress: bool | None = None
     stack_ready_file: str | None = None
+    # cost: a prices JSON over vocab/prices.json; what to price a run as (default: the
+    # pinned backend's name when it is a kind, or who answered); serverless memory size
+    prices_file: str | None = None
+    backend_kind: str | None = None
+    memory_mb: int | None = None
     # per-request backend splits: the gateway's metrics endpoint (http://HOST:PORT)
     splits_url: str | None = None
     splits_wait: float = 5.0  # seconds to wait for splits still pending after a run

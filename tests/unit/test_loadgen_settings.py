@@ -74,11 +74,21 @@ def test_the_ready_file_gives_the_gateway_address_per_protocol(
         (["protocol", "--protocols", "grpc,soap"], "unknown protocol 'soap'"),
         (["trace", "--trace-file", "/nonexistent.csv"], "--trace-file /nonexistent.csv: no such"),
         (["trace", "--trace-counts", "/nope.csv"], "--trace-counts /nope.csv: no such file"),
+        (["warm", "--prices", "/nope.json"], "--prices /nope.json: no such file"),
     ],
 )
 def test_bad_settings_are_usage_errors(ready_file: str, argv: list[str], message: str) -> None:
     with pytest.raises(UsageError, match=re.escape(message)):
         resolve(parse(*argv, "--stack-ready-file", ready_file))
+
+
+def test_the_cost_settings_reach_the_result(ready_file: str, tmp_path: Path) -> None:
+    prices = tmp_path / "prices.json"
+    prices.write_text('{"lambda": {"request_usd_per_million": 0.25}}')
+    argv = ["--prices", str(prices), "--backend-kind", "lambda", "--memory-mb", "1024"]
+    s = resolve(parse("warm", "--stack-ready-file", ready_file, *argv))
+    assert (s.prices_file, s.backend_kind, s.memory_mb) == (str(prices), "lambda", 1024)
+    assert {"prices_file", "backend_kind", "memory_mb"} <= set(s.as_dict())  # run_costs reads
 
 
 def test_a_packaged_trace_name_is_not_a_missing_file(ready_file: str) -> None:
