@@ -139,12 +139,19 @@ def run(args: argparse.Namespace) -> int:
     base = Settings.from_namespace(args)
     base = dataclasses.replace(base, scenario="trace")
     names = [n.strip() for n in str(args.configs).split(",") if n.strip()]
+    unknown = [n for n in names if n not in CONFIGS]
+    if unknown or not names:
+        known = ", ".join(CONFIGS)
+        print(f"infergw bench hybrid: error: --configs: {unknown or 'none'} (known: {known})",
+              file=sys.stderr)  # fmt: skip
+        return 2
     schedule, params, length = trace_schedule(base)  # a generated one never ends
     offsets = np.fromiter(itertools.takewhile(lambda t: t < length, schedule), np.float64)
     sizing = Sizing.of(offsets, args.service_ms / 1000.0)
     prices = load_prices(Path(base.prices_file) if base.prices_file else None)
     started, t0 = dt.datetime.now(dt.UTC), time.perf_counter()
     runs: list[dict[str, Any]] = []
+    interrupted = False
     with tempfile.TemporaryDirectory(prefix="infergw-hybrid-") as tmp:
         for name in names:
             config = stack_config(name, base.model, sizing, args.max_queue_wait_ms)
@@ -171,8 +178,10 @@ def run(args: argparse.Namespace) -> int:
         "peak_slots": sizing.peak_slots,
     }
     result["comparison"] = compare(runs)
+    if interrupted:
+        result["interrupted"] = True
     emit(result, Path(base.out) if base.out else None)
-    return 0
+    return 130 if interrupted else 0
 
 
 def _price(run: dict[str, Any], prices: dict[str, Any], slots: int, per_instance: int) -> None:

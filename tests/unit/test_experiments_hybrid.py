@@ -59,3 +59,13 @@ def test_hybrid_is_compared_with_every_other_run() -> None:
     }  # fmt: skip
     assert "Spock (CLOUD'19)" in comparison["published"]
     assert compare([run("always-on-peak", 0.5, 20.0)]) == {}  # no hybrid run: nothing
+
+
+def test_unknown_configurations_on_the_command_line_fail_before_anything_starts(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from infergw.gateway.cli import build_parser
+
+    args = build_parser().parse_args(["bench", "hybrid", "--configs", "always-on-mean,vm"])
+    assert args.func(args) == 2
+    assert "--configs: ['vm'] (known: always-on-mean," in capsys.readouterr().err
