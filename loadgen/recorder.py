@@ -24,7 +24,7 @@ from typing import Any
 from infergw.clients.timing import NOT_PROTOCOL
 from infergw.loadgen.histogram import Histogram
 from infergw.loadgen.timeseries import TimeSeries
-from infergw.vocab.timing import BACKEND_REPORTED
+from infergw.vocab.timing import BACKEND_REPORTED, TimingEntry
 from infergw.wire.server_timing import answered_by, parse_server_timing
 
 # What a sender returns: (error code or None when OK, raw Server-Timing or None, bytes
@@ -271,11 +271,33 @@ class Recorder:
 
 
 def answer_of(header: str) -> tuple[str, str] | None:
-    """(backend, reason) of the attempt that answered, when the gateway says
-    (``server_timing.answered_by``); only a header that names one is parsed in full."""
+    """(backend, reason) of the attempt that answered, when the gateway says: what
+    ``server_timing.answered_by`` reads from the parsed header, from only its ``total``
+    and ``backend`` items. A fast path as ``phase_totals`` is (~9 us against ~60 us for
+    the full parse, per request): items split on commas, which is exact unless a quoted
+    description holds a comma or an escape; such a header is parsed in full."""
     if "backend=" not in header:
         return None
-    return answered_by(parse_server_timing(header))
+    if "\\" in header or any("," in quoted for quoted in header.split('"')[1::2]):
+        return answered_by(parse_server_timing(header))
+    entries = []
+    for item in header.split(","):
+        name, _, params = item.partition(";")
+        name = name.strip()
+        if name == "total" or name == "backend":
+            entries.append(TimingEntry(name, 0.0, _description(params)))
+    return answered_by(entries)
+
+
+def _description(params: str) -> str:
+    """The ``desc`` of one item's parameters (quoted or not, no escapes), else ""."""
+    start = params.find("desc=")
+    if start < 0 or (start > 0 and params[start - 1] not in "; "):
+        return ""
+    value = params[start + 5 :].strip()
+    if value.startswith('"'):
+        return value[1 : value.find('"', 1)]
+    return value.split(";", 1)[0].strip()
 
 
 def phase_totals(header: str) -> dict[str, float]:

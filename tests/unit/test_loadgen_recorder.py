@@ -6,9 +6,9 @@ import random
 
 import pytest
 
-from infergw.loadgen.recorder import Recorder, phase_totals
+from infergw.loadgen.recorder import Recorder, answer_of, phase_totals
 from infergw.vocab.timing import TimingEntry
-from infergw.wire.server_timing import format_server_timing, parse_server_timing
+from infergw.wire.server_timing import answered_by, format_server_timing, parse_server_timing
 
 
 def test_fast_reader_matches_the_core_parser() -> None:
@@ -77,3 +77,22 @@ def test_slo_violations_are_the_slow_the_failed_and_the_dropped() -> None:
     assert rec.slo(100.0) == {
         "ms": 100.0, "slow": 2, "failed": 2, "violations": 4, "share": pytest.approx(4 / 6)
     }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        'backend;dur=3;desc="backend=triton", total;dur=4;desc="backend=triton"',
+        'backend;dur=1;desc="backend=dead;attempt=1", '
+        'backend;dur=3;desc="backend=triton;attempt=2;reason=fallback", '
+        'total;dur=5;desc="backend=triton"',
+        "backend;dur=3;desc=backend=lambda, total;dur=4;desc=backend=lambda",  # unquoted
+        'queue;dur=1;desc="a, b", backend;dur=3;desc="backend=x", total;dur=4;desc="backend=x"',
+        'backend;desc="backend=q\\"uoted";dur=3, total;dur=4;desc="backend=q\\"uoted"',
+        'total;dur=4;desc="backend=triton"',  # named, no backend entry: primary
+        "backend;dur=3, total;dur=4",  # nothing says who answered
+        'x-backend;dur=3;desc="backend=y", total;dur=4;xdesc="backend=y"',
+    ],
+)
+def test_the_fast_answer_is_the_full_parsers(header: str) -> None:
+    assert answer_of(header) == answered_by(parse_server_timing(header))
