@@ -7,7 +7,6 @@ benchmark, which then stops everything itself.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import shutil
@@ -15,10 +14,8 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import grpc
 
@@ -302,32 +299,3 @@ def client_cpu_s() -> float:
     """CPU seconds used so far by this (client) process."""
     times = os.times()
     return times.user + times.system
-
-
-class AsyncThread:
-    """An ``AsyncService`` (the gateway, a stand-in) started on a private event loop in a
-    daemon thread, so a synchronous benchmark can drive it with blocking clients; ``close``
-    stops the service, then the loop."""
-
-    def __init__(self, service: Any, timeout_s: float = 180.0) -> None:
-        self.service = service
-        self.timeout_s = timeout_s
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        try:
-            self._run(service.start())
-        except BaseException:
-            self.close()
-            raise
-
-    def _run(self, coro: Coroutine[Any, Any, Any]) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(self.timeout_s)
-
-    def close(self) -> None:
-        try:
-            self._run(self.service.stop())
-        finally:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self.thread.join(10)
-            self.loop.close()

@@ -24,12 +24,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import servers
-
 from infergw.deploy.local.lambda_standin import FunctionConfig, LambdaStandIn
 from infergw.deploy.triton.launcher import TritonServer
 from infergw.gateway.app import Gateway
 from infergw.gateway.core.config import parse_config
+from infergw.gateway.lifecycle import ThreadedService
 from infergw.wire.server_timing import parse_server_timing
 
 CREDS = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench"}
@@ -67,7 +66,7 @@ def main() -> int:
     os.environ.update(CREDS)
     function = FunctionConfig("overflow", env={**CREDS, "INFERGW_MODELS": "minilm"})
     with TritonServer(models=["minilm"]) as triton:
-        standin = servers.AsyncThread(LambdaStandIn([function]))
+        standin = ThreadedService(LambdaStandIn([function]))
         try:
             spill = {"kind": "spillover", "primary": "triton", "overflow": ["lambda"]}
             config = parse_config(
@@ -94,7 +93,7 @@ def main() -> int:
                     "models": {"minilm": {"policy": {**spill, "max_queue_wait_ms": 20}}},
                 }
             )
-            gateway = servers.AsyncThread(Gateway(config))
+            gateway = ThreadedService(Gateway(config))
             try:
                 http = gateway.service.addresses["http"]
                 t0 = time.perf_counter()

@@ -7,10 +7,9 @@ Every server is stopped at the end, also when a test fails.
 
 from __future__ import annotations
 
-import asyncio
-import threading
-from collections.abc import Coroutine, Iterator
-from typing import Any, TypeVar
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -18,33 +17,18 @@ from infergw.deploy.local.stack import local_config
 from infergw.deploy.triton.launcher import TritonEndpoints, TritonServer
 from infergw.gateway.app import Gateway
 from infergw.gateway.core.config import GatewayConfig
-
-T = TypeVar("T")
+from infergw.gateway.lifecycle import ThreadedService
 
 pytestmark = pytest.mark.integration
 
 
-class ServiceThread:
-    """Something with async ``start()``/``stop()`` on a private event loop in a daemon thread.
+class ServiceThread(ThreadedService[Any]):
+    """Something with async ``start()``/``stop()`` on a private event loop in a daemon thread
+    (``lifecycle.ThreadedService``), with the addresses it listens on.
 
     Gateways, sidecars and the local stack run this way so that tests can drive them
     with unmodified, synchronous clients (tritonclient, TF Serving stubs) as users do.
     """
-
-    def __init__(self, service: Any, start: bool = True) -> None:
-        self.service = service
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        if start:
-            try:
-                self.run(service.start())
-            except BaseException:
-                self.close()
-                raise
-
-    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 180.0) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     @property
     def grpc(self) -> str:
@@ -57,14 +41,6 @@ class ServiceThread:
     @property
     def metrics(self) -> str:
         return str(self.service.addresses["metrics"])
-
-    def close(self) -> None:
-        try:
-            self.run(self.service.stop())
-        finally:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self.thread.join(10)
-            self.loop.close()
 
 
 class GatewayThread(ServiceThread):
@@ -81,6 +57,19 @@ class StackThread(ServiceThread):
 
         self.stack = LocalStack({"grpc_port": 0, "http_port": 0, "metrics_port": 0})
         super().__init__(self.stack, start=False)
+
+
+def wait_until(
+    condition: Callable[[], bool], what: str, timeout_s: float = 30.0, interval_s: float = 0.02
+) -> float:
+    """Poll ``condition`` until it holds, bounded by ``timeout_s``; when it first held
+    (``time.monotonic``). The tests' one way to wait for a state, never a sleep."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not reached within {timeout_s:g} s: {what}")
+        time.sleep(interval_s)
+    return time.monotonic()
 
 
 def free_ports_config(triton: TritonEndpoints, **listen: Any) -> GatewayConfig:

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import queue
-import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import grpc
@@ -29,7 +28,7 @@ from infergw.gateway.core.policies import Admission
 from infergw.gateway.frontends.oip_stream import MAX_UPSTREAMS
 from infergw.proto import grpc_service_pb2 as pb
 from infergw.wire.server_timing import parse_server_timing
-from tests.integration.conftest import GatewayThread, ServiceThread
+from tests.integration.conftest import GatewayThread, ServiceThread, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -112,14 +111,6 @@ def summary(result: Any) -> tuple[str, list[int] | None, bool]:
     output = result.as_numpy("output")
     values = None if output is None else [int(v) for v in output.ravel()]
     return response.id, values, response.parameters["triton_final_response"].bool_param
-
-
-def wait_until(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not reached within {WAIT_S} s: {what}")
-        time.sleep(0.02)
 
 
 # (request id, values, enable_empty_final_response) -> what each request gets back

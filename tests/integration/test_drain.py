@@ -29,6 +29,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from infergw.gateway.sidecar.app import Sidecar, SidecarConfig
 from infergw.proto import grpc_service_pb2 as pb
+from tests.integration.conftest import wait_until
 from tests.integration.test_serve_cli import FREE_PORTS, SERVING, TIMEOUT_S, serve
 
 pytestmark = pytest.mark.integration
@@ -162,12 +163,8 @@ def health_status(address: str) -> int:
 
 
 def until(predicate: Callable[[], bool], what: str) -> float:
-    """Poll ``predicate`` (bounded by WAIT_S); the time it first held."""
-    deadline = time.monotonic() + WAIT_S
-    while not predicate():
-        assert time.monotonic() < deadline, f"never {what}"
-        time.sleep(0.02)
-    return time.monotonic()
+    """``predicate`` polled until it holds (bounded by WAIT_S); the time it first held."""
+    return wait_until(predicate, what, WAIT_S)
 
 
 def refuses_connections(address: str) -> bool:

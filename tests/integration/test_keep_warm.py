@@ -11,9 +11,8 @@ reports, bounded; nothing is timed.
 from __future__ import annotations
 
 import json
-import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -25,7 +24,7 @@ from infergw.deploy.triton.launcher import TritonEndpoints
 from infergw.gateway.core.config import parse_config
 from infergw.wire.server_timing import parse_server_timing
 from tests.integration.aws import fake_aws_env
-from tests.integration.conftest import GatewayThread, ServiceThread
+from tests.integration.conftest import GatewayThread, ServiceThread, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -109,14 +108,6 @@ def metric(gateway: GatewayThread, name: str, **labels: str) -> float:
         for s in family.samples
         if s.name == name and labels.items() <= s.labels.items()
     )
-
-
-def wait_until(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not reached within {WAIT_S} s: {what}")
-        time.sleep(0.05)
 
 
 def test_pings_keep_an_instance_warm_past_its_idle_timeout(
