@@ -39,6 +39,7 @@ import numpy as np
 
 from infergw.experiments.hybrid_cli import CONFIGS
 from infergw.gateway.processes import ProcessGroup
+from infergw.loadgen import traces
 from infergw.loadgen.app import build_result, emit, resolve, run_scenario
 from infergw.loadgen.cost import CostError, load_prices, mixed_cost_per_million
 from infergw.loadgen.progress import Progress
@@ -72,9 +73,9 @@ class Sizing:
 
     @classmethod
     def of(cls, offsets: np.ndarray, service_s: float) -> Sizing:
-        span = max(float(offsets[-1]), 1e-9) if offsets.size else 1e-9
-        counts = np.bincount(offsets.astype(np.int64)) if offsets.size else np.zeros(1)
-        return cls(offsets.size / span, float(counts.max()), service_s)
+        """From the trace's rate statistics in 1 s windows (``traces.describe``)."""
+        stats = traces.describe(offsets, window_s=1.0)
+        return cls(stats.mean_rate, stats.max, service_s)
 
 
 def stack_config(name: str, model: str, sizing: Sizing, max_queue_wait_ms: float) -> dict:
@@ -147,6 +148,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     schedule, params, length = trace_schedule(base)  # a generated one never ends
     offsets = np.fromiter(itertools.takewhile(lambda t: t < length, schedule), np.float64)
+    if offsets.size < 2:
+        print("infergw bench hybrid: error: the trace has fewer than 2 arrivals", file=sys.stderr)
+        return 2
     sizing = Sizing.of(offsets, args.service_ms / 1000.0)
     prices = load_prices(Path(base.prices_file) if base.prices_file else None)
     started, t0 = dt.datetime.now(dt.UTC), time.perf_counter()
