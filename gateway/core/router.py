@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from infergw.gateway.core.backend import Backend, BackendBase, create_backend
 from infergw.gateway.core.config import WILDCARD, BackendConfig, GatewayConfig, RouteConfig
@@ -86,11 +87,16 @@ class Router:
         unwrapped = {b.name: create_backend(b.name, b.kind, b.options) for b in config.backends}
         backends = {b.name: wrap_with_policies(unwrapped[b.name], b) for b in config.backends}
         configs = {b.name: b for b in config.backends}
+        serverless = {
+            name: raw
+            for name, raw in unwrapped.items()
+            if isinstance(raw, BackendBase) and raw.scales_to_zero
+        }
+        prices = packaged_prices() if serverless else {}  # read once, for every ping price
         keep_warm = KeepWarmSet(
             {
-                name: _keep_warm(configs[name], raw, config.routes)
-                for name, raw in unwrapped.items()
-                if isinstance(raw, BackendBase) and raw.scales_to_zero
+                name: _keep_warm(configs[name], raw, config.routes, prices)
+                for name, raw in serverless.items()
             }
         )
         estimators = keep_warm.estimators()
@@ -209,7 +215,12 @@ class Router:
                     log.exception("closing backend %r failed", backend.name)
 
 
-def _keep_warm(cfg: BackendConfig, backend: Backend, routes: Sequence[RouteConfig]) -> KeepWarm:
+def _keep_warm(
+    cfg: BackendConfig,
+    backend: Backend,
+    routes: Sequence[RouteConfig],
+    prices: Mapping[str, Any],
+) -> KeepWarm:
     """A serverless backend's keep-warm runner: pings of the smallest request of its ping
     model (``keep_warm.model``, else the first route naming it), priced by the price list."""
     keep = cfg.keep_warm or KeepWarmConfig()
@@ -220,7 +231,7 @@ def _keep_warm(cfg: BackendConfig, backend: Backend, routes: Sequence[RouteConfi
             "or route a model to this backend"
         )
     try:
-        pricer: PingPricer = DurationPingPrice.of(serverless_rate(cfg.kind, packaged_prices()))
+        pricer: PingPricer = DurationPingPrice.of(serverless_rate(cfg.kind, prices))
     except PriceError as exc:
         if keep.max_cost_per_hour is not None:
             raise InvalidArgument(
