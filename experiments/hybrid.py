@@ -8,21 +8,27 @@ loop with the same trace and seed by the load generator's ``trace`` scenario:
 - ``always-on-mean`` / ``always-on-peak``: Triton only, its slots (the backend's
   ``max_concurrency``) sized for the trace's mean rate / its peak 1 s rate at
   ``--service-ms`` per request;
+- ``always-on-autoscaled``: Spock's VM-only baseline, Triton's slots following the load
+  reactively (``gateway/core/autoscale.py``: from the mean's slots up to the peak's,
+  ordered slots serve after ``--provision-delay-s``, unneeded ones go after
+  ``--idle-release-s``; default 180 s of trace time each, compressed with the trace).
+  Emulated: the gateway changes how many requests it lets into one Triton process; the
+  slots over time are scraped from its metrics endpoint and billed as a pool would be;
 - ``serverless``: Lambda only;
 - ``hybrid``: spill-over from Triton (sized for the mean) to Lambda, with the gateway's
   cold-start hiding (pre-warm, no avoidable cold start).
 
-Reactive autoscaling of the always-on part (Spock's VM-only baseline) is not emulated
-on the local stack yet; ``infergw plan`` simulates it. Every run is priced by who
-answered it (``loadgen.cost.mixed_cost_per_million``: the always-on instances for the
-whole run, each serverless request its own bill) and its SLO violations are counted;
-the notes compare ``hybrid`` with the others next to the published figures.
+Every run is priced by who answered it (``loadgen.cost.mixed_cost_per_million``: the
+always-on instances for the whole run, each serverless request its own bill) and its SLO
+violations are counted; the notes compare ``hybrid`` with the others next to the
+published figures.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import datetime as dt
 import itertools
@@ -35,7 +41,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
 
 from infergw.experiments.hybrid_cli import CONFIGS
 from infergw.gateway.processes import ProcessGroup
@@ -47,6 +55,8 @@ from infergw.loadgen.scenarios import trace_schedule
 from infergw.loadgen.settings import Settings
 
 READY_TIMEOUT_S = 300.0
+POOL_DELAY_S = 180.0  # a VM's provisioning delay and idle release (Spock, MArk)
+SCRAPE_EVERY_S = 1.0
 # The published points, relative to always-on procurement (SLO violations, cost).
 PUBLISHED = {
     "Spock (CLOUD'19)": (-0.74, -0.33),
@@ -78,12 +88,37 @@ class Sizing:
         return cls(stats.mean_rate, stats.max, service_s)
 
 
-def stack_config(name: str, model: str, sizing: Sizing, max_queue_wait_ms: float) -> dict:
+@dataclasses.dataclass(frozen=True)
+class Scaling:
+    """``always-on-autoscaled``: seconds (on the replay's clock) before an ordered slot
+    serves, and that a slot goes unneeded before it is released."""
+
+    provision_delay_s: float
+    idle_release_s: float
+
+    @classmethod
+    def of(cls, args: argparse.Namespace) -> Scaling:
+        """The options, or 180 s of the trace's own time each (Spock's and MArk's 3
+        minutes), compressed as the trace is."""
+        default = POOL_DELAY_S / float(args.trace_speedup or 1.0)
+        delay, idle = args.provision_delay_s, args.idle_release_s
+        return cls(default if delay is None else delay, default if idle is None else idle)
+
+
+def stack_config(
+    name: str, model: str, sizing: Sizing, max_queue_wait_ms: float, scaling: Scaling
+) -> dict:
     """The ``local up --config`` document of one configuration."""
     spill = {"kind": "spillover", "primary": "triton", "overflow": ["lambda"]}
+    autoscale = {
+        "max_slots": sizing.peak_slots,
+        "provision_delay_s": scaling.provision_delay_s,
+        "idle_release_s": scaling.idle_release_s,
+    }
     routes: dict[str, Callable[[], dict[str, Any]]] = {
         "always-on-mean": lambda: _triton(model, sizing.mean_slots),
         "always-on-peak": lambda: _triton(model, sizing.peak_slots),
+        "always-on-autoscaled": lambda: _triton(model, sizing.mean_slots, autoscale=autoscale),
         "serverless": lambda: {"models": {model: {"backend": "lambda"}}},
         "hybrid": lambda: {
             "backends": {"triton": {"max_concurrency": sizing.mean_slots}},
@@ -95,9 +130,9 @@ def stack_config(name: str, model: str, sizing: Sizing, max_queue_wait_ms: float
     return routes[name]()
 
 
-def _triton(model: str, slots: int) -> dict[str, Any]:
+def _triton(model: str, slots: int, **policy: Any) -> dict[str, Any]:
     return {
-        "backends": {"triton": {"max_concurrency": slots}},
+        "backends": {"triton": {"max_concurrency": slots, **policy}},
         "models": {model: {"backend": "triton"}},
     }
 
@@ -131,8 +166,85 @@ class Stack:
     def _ready(self) -> bool:
         return self.ready_file.exists() and self.ready_file.stat().st_size > 0
 
+    @property
+    def metrics_url(self) -> str:
+        info = json.loads(self.ready_file.read_text())
+        return f"http://{info['gateway']['metrics']}/metrics"
+
     def stop(self) -> None:
         self.group.stop()
+
+
+async def measure_with_capacity(
+    s: Settings, metrics_url: str | None
+) -> tuple[list[Any], bool, dict[str, Any] | None]:
+    """The load generator's runs, and while they run the autoscaled Triton's slots
+    scraped from the gateway's metrics endpoint every second (None: not autoscaled)."""
+    if metrics_url is None:
+        runs, interrupted = await run_scenario(s, Progress(s.progress))
+        return runs, interrupted, None
+    samples: list[tuple[float, float, float, float]] = []
+    t0 = time.monotonic()
+
+    async def scrape(session: aiohttp.ClientSession) -> None:
+        async with session.get(metrics_url) as reply:
+            text = await reply.text()
+        got = slot_samples(text, "triton")
+        if got is not None:
+            samples.append((time.monotonic() - t0, *got))
+
+    async def scrape_forever(session: aiohttp.ClientSession) -> None:
+        while True:
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                await scrape(session)
+            await asyncio.sleep(SCRAPE_EVERY_S)
+
+    timeout = aiohttp.ClientTimeout(total=5.0)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        poller = asyncio.create_task(scrape_forever(session))
+        try:
+            runs, interrupted = await run_scenario(s, Progress(s.progress))
+        finally:
+            poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await poller
+        with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+            await scrape(session)  # the last reading closes the bill
+    return runs, interrupted, capacity_of(samples)
+
+
+def slot_samples(text: str, backend: str) -> tuple[float, float, float] | None:
+    """(ready, provisioning, slot-seconds so far) of ``backend`` in a metrics page."""
+    ready = provisioning = billed = None
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.labels.get("backend") != backend:
+                continue
+            if sample.name == "infergw_backend_slots":
+                if sample.labels.get("state") == "ready":
+                    ready = sample.value
+                else:
+                    provisioning = sample.value
+            elif sample.name == "infergw_backend_slot_seconds_total":
+                billed = sample.value
+    if ready is None or provisioning is None or billed is None:
+        return None
+    return ready, provisioning, billed
+
+
+def capacity_of(samples: list[tuple[float, float, float, float]]) -> dict[str, Any] | None:
+    """The slots over time and their mean (slot-seconds between the first and the last
+    reading over the time between them)."""
+    if len(samples) < 2 or samples[-1][0] <= samples[0][0]:
+        return None
+    (t_first, *_, billed_first), (t_last, *_, billed_last) = samples[0], samples[-1]
+    return {
+        "backend": "triton",
+        "emulated": "the gateway's admission slots in front of one Triton process",
+        "samples": [[round(t, 3), ready, prov] for t, ready, prov, _ in samples],
+        "mean_slots": (billed_last - billed_first) / (t_last - t_first),
+        "max_ready": max(ready for _, ready, _, _ in samples),
+    }
 
 
 def run(args: argparse.Namespace) -> int:
@@ -152,24 +264,28 @@ def run(args: argparse.Namespace) -> int:
         print("infergw bench hybrid: error: the trace has fewer than 2 arrivals", file=sys.stderr)
         return 2
     sizing = Sizing.of(offsets, args.service_ms / 1000.0)
+    scaling = Scaling.of(args)
     prices = load_prices(Path(base.prices_file) if base.prices_file else None)
     started, t0 = dt.datetime.now(dt.UTC), time.perf_counter()
     runs: list[dict[str, Any]] = []
     interrupted = False
     with tempfile.TemporaryDirectory(prefix="infergw-hybrid-") as tmp:
         for name in names:
-            config = stack_config(name, base.model, sizing, args.max_queue_wait_ms)
+            config = stack_config(name, base.model, sizing, args.max_queue_wait_ms, scaling)
             print(f"{name}: starting the local stack", file=sys.stderr)
             stack = Stack(config, Path(tmp), name)
             try:
                 s = resolve(dataclasses.replace(base, stack_ready_file=str(stack.ready_file)))
-                measured, interrupted = asyncio.run(run_scenario(s, Progress(s.progress)))
+                scraped = stack.metrics_url if name == "always-on-autoscaled" else None
+                measured, interrupted, capacity = asyncio.run(measure_with_capacity(s, scraped))
             finally:
                 stack.stop()
             for one in measured:
                 one["label"] = name
                 one["config"] = config
-                _price(one, prices, slots_of(config), args.slots_per_instance)
+                if capacity is not None:
+                    one["capacity"] = capacity
+                _price(one, prices, instances_of(config, capacity, args.slots_per_instance))
             runs.extend(measured)
             if interrupted:
                 break
@@ -181,6 +297,7 @@ def run(args: argparse.Namespace) -> int:
         "mean_slots": sizing.mean_slots,
         "peak_slots": sizing.peak_slots,
     }
+    result["scaling"] = dataclasses.asdict(scaling)
     result["comparison"] = compare(runs)
     if interrupted:
         result["interrupted"] = True
@@ -188,8 +305,19 @@ def run(args: argparse.Namespace) -> int:
     return 130 if interrupted else 0
 
 
-def _price(run: dict[str, Any], prices: dict[str, Any], slots: int, per_instance: int) -> None:
-    instances = {"triton": max(1, math.ceil(slots / per_instance))} if slots else {}
+def instances_of(
+    config: Mapping[str, Any], capacity: Mapping[str, Any] | None, per_instance: int
+) -> float:
+    """The always-on instances billed for the whole run: a fixed pool's slots in whole
+    instances; an autoscaled one's mean slots (ready and provisioning) per instance."""
+    if capacity is not None:
+        return max(1.0, float(capacity["mean_slots"]) / per_instance)
+    slots = slots_of(config)
+    return float(math.ceil(slots / per_instance)) if slots else 0.0
+
+
+def _price(run: dict[str, Any], prices: dict[str, Any], always_on: float) -> None:
+    instances = {"triton": always_on} if always_on else {}
     try:
         run["cost"] = mixed_cost_per_million(run, prices, instances=instances)
     except CostError as exc:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-CONFIGS = ("always-on-mean", "always-on-peak", "serverless", "hybrid")
+CONFIGS = ("always-on-mean", "always-on-peak", "always-on-autoscaled", "serverless", "hybrid")
 
 
 def add_options(bench: argparse.ArgumentParser) -> None:
@@ -18,6 +18,19 @@ def add_options(bench: argparse.ArgumentParser) -> None:
     group.add_argument("--slots-per-instance", type=int, default=1, help="always-on slots/node")
     group.add_argument(
         "--max-queue-wait-ms", type=float, default=20.0, help="hybrid: the spill-over bound"
+    )
+    group.add_argument(
+        "--provision-delay-s",
+        type=float,
+        default=None,
+        help="always-on-autoscaled: seconds before an ordered slot serves "
+        "(default: 180 s on the trace's clock, i.e. divided by --trace-speedup)",
+    )
+    group.add_argument(
+        "--idle-release-s",
+        type=float,
+        default=None,
+        help="always-on-autoscaled: seconds a slot is unneeded before release (default as above)",
     )
 
 

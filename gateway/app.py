@@ -72,6 +72,8 @@ class Gateway(AsyncService):
             self.metrics.registry.register(WarmthCollector(router.estimators))
         if router.keep_warm.runners:
             self.metrics.registry.register(router.keep_warm.collector())
+        if router.autoscalers.scalers:
+            self.metrics.registry.register(router.autoscalers.collector())
         self.service = InferenceService(self.router, self.metrics, config.limits)
         if self.splits is not None:
             self.splits.model_label = self.service.model_label

@@ -23,6 +23,7 @@ Example::
         queue_timeout_ms: 5000       # admission: longest wait in the queue (then 429)
         timeout_ms: 30000            # per-request backend deadline
         retry: {max_retries: 2, base_ms: 25, max_ms: 250}   # absent: no retries
+        autoscale: {max_slots: 16, provision_delay_s: 180, idle_release_s: 180}  # absent: fixed
     models:
       identity: {backend: triton, backends: [triton]}   # backends: which ones a client may pin
       "*": triton                    # shorthand for {backend: triton}; any other model name
@@ -59,6 +60,7 @@ from pydantic import (
 from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError, PydanticKnownError
 
 from infergw.gateway.core.routing.config import (
+    AutoscaleConfig,
     KeepWarmConfig,
     OutlierConfig,
     RetryConfig,
@@ -181,6 +183,7 @@ class BackendConfig(Section):
     retry: RetryConfig | None = None  # absent: no retries
     outlier: OutlierConfig | None = None  # absent: never ejected
     keep_warm: KeepWarmConfig | None = None  # serverless kinds: pings that keep it warm
+    autoscale: AutoscaleConfig | None = None  # always-on kinds: slots that follow the load
 
     @model_validator(mode="before")
     @classmethod
@@ -191,6 +194,16 @@ class BackendConfig(Section):
         own = cls.model_fields.keys()
         options = {k: v for k, v in data.items() if k not in own}
         return {**{k: v for k, v in data.items() if k in own}, "options": options}
+
+    @model_validator(mode="after")
+    def _autoscale_above_floor(self) -> Self:
+        if self.autoscale is not None and self.autoscale.max_slots < self.max_concurrency:
+            raise PydanticCustomError(
+                "autoscale_floor",
+                f"autoscale.max_slots ({self.autoscale.max_slots}) must be >= "
+                f"max_concurrency ({self.max_concurrency}), the floor it scales from",
+            )
+        return self
 
 
 POLICY_KEYS = tuple(n for n in BackendConfig.model_fields if n not in ("name", "kind", "options"))

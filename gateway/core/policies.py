@@ -248,12 +248,30 @@ class Admission(Policy):
         self.max_queue = max_queue
         self.queue_timeout_s = queue_timeout_s
         self.in_flight = 0
+        self.peak_demand = 0  # most in flight + queued since the autoscaler last read it
         self._queue_desc = f"backend={self.name}"
         self._waiters: deque[asyncio.Future[None]] = deque()
 
     @property
     def queued(self) -> int:
         return len(self._waiters)
+
+    def resize(self, max_concurrency: int) -> None:
+        """Change the slot count now (``autoscale.py``): new slots go to the waiters at
+        once; when shrinking, requests in flight finish and their slots are not reused."""
+        if max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be >= 1, not {max_concurrency}")
+        self.max_concurrency = max_concurrency
+        while self.in_flight < max_concurrency and self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                self.in_flight += 1
+                waiter.set_result(None)
+
+    def take_peak_demand(self) -> int:
+        """The most requests in flight and queued at once since the last call."""
+        peak, self.peak_demand = self.peak_demand, self.in_flight + len(self._waiters)
+        return peak
 
     @property
     def streaming(self) -> StreamingBackend | None:
@@ -272,6 +290,9 @@ class Admission(Policy):
             self._release()
 
     async def _acquire(self, ctx: RequestContext) -> None:
+        demand = self.in_flight + len(self._waiters) + 1
+        if demand > self.peak_demand:
+            self.peak_demand = demand
         if self.in_flight < self.max_concurrency and not self._waiters:
             self.in_flight += 1
             return
@@ -303,6 +324,9 @@ class Admission(Policy):
             ) from exc
 
     def _release(self) -> None:
+        if self.in_flight > self.max_concurrency:  # shrunk: this slot is gone
+            self.in_flight -= 1
+            return
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():

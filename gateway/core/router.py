@@ -18,6 +18,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from infergw.gateway.core.autoscale import Autoscaler, AutoscalerSet
 from infergw.gateway.core.backend import Backend, BackendBase, create_backend
 from infergw.gateway.core.config import WILDCARD, BackendConfig, GatewayConfig, RouteConfig
 from infergw.gateway.core.context import RequestContext
@@ -69,6 +70,7 @@ class Router:
         outliers: Mapping[str, OutlierDetector] | None = None,
         estimators: Mapping[str, WarmthEstimator] | None = None,
         keep_warm: KeepWarmSet | None = None,
+        autoscalers: AutoscalerSet | None = None,
     ) -> None:
         self.backends = dict(backends)
         self.routes = {r.model: r for r in routes}
@@ -77,6 +79,7 @@ class Router:
         self.outliers = dict(outliers or {})
         self.estimators = dict(estimators or {})  # serverless backends' warm state
         self.keep_warm = keep_warm or KeepWarmSet({})  # their pings (started by ``start``)
+        self.autoscalers = autoscalers or AutoscalerSet({})  # always-on slots (``start``)
         self.allow_pinning = allow_pinning
         # The backends without their policies: control calls (``control.py``) bypass them.
         self.unwrapped = dict(unwrapped if unwrapped is not None else backends)
@@ -109,10 +112,13 @@ class Router:
             n: Target(n, stack, outliers.get(n), estimators.get(n)) for n, stack in backends.items()
         }
         queues: dict[str, QueueState] = {}
+        scalers: dict[str, Autoscaler] = {}
         for name, target in targets.items():
             admission = _admission_of(target.backend)
             if admission is not None:
                 queues[name] = AdmissionQueue(admission, target.service_times)
+                if (scaling := configs[name].autoscale) is not None:
+                    scalers[name] = Autoscaler(name, admission, scaling)
         routed: dict[str, Backend] = {}
         for route in config.routes:
             if route.policy is not None:
@@ -130,6 +136,7 @@ class Router:
             outliers=outliers,
             estimators=estimators,
             keep_warm=keep_warm,
+            autoscalers=AutoscalerSet(scalers),
         )
 
     def route_for(self, model: str) -> RouteConfig:
@@ -200,12 +207,15 @@ class Router:
         return [m for m in self.routes if m != WILDCARD]
 
     async def start(self) -> None:
-        """Start the background work: keep-warm pings."""
+        """Start the background work: keep-warm pings, slot autoscaling."""
         await self.keep_warm.start()
+        await self.autoscalers.start()
 
     async def close(self) -> None:
-        """Stop the pings, then close every backend (each even if one before it fails)."""
+        """Stop the background work, then close every backend (each even if one before
+        it fails)."""
         try:
+            await self.autoscalers.stop()
             await self.keep_warm.stop()
         finally:
             for backend in self.backends.values():

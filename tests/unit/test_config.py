@@ -297,6 +297,7 @@ def test_retry_is_a_typed_policy_key_not_a_backend_option() -> None:
         "retry",
         "outlier",
         "keep_warm",
+        "autoscale",
     )
     (backend,) = parse_config(with_backend(url="x", retry={"max_retries": 3})).backends
     assert backend.retry == RetryConfig(max_retries=3, base_ms=25.0, max_ms=250.0)

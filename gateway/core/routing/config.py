@@ -111,6 +111,23 @@ class KeepWarmConfig(RoutingSection):
         return "off" if value is False else value
 
 
+class AutoscaleConfig(RoutingSection):
+    """An always-on backend's ``autoscale`` section (``autoscale.py`` runs it): its slots
+    follow the load reactively, as a VM pool would (Spock's VM-only baseline).
+
+    The backend's ``max_concurrency`` is the floor. Every ``interval_s`` the peak demand
+    (in flight + queued) is read; slots short of ``peak / target_utilization`` are
+    ordered and join ``provision_delay_s`` later; slots no peak needed for
+    ``idle_release_s`` are released. Defaults: 3 minutes each, as Spock and MArk assume.
+    """
+
+    max_slots: Annotated[int, Field(ge=1)]
+    provision_delay_s: Annotated[float, Field(ge=0)] = 180.0
+    idle_release_s: Annotated[float, Field(ge=0)] = 180.0
+    interval_s: Annotated[float, Field(gt=0)] = 1.0
+    target_utilization: Annotated[float, Field(gt=0, le=1)] = 1.0
+
+
 class SpilloverConfig(RoutingSection):
     """The always-on ``primary`` while it can start a request within ``max_queue_wait_ms``;
     else the first ``overflow`` backend whose expected latency fits the deadline."""
