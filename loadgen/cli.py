@@ -107,7 +107,18 @@ def register(sub: Any, extra: Mapping[str, ExtraScenario] | None = None) -> None
     tr.add_argument("--trace-csv", help="CSV of arrival timestamps (first column)")
     tr.add_argument("--trace-unit", choices=("s", "ms"), default=D.trace_unit)
     tr.add_argument(
-        "--trace-speedup", type=float, default=D.trace_speedup, help="compress time k times"
+        "--trace-speedup",
+        "--time-scale",
+        dest="trace_speedup",
+        type=float,
+        default=D.trace_speedup,
+        help="compress time k times",
+    )
+    tr.add_argument(
+        "--rate-scale",
+        type=float,
+        default=D.rate_scale,
+        help="replayed traces: k times the arrivals on the same clock (seeded by --seed)",
     )
     tr.add_argument(
         "--trace-kind",

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from infergw.vocab.prices import packaged_prices
+from infergw.vocab.prices import PriceError, packaged_prices, serverless_rate
 
 SERVERLESS_KINDS = ("lambda", "sagemaker", "cloudrun")
 MILLION = 1_000_000
@@ -65,10 +65,7 @@ def cost_per_million(
     prices = load_prices() if prices is None else prices
     kind = backend_kind.strip().lower()
     if kind in SERVERLESS_KINDS:
-        section = _section(prices, kind)
-        return {"lambda": _lambda, "sagemaker": _sagemaker, "cloudrun": _cloudrun}[kind](
-            run, section, memory_mb
-        )
+        return _serverless(run, kind, _section(prices, kind), memory_mb)
     return _node(run, kind, _section(prices, "nodes"))
 
 
@@ -164,51 +161,32 @@ def _result(
 # --- the formulas ----------------------------------------------------------------
 
 
-def _lambda(run: dict[str, Any], p: dict[str, Any], memory_mb: int | None) -> dict[str, Any]:
-    """GB-s at the configured memory over the billed duration, plus the request charge."""
-    memory = int(memory_mb or _price(p, "default_memory_mb", "lambda"))
-    arch = p.get("architecture", "x86_64")
-    rates = _price(p, "gb_second_usd", "lambda")
-    if arch not in rates:
-        raise CostError(f"lambda prices have no GB-second rate for architecture {arch!r}")
-    ms, basis = billed_duration_ms(run, bool(p.get("bills_coldstart", True)))
-    billed = _round_up(ms, float(p.get("billing_granularity_ms", 1)))
-    compute = memory / 1024 * billed / 1000 * float(rates[arch]) * MILLION
-    requests = float(_price(p, "request_usd_per_million", "lambda"))
-    return _result("lambda", {"compute": compute, "requests": requests}, basis, p, billed, memory)
-
-
-def _sagemaker(run: dict[str, Any], p: dict[str, Any], memory_mb: int | None) -> dict[str, Any]:
-    """Per-second price of the memory size over the billed duration, plus data processed."""
-    memory = int(memory_mb or _price(p, "default_memory_mb", "sagemaker"))
-    table = _price(p, "usd_per_second_by_memory_mb", "sagemaker")
-    if str(memory) not in table:
-        sizes = ", ".join(sorted(table, key=int))
-        raise CostError(f"sagemaker serverless has no price for {memory} MB (sizes: {sizes})")
-    ms, basis = billed_duration_ms(run, bool(p.get("bills_coldstart", True)))
-    billed = _round_up(ms, float(p.get("billing_granularity_ms", 1)))
-    compute = billed / 1000 * float(table[str(memory)]) * MILLION
-    sizes_b = run.get("bytes") or {}
-    per_request = float(sizes_b.get("sent_per_request") or 0.0) + float(
-        sizes_b.get("received_per_request") or 0.0
-    )
-    data = per_request / GIB * float(p.get("data_processed_usd_per_gb", 0.0)) * MILLION
-    return _result("sagemaker", {"compute": compute, "data": data}, basis, p, billed, memory)
-
-
-def _cloudrun(run: dict[str, Any], p: dict[str, Any], memory_mb: int | None) -> dict[str, Any]:
-    """vCPU-s + GiB-s over the billed time (rounded up to 100 ms), plus the request charge."""
-    memory = int(memory_mb or _price(p, "default_memory_mb", "cloudrun"))
-    vcpu = float(_price(p, "vcpu", "cloudrun"))
-    concurrency = max(float(p.get("concurrency", 1)), 1.0)
-    ms, basis = billed_duration_ms(run, bool(p.get("bills_coldstart", True)))
-    billed = _round_up(ms, float(p.get("billing_granularity_ms", 100)))
-    seconds = billed / 1000 / concurrency
-    cpu = vcpu * seconds * float(_price(p, "vcpu_second_usd", "cloudrun")) * MILLION
-    mem = memory / 1024 * seconds * float(_price(p, "gib_second_usd", "cloudrun")) * MILLION
-    requests = float(_price(p, "request_usd_per_million", "cloudrun"))
-    components = {"cpu": cpu, "memory": mem, "requests": requests}
-    return _result("cloudrun", components, basis, p, billed, memory)
+def _serverless(
+    run: dict[str, Any], kind: str, p: dict[str, Any], memory_mb: int | None
+) -> dict[str, Any]:
+    """The platform's per-second rate (``vocab.prices.serverless_rate``) over the billed
+    duration, rounded up to its granularity, plus its per-request charge; Cloud Run's
+    billed time shared by ``concurrency`` requests; SageMaker's data processed (bytes in
+    and out)."""
+    try:
+        rate = serverless_rate(kind, {kind: p}, memory_mb)
+    except PriceError as exc:
+        raise CostError(str(exc)) from exc
+    ms, basis = billed_duration_ms(run, rate.bills_coldstart)
+    billed = _round_up(ms, rate.granularity_ms)
+    shared = max(float(p.get("concurrency", 1)), 1.0) if kind == "cloudrun" else 1.0
+    seconds = billed / 1000 / shared
+    components = {part: usd * seconds * MILLION for part, usd in rate.per_second}
+    if rate.usd_per_request:
+        components["requests"] = rate.usd_per_request * MILLION
+    if kind == "sagemaker":
+        sizes_b = run.get("bytes") or {}
+        per_request = float(sizes_b.get("sent_per_request") or 0.0) + float(
+            sizes_b.get("received_per_request") or 0.0
+        )
+        per_gb = float(p.get("data_processed_usd_per_gb", 0.0))
+        components["data"] = per_request / GIB * per_gb * MILLION
+    return _result(kind, components, basis, p, billed, rate.memory_mb)
 
 
 def _node(run: dict[str, Any], kind: str, p: dict[str, Any]) -> dict[str, Any]:
@@ -231,7 +209,7 @@ def mixed_cost_per_million(
     run: dict[str, Any],
     prices: dict[str, Any],
     kinds: dict[str, str] | None = None,
-    instances: Mapping[str, int] | None = None,
+    instances: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
     """USD per 1M requests for a route that several backends answered (spill-over,
     fallback, hedging, weights), from the share each answered (``run["answered"]``).

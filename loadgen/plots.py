@@ -308,8 +308,9 @@ def _timeseries(result: dict[str, Any]) -> Figure | None:
 
 def _answered(result: dict[str, Any]) -> Figure | None:
     """Per run whose requests several backends (or reasons) answered: requests per second
-    by ``backend/reason``, stacked (a route policy at work: spill, fallback, hedge)."""
-    runs = [r for r in _runs(result) if len(r.get("answered") or []) > 1]
+    by ``backend/reason``, stacked (a route policy at work: spill, fallback, hedge); and
+    the always-on slots over time where the pool was autoscaled (``bench hybrid``)."""
+    runs = [r for r in _runs(result) if len(r.get("answered") or []) > 1 or r.get("capacity")]
     if not runs:
         return None
     fig, axes = _figure(rows=len(runs), height=2.6)
@@ -322,6 +323,15 @@ def _answered(result: dict[str, Any]) -> Figure | None:
         ax.set_ylabel("answers per window")
         ax.set_title(str(run.get("label", "")), fontsize=9)
         ax.legend(frameon=False, ncol=4, fontsize=8, loc="upper right")
+        capacity = run.get("capacity") or {}
+        if capacity.get("samples"):
+            slots = ax.twinx()
+            at = [float(c[0]) for c in capacity["samples"]]
+            slots.step(at, [c[1] for c in capacity["samples"]], where="post", color="black")
+            slots.step(at, [c[1] + c[2] for c in capacity["samples"]], ":", where="post",
+                       color="black")  # fmt: skip
+            slots.set_ylabel("slots: ready, ordered (dotted)")
+            slots.set_ylim(bottom=0)
     axes[-1].set_xlabel("time since start (s)")
     return fig
 

@@ -154,7 +154,21 @@ def _header_lines(result: dict[str, Any]) -> list[str]:
         parts.append(f"backend {result['backend']}")
     if result.get("duration_s") is not None:
         parts.append(f"{float(result['duration_s']):.1f} s")
-    return ["  ".join(parts)]
+    replay = _replay_line(result)
+    return ["  ".join(parts), *([replay] if replay else [])]
+
+
+def _replay_line(result: dict[str, Any]) -> str | None:
+    """How a trace was replayed, so no figure is read as the trace's own rate and time."""
+    replayed = [r["params"] for r in result.get("runs") or [] if "speedup" in r.get("params", {})]
+    if not replayed:
+        return None
+    params = replayed[0]
+    start, duration = params.get("trace_start_s") or 0.0, params.get("trace_duration_s")
+    span = f"{start:g} s to {start + duration:g} s" if duration else f"from {start:g} s"
+    line = f"trace {params.get('trace')} ({span} of it): time compressed {params['speedup']:g}x"
+    line += f", rate x{params.get('rate_scale', 1.0):g}, {params.get('arrivals', '?')} arrivals"
+    return line
 
 
 def _table_rows(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:

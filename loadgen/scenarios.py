@@ -392,6 +392,9 @@ def replayed_trace(s: Settings, kind: str) -> tuple[np.ndarray, dict[str, Any], 
         if part.size == 0:
             raise ValueError("the fitted trace has no arrivals: give a longer --trace-duration")
     offsets = traces.speedup(part, s.trace_speedup)
+    if s.rate_scale != 1.0:
+        offsets = traces.scale_rate(offsets, s.rate_scale, s.seed)
+        params |= {"rate_scale": s.rate_scale, "seed": s.seed}
     params["arrivals"] = int(offsets.size)
     if offsets.size >= 2 and offsets[-1] > offsets[0]:
         params["replay_stats"] = traces.describe(offsets).as_dict()  # in replay seconds

@@ -64,6 +64,7 @@ class Settings:
     trace_csv: str | None = None
     trace_unit: str = "s"
     trace_speedup: float = 1.0
+    rate_scale: float = 1.0  # replayed traces: arrivals x this, on the same clock
     trace_kind: str = "mmpp"  # onoff|mmpp|file|azure-code|azure-conv|fitted (loadgen.traces)
     trace_file: str | None = None  # timestamps CSV, or a packaged trace's name (fitted)
     trace_counts: str | None = None  # CSV of per-interval counts

@@ -267,6 +267,25 @@ def speedup(arrivals: np.ndarray, factor: float) -> np.ndarray:
     return arrivals / factor
 
 
+def scale_rate(arrivals: np.ndarray, factor: float, seed: int = 0) -> np.ndarray:
+    """The rate scaled ``factor`` times on the same clock, seeded: each arrival is sent
+    ``floor(factor)`` times and once more with probability ``frac(factor)`` (so 0.5 keeps
+    half the arrivals), the copies spread uniformly over the gap to the next arrival, so
+    bursts stay bursts and quiet stays quiet."""
+    _positive(factor, "rate scale")
+    if factor == 1.0 or arrivals.size == 0:
+        return arrivals
+    rng = np.random.default_rng(seed)
+    copies = np.floor(factor) + (rng.random(arrivals.size) < factor - np.floor(factor))
+    copies = copies.astype(np.int64)
+    gaps = np.diff(arrivals, append=arrivals[-1])
+    starts = np.repeat(arrivals, copies)
+    first = np.zeros(starts.size, dtype=bool)  # each arrival's first copy keeps its time
+    first[np.cumsum(copies)[copies > 0] - copies[copies > 0]] = True
+    spread = np.where(first, 0.0, rng.random(starts.size) * np.repeat(gaps, copies))
+    return np.sort(starts + spread)
+
+
 def window(
     arrivals: np.ndarray, start_s: float = 0.0, duration_s: float | None = None
 ) -> np.ndarray:

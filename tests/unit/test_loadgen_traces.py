@@ -245,3 +245,29 @@ def test_synthetic_kinds_are_unchanged() -> None:
     assert next(schedule) >= 0.0
     _, params, _ = scenarios.trace_schedule(Settings())
     assert params["trace"] == "mmpp"
+
+
+@pytest.mark.parametrize("factor", [0.25, 1.0, 2.0, 3.5])
+def test_rate_scale_multiplies_arrivals_and_keeps_where_the_bursts_are(factor: float) -> None:
+    arrivals = traces.window(traces.packaged("azure-code"), 0.0, 600.0)
+    scaled = traces.scale_rate(arrivals, factor, seed=3)
+    assert scaled.size == pytest.approx(factor * arrivals.size, rel=0.05)
+    assert np.all(np.diff(scaled) >= 0) and scaled[0] >= 0 and scaled[-1] <= arrivals[-1]
+    per_minute = np.histogram(arrivals, bins=10, range=(0, 600))[0]
+    scaled_per_minute = np.histogram(scaled, bins=10, range=(0, 600))[0]
+    assert np.argmax(scaled_per_minute) == np.argmax(per_minute)  # the busiest minute stays
+    assert np.array_equal(scaled, traces.scale_rate(arrivals, factor, seed=3))  # seeded
+
+
+def test_bench_trace_says_it_scaled_the_rate_and_time_scale_is_the_speedup() -> None:
+    from tests.unit.test_loadgen_settings import parse
+
+    s = parse(
+        *["trace", "--trace-kind", "azure-code", "--trace-duration", "60", "--time-scale", "4",
+         "--rate-scale", "2", "--seed", "1"]
+    )  # fmt: skip
+    assert (s.trace_speedup, s.rate_scale) == (4.0, 2.0)
+    schedule, params, length = scenarios.trace_schedule(s)
+    assert params["rate_scale"] == 2.0 and length == 15.0
+    plain, _, _ = scenarios.trace_schedule(s.replace(rate_scale=1.0))
+    assert len(list(schedule)) == pytest.approx(2 * len(list(plain)), rel=0.15)
