@@ -27,6 +27,12 @@ def add_options(bench: argparse.ArgumentParser) -> None:
         "(default: 180 s on the trace's clock, i.e. divided by --trace-speedup)",
     )
     group.add_argument(
+        "--serverless-idle-timeout-s",
+        type=float,
+        default=None,
+        help="the Lambda stand-in's idle timeout (default: 300 s of trace time, compressed)",
+    )
+    group.add_argument(
         "--idle-release-s",
         type=float,
         default=None,

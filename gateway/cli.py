@@ -126,8 +126,11 @@ def cmd_local_up(args: argparse.Namespace) -> int:
     overrides = StackOverrides.load(args.config) if args.config is not None else None
     throttle_exhaustion_logs()
     listen = _listen_overrides(args)
+    idle = args.serverless_idle_timeout_s
     asyncio.run(
-        run_until_signal(lambda stop: run_local_stack(stop, args.ready_file, listen, overrides))
+        run_until_signal(
+            lambda stop: run_local_stack(stop, args.ready_file, listen, overrides, idle)
+        )
     )
     return 0
 
@@ -157,6 +160,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         default=None,
         help="YAML: its models replace the stack's routes, its backends.NAME keys are merged in",
+    )
+    up.add_argument(
+        "--serverless-idle-timeout-s",
+        type=float,
+        default=300.0,
+        help="an idle serverless stand-in instance is stopped after this (default 300)",
     )
     _add_listen_args(up)
     up.set_defaults(func=cmd_local_up)

@@ -34,6 +34,7 @@ MODEL_INPUTS: dict[str, Callable[[np.random.Generator, int | None], Inputs]] = {
     "minilm": lambda rng, n: {"text": np.array([SENTENCE], dtype=np.object_)},
     "mobilenet": lambda rng, n: {"image": rng.random((1, 224, 224, 3), dtype=np.float32)},
     "yolo": lambda rng, n: {"images": rng.random((1, 3, 640, 640), dtype=np.float32)},
+    "delay": lambda rng, n: {"input": rng.random((1, max(1, (n or 64) // 4)), np.float32)},
 }
 
 

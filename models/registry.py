@@ -6,6 +6,7 @@ from collections.abc import Callable
 from functools import partial
 
 from infergw.models.base import Model, UnknownModelError
+from infergw.models.delay import Delay
 from infergw.models.identity import Identity
 from infergw.models.mobilenet import MobileNet
 from infergw.models.yolo import Yolo
@@ -23,6 +24,7 @@ MODELS: dict[str, Callable[[], Model]] = {
     "minilm": _minilm,
     "mobilenet": MobileNet,  # random weights (numpy only, cheap to import)
     "yolo": Yolo,  # random weights (numpy only, cheap to import)
+    "delay": Delay,  # 15 ms of sleep per request: an accelerator slot's service time
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -39,7 +40,7 @@ def policies(args: argparse.Namespace) -> list[Policy]:
     def scaling(floor: int) -> Autoscale:
         return Autoscale(
             floor, max(args.max_slots, floor), args.provision_delay_s, args.idle_release_s,
-            args.target_utilisation, args.scale_window_s,
+            args.target_utilisation, args.scale_interval_s,
         )  # fmt: skip
 
     runs: list[Policy] = []
@@ -53,6 +54,7 @@ def policies(args: argparse.Namespace) -> list[Policy]:
                     name,
                     slots=c,
                     max_queue=args.max_queue,
+                    queue_timeout_s=args.queue_timeout_s,
                     autoscale=scaling(c)
                     if name == "autoscaled" or (name == "hybrid" and args.hybrid_autoscaled)
                     else None,
@@ -65,9 +67,16 @@ def policies(args: argparse.Namespace) -> list[Policy]:
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.bench_result:
+        return check_against_bench(args)
     try:
         trace = traces.load(
-            args.trace, time_scale=args.time_scale, rate_scale=args.rate_scale, seed=args.seed
+            args.trace,
+            time_scale=args.time_scale,
+            rate_scale=args.rate_scale,
+            seed=args.seed,
+            start_s=args.trace_start,
+            duration_s=args.trace_duration,
         )
         latencies = dists.load_latencies(args.latencies)
         prices = _prices(args.prices)
@@ -131,3 +140,41 @@ def _prices(path: str | None) -> dict[str, Any]:
         return load_prices(Path(path) if path else None)
     except CostError as exc:
         raise ValueError(str(exc)) from exc
+
+
+def check_against_bench(args: argparse.Namespace) -> int:
+    """``--bench-result``: predicted next to measured (``validate.py``)."""
+    from infergw.planner.validate import table as validation_table
+    from infergw.planner.validate import validate
+
+    try:
+        result = json.loads(Path(args.bench_result).read_text())
+        prices = _prices(args.prices or (result.get("settings") or {}).get("prices_file"))
+        stack = result.get("stack") or {}
+        pricing = Pricing.from_prices(
+            prices,
+            instance=args.instance,
+            slots_per_instance=int(stack.get("slots_per_instance", args.slots_per_instance)),
+            serverless_kind=str((stack.get("serverless") or {}).get("kind", args.serverless)),
+            memory_mb=args.memory_mb,
+        )
+        rows, used = validate(result, pricing, args.seed)
+    except (OSError, ValueError, KeyError, TypeError) as exc:  # json errors are ValueErrors
+        print(f"infergw plan: error: --bench-result {args.bench_result}: {exc}", file=sys.stderr)
+        return 2
+    lat = used["latencies"]
+    print(
+        f"{args.bench_result}: {used['arrivals']} arrivals replayed as measured; SLO "
+        f"{used['slo_ms']:g} ms; measured latencies: always-on {lat['always_on']['mean_ms']} ms, "
+        f"serverless {lat['serverless']['mean_ms']} ms (invoke overhead "
+        f"{lat['invoke_overhead_ms']} ms unbilled), cold start {lat['coldstart']['mean_ms']} ms"
+    )
+    print(validation_table(rows))
+    print("within: 20% relative or (violations) 1 point; cost per 1M answered requests")
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / "plan-validation.json"
+        path.write_text(json.dumps({"schema": SCHEMA, "used": used, "rows": rows}, indent=2))
+        print(f"wrote {path}", file=sys.stderr)
+    return 0

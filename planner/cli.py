@@ -12,6 +12,7 @@ examples:
   infergw plan --trace poisson:100:86400 --policy always-on --slots 8 --slo-ms 200
   infergw plan --trace trace.csv --latencies bench-latencies.json --sweep-slots 1:16 \\
       --prewarm --out out/frontier
+  infergw plan --bench-result out/hybrid/result.json     # predicted next to measured
 
 --latencies FILE (milliseconds; every key optional, see docs/plan.md):
   {"always_on_ms": [samples...], "serverless_ms": {"lognormal": {"median_ms": 40,
@@ -29,7 +30,17 @@ def register(sub: Any) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--trace", required=True, help="CSV of timestamps, or poisson:RATE:SECONDS")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--trace", help="CSV of timestamps, azure-code|azure-conv, or poisson:RATE:SECONDS"
+    )
+    source.add_argument(
+        "--bench-result",
+        help="a bench hybrid result.json: simulate its configurations with its trace and "
+        "measured latencies, and compare with what it measured (--prices, --seed, --out apply)",
+    )
+    p.add_argument("--trace-start", type=float, default=0.0, help="seconds into the trace")
+    p.add_argument("--trace-duration", type=float, help="seconds of the trace (default: all)")
     p.add_argument("--time-scale", type=float, default=1.0, help=">1 compresses time")
     p.add_argument("--rate-scale", type=float, default=1.0, help="thin (<1) or replicate (>1)")
     p.add_argument(
@@ -43,12 +54,21 @@ def register(sub: Any) -> None:
     p.add_argument("--latencies", help="JSON of service and cold-start times (see below)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-queue", type=int, help="always-on queue bound (default unbounded)")
+    p.add_argument(
+        "--queue-timeout-s",
+        type=float,
+        default=5.0,
+        help="a request that would wait longer for an always-on slot fails "
+        "(default 5, the gateway's queue_timeout_ms)",
+    )
     g = p.add_argument_group("autoscaling (the autoscaled policy, --hybrid-autoscaled)")
     g.add_argument("--max-slots", type=int, default=64)
     g.add_argument("--provision-delay-s", type=float, default=180.0)
     g.add_argument("--idle-release-s", type=float, default=180.0)
-    g.add_argument("--target-utilisation", type=float, default=0.8)
-    g.add_argument("--scale-window-s", type=float, default=60.0)
+    g.add_argument("--target-utilisation", type=float, default=1.0)
+    g.add_argument(
+        "--scale-interval-s", type=float, default=1.0, help="the autoscaler's step (gateway's)"
+    )
     g = p.add_argument_group("serverless")
     g.add_argument("--concurrency-limit", type=int, default=1000)
     g.add_argument("--idle-timeout-s", type=float, default=600.0)

@@ -96,10 +96,11 @@ def cost(outcome: Outcome, pricing: Pricing) -> Cost:
     """The bill of one run (see the module docstring)."""
     rate = pricing.rate
     on_serverless = outcome.backend == SERVERLESS
-    durations = outcome.billed_s if rate.bills_coldstart else outcome.service
-    requests = float(np.sum(billed(durations[on_serverless], rate))) * rate.usd_per_second
-    requests += int(on_serverless.sum()) * rate.usd_per_request
     config = outcome.policy.serverless
+    durations = outcome.billed_s if rate.bills_coldstart else outcome.service
+    durations = np.maximum(durations[on_serverless] - config.invoke_overhead_s, 0.0)
+    requests = float(np.sum(billed(durations, rate))) * rate.usd_per_second
+    requests += int(on_serverless.sum()) * rate.usd_per_request
     warm = np.asarray(outcome.prewarm_billed_s, dtype=float)
     if not rate.bills_coldstart:
         warm = np.full(len(warm), config.ping_s)

@@ -32,6 +32,7 @@ class Policy:
     name: PolicyName
     slots: int = 1
     max_queue: int | None = None
+    queue_timeout_s: float | None = None
     autoscale: Autoscale | None = None
     serverless: Serverless = field(default_factory=Serverless)
     max_queue_wait_s: float = 0.020
@@ -44,6 +45,8 @@ class Policy:
             raise ValueError("slots must be >= 1 for always-on (>= 0 otherwise)")
         if self.max_queue is not None and self.max_queue < 0:
             raise ValueError("max_queue must be >= 0")
+        if self.queue_timeout_s is not None and self.queue_timeout_s < 0:
+            raise ValueError("queue_timeout_s must be >= 0")
         if self.name == "autoscaled" and self.autoscale is None:
             raise ValueError("the autoscaled policy needs autoscale parameters")
         if self.max_queue_wait_s < 0:
@@ -116,10 +119,14 @@ def _always_on(a: np.ndarray, p: Policy, lat: Latencies, d: Draws) -> Outcome:
     free = [0.0] * p.slots
     latency: list[float] = []
     nan = math.nan
+    timeout = math.inf if p.queue_timeout_s is None else p.queue_timeout_s
     if p.max_queue is None:
         for t, s in zip(a.tolist(), d.always_on.tolist(), strict=True):
             first = free[0]
             start = t if first < t else first
+            if start - t > timeout:  # gave up waiting, as the gateway's admission does
+                latency.append(nan)
+                continue
             heapreplace(free, start + s)
             latency.append(start + s - t)
     else:
@@ -135,6 +142,9 @@ def _always_on(a: np.ndarray, p: Policy, lat: Latencies, d: Draws) -> Outcome:
                 continue
             first = free[0]
             start = t if first < t else first
+            if start - t > timeout:
+                latency.append(nan)
+                continue
             heapreplace(free, start + s)
             if start > t:
                 starts.append(start)
@@ -156,6 +166,7 @@ def _slot_pool(p: Policy, lat: Latencies, latency: list[float]) -> SlotPool:
         latency,
         mean_service_s=lat.always_on.mean,
         max_queue=p.max_queue,
+        queue_timeout_s=p.queue_timeout_s,
         autoscale=p.autoscale,
     )
 

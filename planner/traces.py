@@ -3,8 +3,8 @@
 A packaged trace (``azure-code``, ``azure-conv``) or a CSV of timestamps, read by the load
 generator's ``loadgen.traces.load`` (so ``plan`` and ``bench`` replay the same arrivals);
 ``poisson:RATE:SECONDS`` makes a seeded synthetic trace instead. ``time_scale`` > 1
-compresses time, ``rate_scale`` thins (< 1) or replicates (> 1) arrivals at random;
-outputs say which were used.
+compresses time, ``rate_scale`` thins (< 1) or replicates (> 1) arrivals at random, as
+``bench --rate-scale`` does (``loadgen.traces.scale_rate``); outputs say which were used.
 """
 
 from __future__ import annotations
@@ -50,8 +50,17 @@ def poisson(rate: float, duration_s: float, seed: int = 0) -> np.ndarray:
     return np.sort(rng.uniform(0.0, duration_s, size=n))
 
 
-def load(spec: str, *, time_scale: float = 1.0, rate_scale: float = 1.0, seed: int = 0) -> Trace:
-    """A trace from ``FILE.csv`` or ``poisson:RATE:SECONDS``, then scaled."""
+def load(
+    spec: str,
+    *,
+    time_scale: float = 1.0,
+    rate_scale: float = 1.0,
+    seed: int = 0,
+    start_s: float = 0.0,
+    duration_s: float | None = None,
+) -> Trace:
+    """A trace from ``FILE.csv`` or ``poisson:RATE:SECONDS``, its window [start, start +
+    duration) in trace time (as ``bench --trace-start/--trace-duration``), then scaled."""
     if time_scale <= 0 or rate_scale <= 0:
         raise ValueError("--time-scale and --rate-scale must be > 0")
     if spec.startswith("poisson:"):
@@ -62,15 +71,9 @@ def load(spec: str, *, time_scale: float = 1.0, rate_scale: float = 1.0, seed: i
             raise ValueError(f"{spec!r}: expected poisson:RATE:SECONDS ({exc})") from exc
     else:  # a packaged trace's name or a CSV, read as the load generator reads it
         arrivals = recorded.load(spec)
+    if start_s or duration_s is not None:
+        arrivals = recorded.window(arrivals, start_s, duration_s)
     arrivals = arrivals / time_scale
     if rate_scale != 1.0:
-        arrivals = scale_rate(arrivals, rate_scale, seed)
+        arrivals = recorded.scale_rate(arrivals, rate_scale, seed)
     return Trace(arrivals, spec, time_scale, rate_scale)
-
-
-def scale_rate(arrivals: np.ndarray, factor: float, seed: int = 0) -> np.ndarray:
-    """Each arrival kept floor(factor) times plus once more with probability frac(factor)."""
-    rng = np.random.default_rng(seed + 1)
-    whole, frac = divmod(factor, 1.0)
-    copies = np.full(len(arrivals), int(whole)) + (rng.random(len(arrivals)) < frac)
-    return np.sort(np.repeat(arrivals, copies))

@@ -40,7 +40,12 @@ from infergw.deploy.local.lambda_standin import FunctionConfig, LambdaStandIn
 from infergw.deploy.local.s3 import MotoS3
 from infergw.deploy.local.sagemaker_standin import SageMakerStandIn, ServerlessEndpoint
 from infergw.deploy.local.supervisor import Child, RestartPolicy, Supervisor
-from infergw.deploy.triton.launcher import TritonEndpoints, TritonServer
+from infergw.deploy.triton.launcher import (
+    PORT_ATTEMPTS,
+    TritonEndpoints,
+    TritonServer,
+    TritonStartError,
+)
 from infergw.gateway.app import Gateway
 from infergw.gateway.core.config import GatewayConfig, config_error, parse_config
 from infergw.gateway.lifecycle import AsyncService
@@ -48,7 +53,7 @@ from infergw.models.registry import MODELS
 
 log = logging.getLogger(__name__)
 
-EXAMPLE_MODELS = tuple(MODELS)  # identity, identity_int64, minilm, mobilenet, yolo
+EXAMPLE_MODELS = tuple(MODELS)  # identity, identity_int64, minilm, mobilenet, yolo, delay
 # Decoupled (deploy/triton/model_repository/repeat): only Triton answers it, through its
 # stream; the serverless runtimes answer one response per request, so no pinning there.
 TRITON_ONLY_MODELS = ("repeat",)
@@ -348,13 +353,16 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
         return ports
 
 
+DEFAULT_IDLE_TIMEOUT_S = 300.0  # a serverless stand-in's instance idles out after this
+
+
 class LocalStack(AsyncService):
     def __init__(
         self,
         listen: Mapping[str, Any] | None = None,
         *,
         backends: Sequence[str] = BACKENDS,
-        idle_timeout_s: float = 300.0,
+        idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S,
         restart_policy: RestartPolicy | None = None,
         triton_splits: bool = True,
         overrides: StackOverrides | None = None,
@@ -384,7 +392,7 @@ class LocalStack(AsyncService):
                 os.environ.setdefault(key, value)
             if self.triton_splits and self.receiver_port is None:
                 self._reserve_receiver_port()
-            triton_started = asyncio.create_task(asyncio.to_thread(self.triton.start))
+            triton_started = asyncio.create_task(self._start_triton())
             serverless = await self._start_serverless()
             endpoints = self._triton_endpoints = await triton_started
             config = local_config(
@@ -412,6 +420,20 @@ class LocalStack(AsyncService):
         self.receiver_port, grpc_port, http_port, metrics_port = free_ports(4)
         self.triton.ports = (grpc_port, http_port, metrics_port)
         self.triton.otlp_traces_url = f"http://127.0.0.1:{self.receiver_port}/v1/traces"
+
+    async def _start_triton(self) -> TritonEndpoints:
+        """Triton on the reserved ports, or on new ones when another bind took one of them
+        in the meantime (the stand-ins start beside it on ports of the kernel's choice)."""
+        attempt = 1
+        while True:
+            try:
+                return await asyncio.to_thread(self.triton.start)
+            except TritonStartError as exc:
+                if "already in use" not in str(exc) or attempt == PORT_ATTEMPTS:
+                    raise
+                log.warning("tritonserver lost a reserved port; starting it on new ones")
+                self._reserve_receiver_port()
+                attempt += 1
 
     async def _start_serverless(self) -> dict[str, dict[str, Any]]:
         """Start the stand-ins that were asked for; returns their gateway backend config."""
@@ -471,8 +493,9 @@ async def run_local_stack(
     ready_file: Path | None,
     listen: Mapping[str, Any],
     overrides: StackOverrides | None = None,
+    idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S,
 ) -> None:
-    async with LocalStack(listen, overrides=overrides) as stack:
+    async with LocalStack(listen, overrides=overrides, idle_timeout_s=idle_timeout_s) as stack:
         info = stack.endpoints()
         if ready_file is not None:
             tmp = ready_file.with_suffix(ready_file.suffix + ".tmp")

@@ -22,7 +22,7 @@ from infergw.gateway.core.config import parse_config
 from infergw.gateway.core.metrics import GatewayMetrics
 from infergw.gateway.core.routing.config import AutoscaleConfig
 
-SCALING = Scaling(provision_delay_s=18.0, idle_release_s=18.0)
+SCALING = Scaling(provision_delay_s=18.0, idle_release_s=18.0, serverless_idle_s=30.0)
 
 
 def test_slots_are_sized_for_the_mean_and_the_peak_second() -> None:
@@ -95,9 +95,12 @@ def test_unknown_configurations_on_the_command_line_fail_before_anything_starts(
     assert "--configs: ['vm'] (known: always-on-mean," in capsys.readouterr().err
 
 
-def test_the_pool_delays_default_to_three_minutes_of_trace_time() -> None:
-    args = argparse.Namespace(trace_speedup=10.0, provision_delay_s=None, idle_release_s=5.0)
-    assert Scaling.of(args) == Scaling(provision_delay_s=18.0, idle_release_s=5.0)
+def test_the_platform_timers_default_to_trace_time_compressed_with_the_trace() -> None:
+    args = argparse.Namespace(
+        trace_speedup=10.0, provision_delay_s=None, idle_release_s=5.0,
+        serverless_idle_timeout_s=None,
+    )  # fmt: skip
+    assert Scaling.of(args) == Scaling(18.0, 5.0, serverless_idle_s=30.0)
 
 
 class Pool:

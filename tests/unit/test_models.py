@@ -75,6 +75,24 @@ def test_unknown_model_lists_the_known_ones() -> None:
         load_model("nope")
 
 
+# -- delay ---------------------------------------------------------------------------
+
+
+def test_delay_holds_each_request_for_its_service_time_and_echoes() -> None:
+    import time
+
+    from infergw.models.delay import Delay
+
+    model = Delay(service_ms=30.0)
+    data = np.arange(6, dtype=np.float32).reshape(2, 3)
+    started = time.perf_counter()
+    out = model.infer({"input": data})
+    assert time.perf_counter() - started >= 0.030  # sleep never returns early
+    np.testing.assert_array_equal(out["output"], data)
+    with pytest.raises(ModelInputError):
+        model.infer({"input": data.astype(np.float64)})
+
+
 # -- identity ------------------------------------------------------------------------
 
 

@@ -104,7 +104,7 @@ def test_serverless_throttles_beyond_the_concurrency_limit_and_keeps_warm() -> N
 
 def test_autoscaled_slot_is_usable_only_after_the_provisioning_delay() -> None:
     scale = Autoscale(min_slots=1, max_slots=4, provision_delay_s=10.0, idle_release_s=5.0,
-                      window_s=1.0)  # fmt: skip
+                      interval_s=1.0)  # fmt: skip
     arrivals = [*np.arange(0.0, 30.0, 1 / 3).tolist(), 200.0]
     fixed_one = run(arrivals, Policy("always-on", slots=1), fixed())
     scaled = run(arrivals, Policy("autoscaled", slots=1, autoscale=scale), fixed())
@@ -166,3 +166,21 @@ def test_policies_draw_the_same_random_numbers() -> None:
     one, two = (Draws.make(len(a), latencies, seed=5) for _ in range(2))
     np.testing.assert_array_equal(one.always_on, two.always_on)
     np.testing.assert_array_equal(one.coldstart, two.coldstart)
+
+
+def test_autoscaled_follows_the_gateways_rule_step_by_step() -> None:
+    """Five requests at once on one slot (1 s each). Step t=1: peak 5, 4 slots ordered,
+    ready at t=3. Slot 1 serves 0-1, 1-2, 2-3; at t=3 the last two start on new slots.
+    Each step wants the peak since the last (t=2: 4, t=3: 3, t=4: 2, then 1) and keeps the
+    most wanted within the last 1.5 s: 4 at t=3, 3 at t=4, 2 at t=5, 1 at t=6, so one of
+    the ordered slots goes at each of those steps."""
+    scale = Autoscale(min_slots=1, max_slots=8, provision_delay_s=2.0, idle_release_s=1.5)
+    policy = Policy("autoscaled", slots=1, autoscale=scale, queue_timeout_s=3.5)
+    out = run([0.0, 0.0, 0.0, 0.0, 0.0, 10.0], policy, fixed(always_on=1.0))
+    assert out.latency.tolist() == [1.0, 2.0, 3.0, 4.0, 4.0, 1.0]
+    assert out.peak_slots == 5
+    # Slot 1 for the whole run (to 11); the ordered ones from t=1 to 3, 4, 5 and 6.
+    assert out.slot_seconds == pytest.approx(11 + 2 + 3 + 4 + 5)
+    # With a 2.5 s queue timeout the two that would start at t=3 give up: failed.
+    short = Policy("autoscaled", slots=1, autoscale=scale, queue_timeout_s=2.5)
+    assert np.isnan(run([0.0] * 5, short, fixed(always_on=1.0)).latency[3:]).all()
