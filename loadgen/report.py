@@ -160,7 +160,7 @@ def _header_lines(result: dict[str, Any]) -> list[str]:
 
 def _replay_line(result: dict[str, Any]) -> str | None:
     """How a trace was replayed, so no figure is read as the trace's own rate and time."""
-    replayed = [r["params"] for r in result.get("runs") or [] if "speedup" in r.get("params", {})]
+    replayed = [p for r in result.get("runs") or [] if "speedup" in (p := r.get("params") or {})]
     if not replayed:
         return None
     params = replayed[0]

@@ -198,3 +198,14 @@ def test_a_run_several_backends_answered_gets_the_answered_over_time_figure() ->
         window["answered"] = {"triton/primary": 3, **({"lambda/spill": 1} if i % 2 else {})}
     answered = [p for p in plots.render_all(result) if p.name == "answered"]
     assert len(answered) == 1 and answered[0].png.startswith(PNG_MAGIC)
+
+
+def test_a_replayed_trace_says_its_window_compression_and_rate_scale() -> None:
+    params = {"trace": "azure-code", "trace_start_s": 600.0, "trace_duration_s": 1200.0,
+              "speedup": 10.0, "rate_scale": 2.0, "arrivals": 4321}  # fmt: skip
+    result = {"scenario": "trace", "runs": [{"label": "trace azure-code", "params": params}]}
+    table = format_table(result)
+    assert "trace azure-code (600 s to 1800 s of it): time compressed 10x, rate x2" in table
+    assert "4321 arrivals" in table
+    del params["speedup"]  # a run that replayed no trace says nothing of one
+    assert "time compressed" not in format_table(result)
