@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -37,11 +36,13 @@ def descendants(root: int) -> set[int]:
 
 
 def alive(pid: int) -> bool:
+    """Running: a zombie has exited (an orphan waits for init to reap it, which can take a
+    moment here: Triton's python-backend stubs are orphaned when tritonserver exits)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
         return False
-    return True
+    return state != "Z"
 
 
 def processes_mentioning(text: str) -> list[int]:
