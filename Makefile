@@ -2,13 +2,16 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+CARGO ?= cargo
+# The native data plane (native/, built into the package as infergw._native by pip).
+NATIVE_SRC := native/Cargo.toml native/Cargo.lock $(wildcard native/src/*.rs)
 STAMP := $(VENV)/.installed-stamp
 
 .PHONY: install demo test unit integration bench lint clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml setup.py $(wildcard proto/*.proto proto/*/*.proto)
+$(STAMP): pyproject.toml setup.py $(wildcard proto/*.proto proto/*/*.proto) $(NATIVE_SRC)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -U pip setuptools wheel
 	$(PY) -m pip install -q -e '.[local,otel,test,bench,tfserving]'
@@ -21,6 +24,7 @@ demo: install
 	$(VENV)/bin/infergw demo
 
 test: install lint
+	cd native && $(CARGO) test -q --release --locked
 	$(PY) -m pytest -q -p no:cacheprovider
 
 unit: install
@@ -46,6 +50,8 @@ lint: install
 	$(PY) tools/package_view.py $(VIEW) >/dev/null
 	cd $(VIEW) && ../../$(VENV)/bin/mypy --config-file ../../pyproject.toml -p infergw
 	cd $(VIEW) && PYTHONPATH=. ../../$(VENV)/bin/lint-imports --config ../../pyproject.toml
+	cd native && $(CARGO) fmt --check
+	cd native && $(CARGO) clippy -q --release --all-targets --locked -- -D warnings
 
 clean:
-	rm -rf $(VENV) build *.egg-info proto/*_pb2.py* proto/*/*_pb2.py*
+	rm -rf $(VENV) build *.egg-info proto/*_pb2.py* proto/*/*_pb2.py* native/target native/python/*.so

@@ -82,4 +82,35 @@ PACKAGES = {
     "infergw.proto.tfs": "proto/tfs",
 }
 
-setup(packages=list(PACKAGES), package_dir=PACKAGES, cmdclass={"build_py": BuildPyWithProtos})
+
+def rust_extensions() -> list[object]:
+    """The native data plane (native/, issue 13) as ``infergw._native``, built by cargo.
+
+    Optional: when cargo fails (or setuptools-rust is missing) the package installs
+    without it and the Python data plane runs (``infergw.gateway.native_plane``).
+    """
+    try:
+        from setuptools_rust import Binding, RustExtension
+    except ImportError:
+        return []
+    return [
+        RustExtension(
+            "infergw._native",
+            "native/Cargo.toml",
+            binding=Binding.PyO3,
+            optional=True,
+            debug=False,
+        )
+    ]
+
+
+# ``infergw`` itself (a namespace package) gets the folder the extension is built into
+# in place (editable installs), so ``infergw._native`` is found beside the subpackages.
+NATIVE_DIR = {"infergw": "native/python"}
+
+setup(
+    packages=[*NATIVE_DIR, *PACKAGES],
+    package_dir={**NATIVE_DIR, **PACKAGES},
+    cmdclass={"build_py": BuildPyWithProtos},
+    rust_extensions=rust_extensions(),
+)

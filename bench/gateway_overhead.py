@@ -3,9 +3,10 @@
     .venv/bin/python bench/gateway_overhead.py [--rounds R] [--requests N] [--duration S]
                                                [--out out/bench]
 
-Starts Triton, nginx, the grpc.aio passthrough (``aio-floor``) and the gateway (each its
-own process group), measures the four targets interleaved in rounds with one client,
-prints a table of medians over rounds next to the issue's targets, writes every raw figure
+Starts Triton, nginx, the grpc.aio passthrough (``aio-floor``), the gateway and the same
+gateway on the native plane (``native``: ``INFERGW_NATIVE=1``), each its own process group,
+measures them interleaved in rounds with one client, prints a table of medians over
+rounds next to the issues' targets, writes every raw figure
 as JSON, and stops everything, also on Ctrl-C, SIGTERM and errors. See bench/README.md
 for what each figure means.
 """
@@ -37,7 +38,10 @@ from grpc_load import SyncClient
 
 from infergw.deploy.triton.launcher import TritonServer
 
-TARGETS = ("direct", "nginx", "aio-floor", "gateway")
+TARGETS = ("direct", "nginx", "aio-floor", "gateway", "native")
+# "native": the same `infergw serve`, its gRPC port on the Rust plane (INFERGW_NATIVE=1).
+NATIVE_ENV = {"INFERGW_NATIVE": "1"}
+NATIVE_CONF = servers.GATEWAY_CONF.replace('"*"', "identity")  # the plane forwards named routes
 TINY_COLUMNS = 16
 LARGE_COLUMNS = 1310720  # 1 x 1310720 FP32 = 5 MiB
 IDLE_BEFORE_RSS_S = 2.0
@@ -69,6 +73,11 @@ LIMITS = {
     "large_ratio": Limit("5 MB added p50, gateway/nginx", 1.0, 0.5, higher_is_better=False),
     "rps_ratio": Limit("throughput, gateway/direct", 0.60, 0.90, higher_is_better=True),
     "rss_mib": Limit("gateway idle RSS (MiB)", 120.0, None, higher_is_better=False),
+    # Issue 13's targets for the native plane.
+    "native_tiny_ratio": Limit("tiny added p50, native/nginx", 1.0, None, higher_is_better=False),
+    "native_large_ratio": Limit("5 MB added p50, native/nginx", 0.5, None, higher_is_better=False),
+    "native_rps_ratio": Limit("throughput, native/direct", 0.90, None, higher_is_better=True),
+    "native_rss_mib": Limit("native gateway idle RSS (MiB)", 120.0, None, higher_is_better=False),
 }
 
 
@@ -236,6 +245,11 @@ def summarize(results: Results) -> dict[str, Any]:
     out["rps_ratio"] = ratio(gateway["rps"], direct["rps"])
     out["h2load_rps_ratio"] = ratio(gateway["h2load_rps"], direct["h2load_rps"])
     out["rss_mib"] = results.rss_mib.get("idle_after_warmup")
+    native = out["targets"]["native"]
+    out["native_tiny_ratio"] = ratio(native["tiny_added_p50_ms"], nginx["tiny_added_p50_ms"])
+    out["native_large_ratio"] = ratio(native["large_added_p50_ms"], nginx["large_added_p50_ms"])
+    out["native_rps_ratio"] = ratio(native["rps"], direct["rps"])
+    out["native_rss_mib"] = results.rss_mib.get("native_idle_after_warmup")
     # Derived, not verdicts: how much of the gateway's overhead is the grpc.aio floor.
     out["gateway_minus_floor_tiny_added_p50_ms"] = paired_p50_diff(
         results.tiny_ms, "gateway", "aio-floor"
@@ -286,7 +300,7 @@ def render_table(summary: dict[str, Any], args: Any) -> str:
     row("failed requests", "errors", "d")
     if t["direct"]["h2load_rps"] is not None:
         row("throughput h2load (rps)", "h2load_rps", ".0f")
-    for proc in ("client", "triton", "nginx", "aio-floor", "gateway"):
+    for proc in ("client", "triton", "nginx", "aio-floor", "gateway", "native"):
         cells = "".join(f"{t[n]['cpu_us_per_request'][proc]:>12.0f}" for n in TARGETS)
         rows.append(f"{'  CPU us/req, ' + proc:28}{cells}")
     rows += ["", f"{'figure':34}{'measured':>10}{'target':>9}{'goal':>8}  verdict"]
@@ -295,12 +309,20 @@ def render_table(summary: dict[str, Any], args: Any) -> str:
         "large_ratio": _fmt(summary["large_ratio"], ".2f", "x"),
         "rps_ratio": _fmt(_pct(summary["rps_ratio"]), ".0f", "%"),
         "rss_mib": _fmt(summary["rss_mib"], ".1f"),
+        "native_tiny_ratio": _fmt(summary["native_tiny_ratio"], ".2f", "x"),
+        "native_large_ratio": _fmt(summary["native_large_ratio"], ".2f", "x"),
+        "native_rps_ratio": _fmt(_pct(summary["native_rps_ratio"]), ".0f", "%"),
+        "native_rss_mib": _fmt(summary["native_rss_mib"], ".1f"),
     }
     bounds = {
         "tiny_ratio": ("<=3x", "1.5x"),
         "large_ratio": ("<=1x", "0.5x"),
         "rps_ratio": (">=60%", "90%"),
         "rss_mib": ("<=120", "-"),
+        "native_tiny_ratio": ("<=1x", "-"),
+        "native_large_ratio": ("<=0.5x", "-"),
+        "native_rps_ratio": (">=90%", "-"),
+        "native_rss_mib": ("<=120", "-"),
     }
     for key, limit in LIMITS.items():
         target, goal = bounds[key]
@@ -409,12 +431,17 @@ def run(args: Any, nginx_bin: str, h2load_bin: str | None, groups: list[int]) ->
         gateway = servers.GatewayProcess(endpoints.grpc, registry=groups)
         stack.callback(shielded(gateway.stop))
         gateway_addr = gateway.start()
+        conf = NATIVE_CONF.format(triton=endpoints.grpc)
+        native = servers.GatewayProcess(registry=groups, config=conf, env=NATIVE_ENV)
+        stack.callback(shielded(native.stop))
+        native_addr = native.start()
 
         addresses = {
             "direct": endpoints.grpc,
             "nginx": nginx_addr,
             "aio-floor": floor_addr,
             "gateway": gateway_addr,
+            "native": native_addr,
         }
         print(f"targets: {addresses}", flush=True)
         args.pgids = {
@@ -422,6 +449,7 @@ def run(args: Any, nginx_bin: str, h2load_bin: str | None, groups: list[int]) ->
             "nginx": nginx.pid,
             "aio-floor": floor.pid,
             "gateway": gateway.pid,
+            "native": native.pid,
         }
         clients = {name: SyncClient(addr) for name, addr in addresses.items()}
         for client in clients.values():
@@ -431,6 +459,7 @@ def run(args: Any, nginx_bin: str, h2load_bin: str | None, groups: list[int]) ->
         warm_up(clients, addresses, args)
         time.sleep(IDLE_BEFORE_RSS_S)
         results.rss_mib["idle_after_warmup"] = servers.vm_rss_mib(gateway.pid)
+        results.rss_mib["native_idle_after_warmup"] = servers.vm_rss_mib(native.pid)
 
         print(f"measuring {args.rounds} rounds ...", flush=True)
         for round_no in range(args.rounds):
@@ -440,6 +469,7 @@ def run(args: Any, nginx_bin: str, h2load_bin: str | None, groups: list[int]) ->
             measure_h2load(h2load_bin, addresses, args, results)
         time.sleep(IDLE_BEFORE_RSS_S)
         results.rss_mib["idle_after_run"] = servers.vm_rss_mib(gateway.pid)
+        results.rss_mib["native_idle_after_run"] = servers.vm_rss_mib(native.pid)
         print("stopping servers ...", flush=True)
     return {
         "tiny_ms": results.tiny_ms,

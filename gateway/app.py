@@ -23,6 +23,7 @@ from collections.abc import Awaitable
 
 from aiohttp import web
 
+from infergw.gateway import native_front
 from infergw.gateway.auth import Authenticator
 from infergw.gateway.core.config import GatewayConfig, ListenConfig
 from infergw.gateway.core.metrics import GatewayMetrics
@@ -79,6 +80,7 @@ class Gateway(AsyncService):
             self.splits.model_label = self.service.model_label
         self.addresses: dict[str, str] = {}
         self._grpc: GrpcFrontend | None = None
+        self._native: native_front.NativeFront | None = None  # the Rust plane on the gRPC port
         self._sites: list[AppSite] = []
         self._tls: ServerTls | None = None
         self._serving = False  # started: stopping drains
@@ -106,9 +108,16 @@ class Gateway(AsyncService):
             )
             add_tfserving_service(self._grpc, self.service)  # same port as OIP
             credentials = self._tls.grpc_credentials() if self._tls is not None else None
-            port = self._grpc.add_port(f"{listen.host}:{listen.grpc_port}", credentials)
+            front = self._native = native_front.NativeFront.of(self.config)
+            if front is None:
+                port = self._grpc.add_port(f"{listen.host}:{listen.grpc_port}", credentials)
+                await self._grpc.start()
+            else:  # the plane owns the port; Python serves its lane on a Unix socket
+                self._grpc.add_port(front.lane, None)
+                await self._grpc.start()
+                port = front.start(f"{listen.host}:{listen.grpc_port}")
+                self.metrics.registry.register(front.collector())
             self.addresses["grpc"] = f"{display_host(listen.host)}:{port}"
-            await self._grpc.start()
             guard = [auth.rest_middleware()] if auth is not None else []
             rest = create_rest_app(self.service, guard)
             self.addresses["http"] = await self._serve(rest, listen.http_port, SITE_OPTIONS)
@@ -153,6 +162,7 @@ class Gateway(AsyncService):
         listen = self.config.listen
         serving, self._serving = self._serving, False
         grpc, self._grpc = self._grpc, None
+        native, self._native = self._native, None
         sites, self._sites = self._sites, []
         self.service.draining = True
         if grpc is not None:
@@ -164,6 +174,8 @@ class Gateway(AsyncService):
             log.info("draining: in-flight calls have up to %g s", listen.drain_grace_s)
         # The REST site (sites[0]) drains with gRPC; metrics stay up until both are done.
         stops: list[Awaitable[None]] = [s.stop() for s in sites[:1]]
+        if native is not None:  # its lane calls finish at Python, which drains beside it
+            stops.append(asyncio.to_thread(native.stop, listen.drain_grace_s))
         if grpc is not None:
             # Shielded: cancelling this drain (a second SIGTERM) must not leave gRPC's
             # shutdown half done; a stop with no grace then ends the calls left.
@@ -171,6 +183,8 @@ class Gateway(AsyncService):
         try:
             await asyncio.gather(*stops)
         except asyncio.CancelledError:
+            if native is not None:
+                native.stop(0)
             if grpc is not None:
                 await grpc.stop(0)
             await _unwind(CUT_UNWIND_S)

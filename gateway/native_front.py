@@ -1,0 +1,203 @@
+"""The gRPC port on the native data plane: which routes it forwards itself, and the
+Python gateway behind it as its lane (issue 13).
+
+``data_plane: native`` in the config (or ``INFERGW_NATIVE=1``; ``INFERGW_NATIVE=0``
+always keeps the Python plane) puts the Rust plane (``native_plane.py``) on the configured
+gRPC port. A model whose route is one Triton backend with nothing the plane does not
+implement (retry, outlier ejection, autoscaling, TLS to Triton) is admitted and forwarded
+by the plane with the backend's limits; every other model, and every call that is not
+``ModelInfer``, goes as bytes to the Python gateway's gRPC frontend, which then listens
+on a Unix socket of its own (the lane). The plane terminates no TLS and checks no API
+keys, so with ``listen.tls`` or ``auth`` the Python plane keeps the port, and says why.
+A request pinned to a backend (``x-infergw-backend``) goes to the lane, which honours it.
+Triton's per-request queue/compute split (``tracing.triton_receiver``) is not joined for
+native routes yet.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from infergw.gateway import native_plane
+from infergw.gateway.core.config import BackendConfig, GatewayConfig, RouteConfig
+
+log = logging.getLogger(__name__)
+NATIVE_KINDS = ("triton",)
+
+
+@dataclasses.dataclass(frozen=True)
+class NativeRoutes:
+    """What the plane serves itself: its backends and the models routed to them."""
+
+    backends: Mapping[str, native_plane.NativeBackend]
+    routes: Mapping[str, str]
+
+
+def wanted(config: GatewayConfig) -> bool:
+    """The config or the environment asks for the native plane (``INFERGW_NATIVE=0`` wins)."""
+    env = os.environ.get(native_plane.ENV, "").strip()
+    if env == "0":
+        return False
+    return env == "1" or config.data_plane == "native"
+
+
+def why_not(config: GatewayConfig) -> str | None:
+    """Why the native plane cannot own the gRPC port (None: it can)."""
+    if not native_plane.available():
+        return f"{native_plane.MODULE} is not built"
+    if config.listen.tls is not None:
+        return "listen.tls is set and the native plane terminates no TLS"
+    if config.auth is not None:
+        return "auth is set and the native plane checks no API keys"
+    return None
+
+
+def native_routes(config: GatewayConfig) -> NativeRoutes:
+    """The routes the plane can forward itself (possibly none: then it only passes calls
+    to the lane)."""
+    backends = {b.name: b for b in config.backends if _native(b)}
+    routes = {r.model: r.primary for r in config.routes if _plain(r) and r.primary in backends}
+    used = set(routes.values())
+    return NativeRoutes(
+        {name: _backend(cfg) for name, cfg in backends.items() if name in used}, routes
+    )
+
+
+def _native(cfg: BackendConfig) -> bool:
+    """A backend the plane implements: a Triton over h2c with only admission and a
+    timeout (no retry, outlier ejection, autoscaling)."""
+    return (
+        cfg.kind in NATIVE_KINDS
+        and cfg.options.get("tls") is None
+        and cfg.retry is None
+        and cfg.outlier is None
+        and cfg.autoscale is None
+    )
+
+
+def _plain(route: RouteConfig) -> bool:
+    """A route to one backend (no policy); ``*`` stays with the lane (the plane knows
+    only the names it is given)."""
+    return route.policy is None and route.model != "*"
+
+
+def _backend(cfg: BackendConfig) -> native_plane.NativeBackend:
+    return native_plane.NativeBackend(
+        address=str(cfg.options["url"]),
+        max_concurrency=cfg.max_concurrency,
+        max_queue=cfg.max_queue,
+        queue_timeout_ms=cfg.queue_timeout_ms,
+        timeout_ms=cfg.timeout_ms,
+    )
+
+
+class NativeFront:
+    """The plane on the gRPC port, and the Unix socket its Python lane listens on."""
+
+    def __init__(self, routes: NativeRoutes) -> None:
+        self.routes = routes
+        self._dir = Path(tempfile.mkdtemp(prefix="infergw-lane-"))
+        self.lane_path = self._dir / "grpc.sock"
+        self._plane: native_plane.NativePlane | None = None
+
+    @classmethod
+    def of(cls, config: GatewayConfig) -> NativeFront | None:
+        """The front the config asks for and allows, or None (the Python plane, said once
+        in the log when the native one was asked for)."""
+        if not wanted(config):
+            return None
+        reason = why_not(config)
+        if reason is not None:
+            log.warning("data plane: python, not native: %s", reason)
+            return None
+        routes = native_routes(config)
+        log.info("data plane: native; forwarded natively: %s", sorted(routes.routes) or "none")
+        return cls(routes)
+
+    @property
+    def lane(self) -> str:
+        return f"unix:{self.lane_path}"
+
+    def start(self, listen: str) -> int:
+        """Serve ``listen`` (``HOST:PORT``, port 0 allowed); the bound port."""
+        config = native_plane.NativeConfig(
+            listen=listen,
+            python_lane=self.lane,
+            backends=self.routes.backends,
+            routes=self.routes.routes,
+        )
+        plane = native_plane.NativePlane(config)
+        port = plane.start()
+        self._plane = plane
+        return port
+
+    def stop(self, grace_s: float) -> None:
+        """Drain the plane for at most ``grace_s``, then remove the lane's socket. Blocks
+        (the gateway runs it in a thread); idempotent."""
+        plane, self._plane = self._plane, None
+        try:
+            if plane is not None:
+                plane.stop(grace_s)
+        finally:
+            shutil.rmtree(self._dir, ignore_errors=True)
+
+    def stats(self) -> dict[str, Any]:
+        return self._plane.stats() if self._plane is not None else {}
+
+    def collector(self) -> NativeCollector:
+        return NativeCollector(self)
+
+
+class NativeCollector(Collector):
+    """The plane's counters and histograms at scrape time: requests by backend (the lane
+    is ``python_lane``) and gRPC status, and its total/queue/backend durations."""
+
+    def __init__(self, front: NativeFront) -> None:
+        self.front = front
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self.front.stats()
+        requests = CounterMetricFamily(
+            "infergw_native_requests",
+            "gRPC calls the native plane answered, by backend (python_lane: passed on) and status",
+            labels=("backend", "status"),
+        )
+        phases = HistogramMetricFamily(
+            "infergw_native_phase_duration_seconds",
+            "The native plane's total, queue and backend time per call",
+            labels=("phase", "backend"),
+        )
+        bounds = [float(b) for b in stats.get("bounds_s") or []]
+        lanes = dict(stats.get("backends") or {})
+        if stats.get("python_lane"):
+            lanes["python_lane"] = stats["python_lane"]
+        for backend, lane in lanes.items():
+            for status, n in (lane.get("requests") or {}).items():
+                requests.add_metric([backend, str(status)], float(n))
+            for phase in ("total", "queue", "backend"):
+                histogram = lane.get(phase)
+                if histogram:
+                    phases.add_metric([phase, backend], *_buckets(bounds, histogram))
+        yield requests
+        yield phases
+
+
+def _buckets(
+    bounds: list[float], histogram: Mapping[str, Any]
+) -> tuple[list[tuple[str, float]], float]:
+    cumulative, running = [], 0
+    edges = [*(repr(b) for b in bounds), "+Inf"]
+    for edge, count in zip(edges, histogram.get("counts") or [], strict=False):
+        running += int(count)
+        cumulative.append((edge, float(running)))
+    return cumulative, float(histogram.get("sum_s") or 0.0)

@@ -1,0 +1,145 @@
+"""The native data plane (issue 13): the Rust forwarding core ``infergw._native``, driven
+from Python.
+
+The plane listens for gRPC over h2c on its own threads (tokio + hyper; the GIL is never
+taken on the request path). ``ModelInfer`` for a model with a native route is admitted
+(concurrency limit + bounded queue + queue timeout, the semantics of the gateway's
+``Admission``), forwarded as bytes to that route's backend with the remaining deadline,
+and answered with the gateway's ``server-timing`` trailer (``queue``, ``backend``,
+``total``). Everything else is forwarded as bytes to the *python lane* (the Python
+gateway's gRPC address, ``HOST:PORT`` or ``unix:/path``) and its answer passes through.
+
+    with NativePlane(NativeConfig(python_lane=gw_grpc,
+                                  backends={"triton": NativeBackend("127.0.0.1:8001")},
+                                  routes={"identity": "triton"})) as plane:
+        channel = grpc.insecure_channel(plane.address)
+
+``available()`` tells whether the extension is built and not switched off with
+``INFERGW_NATIVE=0``. See docs/native.md for the configuration and the figures.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import os
+from collections.abc import Mapping
+from types import ModuleType, TracebackType
+from typing import Any
+
+ENV = "INFERGW_NATIVE"  # "0": never use the native plane (today's Python data plane)
+MODULE = "infergw._native"
+
+
+class NativeUnavailable(RuntimeError):
+    """The extension is not built, or ``INFERGW_NATIVE=0`` switched it off."""
+
+
+def disabled() -> bool:
+    return os.environ.get(ENV, "").strip() == "0"
+
+
+def _module() -> ModuleType | None:
+    if disabled():
+        return None
+    try:
+        return importlib.import_module(MODULE)
+    except ImportError:
+        return None
+
+
+def available() -> bool:
+    """The extension is built and importable, and not switched off by ``INFERGW_NATIVE=0``."""
+    return _module() is not None
+
+
+@dataclasses.dataclass(frozen=True)
+class NativeBackend:
+    """One native backend: a single h2c upstream (``HOST:PORT`` or ``unix:/path``) with the
+    admission settings of ``gateway/core/config.py``'s ``BackendConfig`` (same defaults)."""
+
+    address: str
+    max_concurrency: int = 64
+    max_queue: int = 256
+    queue_timeout_ms: float = 5000.0
+    timeout_ms: float | None = 30000.0  # None: the client's deadline only
+
+
+@dataclasses.dataclass(frozen=True)
+class NativeConfig:
+    """What the plane needs: where to listen, the python lane, native backends, and the
+    models routed to them (model name -> backend name)."""
+
+    listen: str = "127.0.0.1:0"
+    python_lane: str | None = None
+    backends: Mapping[str, NativeBackend] = dataclasses.field(default_factory=dict)
+    routes: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    worker_threads: int = 1  # 1: one thread runs everything (cheapest per request)
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "listen": self.listen,
+                "python_lane": self.python_lane,
+                "backends": {n: dataclasses.asdict(b) for n, b in self.backends.items()},
+                "routes": dict(self.routes),
+                "worker_threads": self.worker_threads,
+            }
+        )
+
+
+class NativePlane:
+    """A started-and-stopped native plane; also a context manager (start, then stop).
+
+    ``ValueError`` at construction for a config the plane rejects; ``NativeUnavailable``
+    if the extension cannot be used; ``OSError`` from ``start`` if it cannot listen.
+    """
+
+    def __init__(self, config: NativeConfig, *, stop_grace_s: float = 5.0) -> None:
+        module = _module()
+        if module is None:
+            why = f"{ENV}=0" if disabled() else f"{MODULE} is not built"
+            raise NativeUnavailable(f"the native data plane is unavailable ({why})")
+        self.config = config
+        self.stop_grace_s = stop_grace_s
+        self._plane: Any = module.Plane(config.to_json())
+        self._host = config.listen.rpartition(":")[0] or "127.0.0.1"
+
+    def start(self) -> int:
+        """Bind and serve; the bound port (``listen`` may ask for port 0)."""
+        return int(self._plane.start())
+
+    def stop(self, grace_s: float | None = None) -> None:
+        """Drain (GOAWAY; requests in flight finish) for at most ``grace_s``, then close
+        every connection and thread. Idempotent."""
+        self._plane.stop(self.stop_grace_s if grace_s is None else grace_s)
+
+    @property
+    def port(self) -> int | None:
+        port = self._plane.port
+        return None if port is None else int(port)
+
+    @property
+    def address(self) -> str:
+        """``HOST:PORT`` clients dial (while running)."""
+        if self.port is None:
+            raise RuntimeError("the native plane is not running")
+        host = "127.0.0.1" if self._host in ("0.0.0.0", "") else self._host.strip("[]")
+        return f"{host}:{self.port}" if ":" not in host else f"[{host}]:{self.port}"
+
+    def stats(self) -> dict[str, Any]:
+        """Counters and histograms since the last start (docs/native.md: stats)."""
+        return dict(self._plane.stats())
+
+    def __enter__(self) -> NativePlane:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

@@ -1,0 +1,127 @@
+//! The plane's configuration, given by Python as JSON (docs/native.md). Python validates
+//! the gateway's YAML; this is a second, narrower check of what the plane itself needs.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `HOST:PORT` to listen on (port 0: any free port, returned by `start`).
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Where every request the plane does not serve itself goes: `HOST:PORT` or
+    /// `unix:/path` (h2c). None: such requests get UNIMPLEMENTED.
+    #[serde(default)]
+    pub python_lane: Option<String>,
+    #[serde(default)]
+    pub backends: BTreeMap<String, BackendConfig>,
+    /// Model name -> backend name, for `ModelInfer`.
+    #[serde(default)]
+    pub routes: BTreeMap<String, String>,
+    /// The plane's threads: 1 (default) is one thread running every task, the cheapest per
+    /// request on a small machine; more is tokio's multi-thread runtime.
+    #[serde(default = "default_workers")]
+    pub worker_threads: usize,
+}
+
+/// One native backend: a single h2c upstream with the gateway's admission settings
+/// (the same names and defaults as `gateway/core/config.py`'s `BackendConfig`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendConfig {
+    /// `HOST:PORT` or `unix:/path` of the upstream's gRPC (h2c) endpoint.
+    pub address: String,
+    #[serde(default = "default_max_concurrency")]
+    pub max_concurrency: usize,
+    #[serde(default = "default_max_queue")]
+    pub max_queue: usize,
+    #[serde(default = "default_queue_timeout_ms")]
+    pub queue_timeout_ms: f64,
+    /// The per-request backend deadline (the client's, if shorter); null: the client's only.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: Option<f64>,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:0".into()
+}
+fn default_workers() -> usize {
+    1
+}
+fn default_max_concurrency() -> usize {
+    64
+}
+fn default_max_queue() -> usize {
+    256
+}
+fn default_queue_timeout_ms() -> f64 {
+    5000.0
+}
+fn default_timeout_ms() -> Option<f64> {
+    Some(30000.0)
+}
+
+pub fn millis(ms: f64) -> Duration {
+    Duration::from_secs_f64(ms.max(0.0) / 1000.0)
+}
+
+impl Config {
+    pub fn from_json(text: &str) -> Result<Config, String> {
+        let config: Config =
+            serde_json::from_str(text).map_err(|e| format!("plane config: {e}"))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.worker_threads == 0 || self.worker_threads > 64 {
+            return Err("plane config: worker_threads must be 1..=64".into());
+        }
+        for (name, backend) in &self.backends {
+            if backend.max_concurrency == 0 {
+                return Err(format!(
+                    "plane config: backends.{name}.max_concurrency must be >= 1"
+                ));
+            }
+            let times = [Some(backend.queue_timeout_ms), backend.timeout_ms];
+            if times.iter().flatten().any(|t| !t.is_finite() || *t < 0.0) {
+                return Err(format!(
+                    "plane config: backends.{name}: times must be >= 0 ms"
+                ));
+            }
+        }
+        for (model, backend) in &self.routes {
+            if !self.backends.contains_key(backend) {
+                return Err(format!(
+                    "plane config: routes.{model} names backend '{backend}', which is not in backends"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_checks() {
+        let c = Config::from_json(
+            r#"{"backends": {"triton": {"address": "127.0.0.1:8001"}}, "routes": {"identity": "triton"}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.listen, "127.0.0.1:0");
+        let b = &c.backends["triton"];
+        assert_eq!((b.max_concurrency, b.max_queue), (64, 256));
+        assert_eq!(b.timeout_ms, Some(30000.0));
+        assert!(Config::from_json(r#"{"routes": {"m": "nope"}}"#).is_err());
+        assert!(Config::from_json(r#"{"bogus": 1}"#).is_err());
+        assert!(Config::from_json("not json").is_err());
+        let c = Config::from_json(r#"{"backends": {"t": {"address": "x:1", "timeout_ms": null}}}"#);
+        assert_eq!(c.unwrap().backends["t"].timeout_ms, None);
+    }
+}

@@ -1,0 +1,14 @@
+//! infergw's native data plane (issue 13): gRPC over h2c forwarded as bytes on tokio +
+//! hyper, driven from Python through PyO3 (`infergw._native`). See docs/native.md.
+
+pub mod admission;
+pub mod config;
+pub mod deadline;
+pub mod forward;
+pub mod grpc_status;
+pub mod plane;
+mod python;
+pub mod scan;
+pub mod stats;
+pub mod timing;
+pub mod upstream;

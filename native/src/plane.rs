@@ -1,0 +1,150 @@
+//! The plane: a tokio runtime on its own threads, a listener, one h2c server connection
+//! per client connection; stopped by draining (GOAWAY to every client, in-flight requests
+//! finish) for at most a grace period, then closing everything.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http2;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::runtime::Runtime;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::forward::{self, Shared};
+use crate::upstream::{CONNECTION_WINDOW, MAX_FRAME, STREAM_WINDOW};
+
+pub struct Running {
+    stop: Option<oneshot::Sender<Duration>>,
+    serving: Option<Serving>,
+    pub port: u16,
+    pub shared: Arc<Shared>,
+}
+
+/// Binds `config.listen` and serves on a new runtime; returns once the port is bound.
+///
+/// One worker thread (`worker_threads: 1`) is a current-thread runtime on a thread of its
+/// own: every task of a request (the client's connection, the upstream's) runs on it, so
+/// no request pays for waking another thread. More workers: tokio's multi-thread runtime.
+pub fn start(config: &Config) -> Result<Running, String> {
+    let shared = Arc::new(Shared::new(config));
+    let runtime = if config.worker_threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .thread_name("infergw-native")
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(config.worker_threads)
+            .thread_name("infergw-native")
+            .enable_all()
+            .build()
+    }
+    .map_err(|e| format!("plane runtime: {e}"))?;
+    let listener = std::net::TcpListener::bind(&config.listen)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .map_err(|e| format!("plane cannot listen on {}: {e}", config.listen))?;
+    let port = listener
+        .local_addr()
+        .map_err(|e| format!("plane listener: {e}"))?
+        .port();
+    let (stop, stopped) = oneshot::channel();
+    let serving = if config.worker_threads == 1 {
+        let shared = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("infergw-native".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    if let Ok(listener) = TcpListener::from_std(listener) {
+                        serve(listener, shared, stopped).await;
+                    }
+                });
+                runtime.shutdown_timeout(Duration::from_millis(500));
+            })
+            .map_err(|e| format!("plane thread: {e}"))?;
+        Serving::Thread(thread)
+    } else {
+        let _entered = runtime.enter();
+        let listener =
+            TcpListener::from_std(listener).map_err(|e| format!("plane listener: {e}"))?;
+        let task = runtime.spawn(serve(listener, shared.clone(), stopped));
+        Serving::Runtime(runtime, task)
+    };
+    Ok(Running {
+        serving: Some(serving),
+        stop: Some(stop),
+        port,
+        shared,
+    })
+}
+
+enum Serving {
+    /// A current-thread runtime, driven by its own thread until the plane stops.
+    Thread(std::thread::JoinHandle<()>),
+    /// A multi-thread runtime and the accept loop's task.
+    Runtime(Runtime, JoinHandle<()>),
+}
+
+async fn serve(listener: TcpListener, shared: Arc<Shared>, mut stop: oneshot::Receiver<Duration>) {
+    let mut builder = http2::Builder::new(TokioExecutor::new());
+    builder
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(MAX_FRAME)
+        .max_concurrent_streams(1024);
+    let graceful = GracefulShutdown::new();
+    let grace = loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let stream = match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(_) => {
+                        // Out of file descriptors and the like: wait, do not spin.
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let shared = shared.clone();
+                let service = service_fn(move |request| forward::handle(shared.clone(), request));
+                let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+                tokio::spawn(async move {
+                    let _ = connection.await;
+                });
+            }
+            grace = &mut stop => break grace.unwrap_or(Duration::ZERO),
+        }
+    };
+    drop(listener); // no new connections from here on
+    let _ = tokio::time::timeout(grace, graceful.shutdown()).await;
+}
+
+impl Running {
+    /// Drains for at most `grace`, then closes every connection and the runtime's threads.
+    /// Idempotent.
+    pub fn stop(&mut self, grace: Duration) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(grace);
+        }
+        match self.serving.take() {
+            Some(Serving::Thread(thread)) => {
+                let _ = thread.join();
+            }
+            Some(Serving::Runtime(runtime, task)) => {
+                let _ = runtime.block_on(task);
+                runtime.shutdown_timeout(Duration::from_millis(500));
+            }
+            None => {}
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.stop(Duration::ZERO);
+    }
+}

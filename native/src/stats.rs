@@ -1,0 +1,92 @@
+//! Counters and latency histograms kept natively, per lane (each native backend, and the
+//! python lane), read by Python at scrape time (`Plane.stats()`). Lock-free: atomics only.
+//! The bucket bounds are the gateway's (`gateway/core/metrics.py` `BUCKETS`, seconds).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::grpc_status::CODES;
+
+pub const BUCKETS_S: [f64; 18] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0, 60.0,
+];
+
+/// A cumulative-free histogram: `counts[i]` is the number of observations `<= BUCKETS_S[i]`
+/// and above the previous bound; the last count is `+Inf`.
+pub struct Histogram {
+    counts: [AtomicU64; BUCKETS_S.len() + 1],
+    sum_ns: AtomicU64,
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram {
+            counts: std::array::from_fn(|_| AtomicU64::new(0)),
+            sum_ns: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Histogram {
+    pub fn observe(&self, d: Duration) {
+        let s = d.as_secs_f64();
+        let i = BUCKETS_S.partition_point(|&b| b < s);
+        self.counts[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_ns.fetch_add(
+            d.as_nanos().min(u128::from(u64::MAX)) as u64,
+            Ordering::Relaxed,
+        );
+    }
+
+    pub fn snapshot(&self) -> (Vec<u64>, f64) {
+        let counts = self
+            .counts
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect();
+        (counts, self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9)
+    }
+}
+
+/// One lane's counters: requests by final gRPC status, and histograms of `total`,
+/// `queue` and `backend` (seconds).
+#[derive(Default)]
+pub struct LaneStats {
+    pub by_status: [AtomicU64; CODES],
+    pub total: Histogram,
+    pub queue: Histogram,
+    pub backend: Histogram,
+}
+
+impl LaneStats {
+    pub fn count(&self, code: u8) {
+        let i = usize::from(code).min(CODES - 1);
+        self.by_status[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn statuses(&self) -> Vec<u64> {
+        self.by_status
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_like_bisect_left() {
+        let h = Histogram::default();
+        h.observe(Duration::from_micros(100)); // == first bound: first bucket
+        h.observe(Duration::from_micros(101));
+        h.observe(Duration::from_secs(100)); // +Inf
+        let (counts, sum) = h.snapshot();
+        assert_eq!(counts[0], 1);
+        assert_eq!(counts[1], 1);
+        assert_eq!(counts[BUCKETS_S.len()], 1);
+        assert!((sum - 100.000201).abs() < 1e-9);
+    }
+}

@@ -1,0 +1,57 @@
+"""The Python driver of the native plane, without sockets: its config JSON and switches."""
+
+from __future__ import annotations
+
+import importlib
+import json
+from types import ModuleType
+
+import pytest
+
+from infergw.gateway import native_plane
+from infergw.gateway.native_plane import NativeBackend, NativeConfig, NativePlane
+
+
+def test_config_json_is_what_the_plane_reads() -> None:
+    config = NativeConfig(
+        python_lane="unix:/run/infergw/lane.sock",
+        backends={"triton": NativeBackend("127.0.0.1:8001", max_concurrency=4, timeout_ms=None)},
+        routes={"identity": "triton"},
+    )
+    assert json.loads(config.to_json()) == {
+        "listen": "127.0.0.1:0",
+        "python_lane": "unix:/run/infergw/lane.sock",
+        "backends": {
+            "triton": {
+                "address": "127.0.0.1:8001",
+                "max_concurrency": 4,
+                "max_queue": 256,
+                "queue_timeout_ms": 5000.0,
+                "timeout_ms": None,
+            }
+        },
+        "routes": {"identity": "triton"},
+        "worker_threads": 1,
+    }
+
+
+def test_switched_off_by_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(native_plane.ENV, "0")
+    assert not native_plane.available()
+    with pytest.raises(native_plane.NativeUnavailable, match="INFERGW_NATIVE=0"):
+        NativePlane(NativeConfig())
+
+
+def test_not_built_is_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(native_plane.ENV, raising=False)
+    real = importlib.import_module
+
+    def no_native(name: str, package: str | None = None) -> ModuleType:
+        if name == native_plane.MODULE:
+            raise ImportError(name)
+        return real(name, package)
+
+    monkeypatch.setattr(importlib, "import_module", no_native)
+    assert not native_plane.available()
+    with pytest.raises(native_plane.NativeUnavailable, match="not built"):
+        NativePlane(NativeConfig())
