@@ -38,8 +38,10 @@ from grpc_load import SyncClient
 
 from infergw.deploy.triton.launcher import TritonServer
 
-TARGETS = ("direct", "nginx", "aio-floor", "gateway", "native")
-# "native": the same `infergw serve`, its gRPC port on the Rust plane (INFERGW_NATIVE=1).
+TARGETS = ("direct", "nginx", "aio-floor", "gateway", "native", "lane")
+# "native": the same `infergw serve`, its gRPC port on the Rust plane (INFERGW_NATIVE=1),
+# identity routed natively; "lane": the plane in front with every model left to the
+# Python gateway behind it (its Unix socket), what a non-native route pays.
 NATIVE_ENV = {"INFERGW_NATIVE": "1"}
 NATIVE_CONF = servers.GATEWAY_CONF.replace('"*"', "identity")  # the plane forwards named routes
 TINY_COLUMNS = 16
@@ -250,6 +252,10 @@ def summarize(results: Results) -> dict[str, Any]:
     out["native_large_ratio"] = ratio(native["large_added_p50_ms"], nginx["large_added_p50_ms"])
     out["native_rps_ratio"] = ratio(native["rps"], direct["rps"])
     out["native_rss_mib"] = results.rss_mib.get("native_idle_after_warmup")
+    # The python lane's price: the plane in front of the gateway vs the gateway alone.
+    out["lane_minus_gateway_tiny_added_p50_ms"] = paired_p50_diff(
+        results.tiny_ms, "lane", "gateway"
+    )
     # Derived, not verdicts: how much of the gateway's overhead is the grpc.aio floor.
     out["gateway_minus_floor_tiny_added_p50_ms"] = paired_p50_diff(
         results.tiny_ms, "gateway", "aio-floor"
@@ -300,7 +306,7 @@ def render_table(summary: dict[str, Any], args: Any) -> str:
     row("failed requests", "errors", "d")
     if t["direct"]["h2load_rps"] is not None:
         row("throughput h2load (rps)", "h2load_rps", ".0f")
-    for proc in ("client", "triton", "nginx", "aio-floor", "gateway", "native"):
+    for proc in ("client", "triton", "nginx", "aio-floor", "gateway", "native", "lane"):
         cells = "".join(f"{t[n]['cpu_us_per_request'][proc]:>12.0f}" for n in TARGETS)
         rows.append(f"{'  CPU us/req, ' + proc:28}{cells}")
     rows += ["", f"{'figure':34}{'measured':>10}{'target':>9}{'goal':>8}  verdict"]
@@ -340,6 +346,9 @@ def render_table(summary: dict[str, Any], args: Any) -> str:
             summary["gateway_minus_floor_large_added_p50_ms"], "+.2f", " ms"
         ),
         "throughput, aio-floor/direct": _fmt(_pct(summary["floor_rps_ratio"]), ".0f", "%"),
+        "tiny added p50, lane - gateway": _fmt(
+            summary["lane_minus_gateway_tiny_added_p50_ms"], "+.3f", " ms"
+        ),
     }
     rows += [f"{label:37}{value:>10}" for label, value in derived.items()]
     return "\n".join(rows)
@@ -435,6 +444,9 @@ def run(args: Any, nginx_bin: str, h2load_bin: str | None, groups: list[int]) ->
         native = servers.GatewayProcess(registry=groups, config=conf, env=NATIVE_ENV)
         stack.callback(shielded(native.stop))
         native_addr = native.start()
+        lane = servers.GatewayProcess(endpoints.grpc, registry=groups, env=NATIVE_ENV)
+        stack.callback(shielded(lane.stop))
+        lane_addr = lane.start()
 
         addresses = {
             "direct": endpoints.grpc,
@@ -442,6 +454,7 @@ def run(args: Any, nginx_bin: str, h2load_bin: str | None, groups: list[int]) ->
             "aio-floor": floor_addr,
             "gateway": gateway_addr,
             "native": native_addr,
+            "lane": lane_addr,
         }
         print(f"targets: {addresses}", flush=True)
         args.pgids = {
@@ -450,6 +463,7 @@ def run(args: Any, nginx_bin: str, h2load_bin: str | None, groups: list[int]) ->
             "aio-floor": floor.pid,
             "gateway": gateway.pid,
             "native": native.pid,
+            "lane": lane.pid,
         }
         clients = {name: SyncClient(addr) for name, addr in addresses.items()}
         for client in clients.values():
