@@ -31,7 +31,6 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime as dt
-import itertools
 import json
 import math
 import sys
@@ -54,7 +53,7 @@ from infergw.loadgen import traces
 from infergw.loadgen.app import build_result, emit, resolve, run_scenario
 from infergw.loadgen.cost import CostError, load_prices, mixed_cost_per_million
 from infergw.loadgen.progress import Progress
-from infergw.loadgen.scenarios import trace_schedule
+from infergw.loadgen.scenarios import trace_offsets
 from infergw.loadgen.settings import Settings
 
 READY_TIMEOUT_S = 300.0
@@ -114,7 +113,7 @@ class Scaling:
         return cls(
             pick(args.provision_delay_s, POOL_DELAY_S),
             pick(args.idle_release_s, POOL_DELAY_S),
-            pick(getattr(args, "serverless_idle_timeout_s", None), LOCAL_IDLE_TIMEOUT_S),
+            pick(args.serverless_idle_timeout_s, LOCAL_IDLE_TIMEOUT_S),
         )
 
 
@@ -274,8 +273,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"infergw bench hybrid: error: --configs: {unknown or 'none'} (known: {known})",
               file=sys.stderr)  # fmt: skip
         return 2
-    schedule, params, length = trace_schedule(base)  # a generated one never ends
-    offsets = np.fromiter(itertools.takewhile(lambda t: t < length, schedule), np.float64)
+    offsets, params = trace_offsets(base)
     if offsets.size < 2:
         print("infergw bench hybrid: error: the trace has fewer than 2 arrivals", file=sys.stderr)
         return 2

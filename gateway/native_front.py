@@ -31,6 +31,7 @@ from prometheus_client.registry import Collector
 
 from infergw.gateway import native_plane
 from infergw.gateway.core.config import BackendConfig, GatewayConfig, RouteConfig
+from infergw.gateway.core.metrics import cumulative_buckets
 
 log = logging.getLogger(__name__)
 NATIVE_KINDS = ("triton",)
@@ -188,17 +189,8 @@ class NativeCollector(Collector):
             for phase in ("total", "queue", "backend"):
                 histogram = lane.get(phase)
                 if histogram:
-                    phases.add_metric([phase, backend], *_buckets(bounds, histogram))
+                    counts = [int(c) for c in histogram.get("counts") or []]
+                    buckets = cumulative_buckets(bounds, counts)
+                    phases.add_metric([phase, backend], buckets, float(histogram.get("sum_s", 0)))
         yield requests
         yield phases
-
-
-def _buckets(
-    bounds: list[float], histogram: Mapping[str, Any]
-) -> tuple[list[tuple[str, float]], float]:
-    cumulative, running = [], 0
-    edges = [*(repr(b) for b in bounds), "+Inf"]
-    for edge, count in zip(edges, histogram.get("counts") or [], strict=False):
-        running += int(count)
-        cumulative.append((edge, float(running)))
-    return cumulative, float(histogram.get("sum_s") or 0.0)

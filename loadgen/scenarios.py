@@ -324,6 +324,16 @@ async def trace(s: Settings, ctx: Context) -> list[Run]:
     return ctx.runs
 
 
+def trace_offsets(s: Settings) -> tuple[np.ndarray, dict[str, Any]]:
+    """The offsets a ``trace`` run sends (up to ``--duration``, else the trace's own
+    length) as an array, and their params: what ``bench hybrid`` sizes its slots with and
+    ``plan --bench-result`` replays."""
+    schedule, params, length = trace_schedule(s)
+    horizon = s.duration if s.duration is not None else length  # a generated one never ends
+    offsets = np.fromiter(itertools.takewhile(lambda t: t < horizon, schedule), np.float64)
+    return offsets, params
+
+
 def trace_schedule(s: Settings) -> tuple[Iterator[float], dict[str, Any], float]:
     """(offsets, params describing them, natural length in seconds)."""
     kind = trace_kind(s)

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from infergw.loadgen.scenarios import trace_schedule
+from infergw.loadgen.scenarios import trace_offsets
 from infergw.loadgen.settings import Settings
 from infergw.planner.costs import Pricing
 from infergw.planner.dists import Dist, Latencies
@@ -38,14 +38,8 @@ def arrivals_of(result: Mapping[str, Any]) -> np.ndarray:
     names = {f.name for f in dataclasses.fields(Settings)}
     saved = {k: v for k, v in (result.get("settings") or {}).items() if k in names}
     saved.pop("protocol", None)  # the transport does not change the arrivals
-    settings = Settings(**saved)
-    schedule, _, length = trace_schedule(settings)
-    offsets = []
-    for t in schedule:
-        if t >= length:
-            break
-        offsets.append(t)
-    return np.asarray(offsets, dtype=float)
+    offsets, _ = trace_offsets(Settings(**saved))
+    return offsets
 
 
 def lognormal_of(entry: Mapping[str, Any] | None, what: str) -> Dist:

@@ -20,8 +20,9 @@ outlier detection keeps the backend out).
 
 from __future__ import annotations
 
+import itertools
 from bisect import bisect_left
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -102,11 +103,9 @@ class GatewayMetrics(Collector):
             labels=PHASE_LABELS,
         )
         for key, histogram in list(self._phases.items()):
-            cumulative, running = [], 0
-            for bound, count in zip((*BUCKETS, float("inf")), histogram.counts, strict=True):
-                running += count
-                cumulative.append((_bound(bound), running))
-            phase.add_metric(list(key), cumulative, histogram.sum)
+            phase.add_metric(
+                list(key), cumulative_buckets(BUCKETS, histogram.counts), histogram.sum
+            )
         yield phase
         requests = CounterMetricFamily(
             "infergw_requests", "Inference requests, and other calls that failed", labels=LABELS
@@ -135,5 +134,8 @@ class GatewayMetrics(Collector):
         return generate_latest(self.registry)
 
 
-def _bound(value: float) -> str:
-    return "+Inf" if value == float("inf") else repr(value)
+def cumulative_buckets(bounds: Sequence[float], counts: Sequence[int]) -> list[tuple[str, int]]:
+    """Prometheus buckets from per-bucket counts (one per bound, then +Inf): each upper
+    bound's label with the count at or below it. The native plane's histograms too."""
+    edges = [*(repr(float(b)) for b in bounds), "+Inf"]
+    return list(zip(edges, itertools.accumulate(counts), strict=True))
