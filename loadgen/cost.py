@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from infergw.vocab.prices import PriceError, packaged_prices, serverless_rate
+from infergw.vocab.prices import PriceError, node_hourly, packaged_prices, serverless_rate
 
 SERVERLESS_KINDS = ("lambda", "sagemaker", "cloudrun")
 MILLION = 1_000_000
@@ -192,15 +192,16 @@ def _serverless(
 def _node(run: dict[str, Any], kind: str, p: dict[str, Any]) -> dict[str, Any]:
     """An always-on node: its hourly price spread over the throughput the run achieved."""
     hourly = _price(p, "hourly_usd", "nodes")
-    instance = kind.split(":", 1)[1] if kind.startswith("node:") else kind
-    instance = (p.get("aliases") or {}).get(instance, instance)
-    if instance not in hourly:
+    try:
+        instance, usd = node_hourly(kind.removeprefix("node:"), {"nodes": p})
+    except PriceError as exc:
         known = sorted({*SERVERLESS_KINDS, *hourly, *(p.get("aliases") or {})})
-        raise CostError(f"no prices for backend kind {kind!r} (known: {', '.join(known)})")
+        known_kinds = ", ".join(known)
+        raise CostError(f"no prices for backend kind {kind!r} (known: {known_kinds})") from exc
     rps = float(run.get("achieved_rps") or 0.0)
     if rps <= 0:
         raise CostError(f"run {run.get('label')!r} achieved no throughput to spread a node over")
-    compute = float(hourly[instance]) / (rps * 3600) * MILLION
+    compute = usd / (rps * 3600) * MILLION
     basis = f"{instance} at {rps:.1f} req/s achieved"
     return _result(f"node:{instance}", {"instance": compute}, basis, p)
 

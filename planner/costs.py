@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from infergw.planner.simulate import SERVERLESS, Outcome
-from infergw.vocab.prices import PriceError, Rate, packaged_prices, serverless_rate
+from infergw.vocab.prices import PriceError, Rate, node_hourly, packaged_prices, serverless_rate
 
 SECONDS_PER_MONTH = 30 * 86_400
 
@@ -44,13 +44,9 @@ class Pricing:
         prices = packaged_prices() if prices is None else prices
         if slots_per_instance < 1:
             raise PriceError("slots per instance must be >= 1")
-        nodes = prices.get("nodes", {})
-        name = nodes.get("aliases", {}).get(instance, instance)
-        hourly = nodes.get("hourly_usd", {})
-        if name not in hourly:
-            raise PriceError(f"no hourly price for instance {instance!r}")
+        name, hourly = node_hourly(instance, prices)
         return cls(
-            float(hourly[name]) / slots_per_instance,
+            hourly / slots_per_instance,
             serverless_rate(serverless_kind, prices, memory_mb),
             name,
             slots_per_instance,

@@ -65,6 +65,18 @@ def serverless_rate(kind: str, prices: Mapping[str, Any], memory_mb: int | None 
         raise PriceError(f"prices for {kind!r} lack {exc}") from exc
 
 
+def node_hourly(instance: str, prices: Mapping[str, Any]) -> tuple[str, float]:
+    """An always-on node's instance type and hourly USD: ``instance`` is a type of the
+    list's ``nodes.hourly_usd`` or one of its ``aliases`` (``triton``, ``runtime``...)."""
+    nodes = prices.get("nodes")
+    nodes = nodes if isinstance(nodes, Mapping) else {}
+    name = (nodes.get("aliases") or {}).get(instance, instance)
+    hourly = nodes.get("hourly_usd") or {}
+    if name not in hourly:
+        raise PriceError(f"no hourly price for instance {instance!r}")
+    return name, float(hourly[name])
+
+
 Parts = tuple[dict[str, float], float]  # per-second parts, per-request price
 
 
