@@ -33,6 +33,7 @@ from infergw.gateway.core.warmth import WarmthCollector
 from infergw.gateway.frontends.grpc import GrpcFrontend
 from infergw.gateway.frontends.tfserving import add_tfserving_service
 from infergw.gateway.lifecycle import AsyncService
+from infergw.gateway.native_traces import NativeTraces
 from infergw.gateway.sites import (
     AppSite,
     SiteOptions,
@@ -43,6 +44,7 @@ from infergw.gateway.sites import (
 from infergw.gateway.tls import ServerTls
 from infergw.gateway.triton_traces import (
     SPLITS_PATH,
+    TRACED_KINDS,
     TRACES_PATH,
     TritonSplits,
     receiver_site,
@@ -54,6 +56,7 @@ from infergw.wire import grpc_channel
 log = logging.getLogger(__name__)
 DEFAULT_SITE = SiteOptions()
 CUT_UNWIND_S = 1.0  # a second SIGTERM: how long cancelled calls get to unwind
+NATIVE_TRACES_INTERVAL_S = 0.1  # how often the native plane's span records are drained
 
 
 class Gateway(AsyncService):
@@ -81,6 +84,7 @@ class Gateway(AsyncService):
         self.addresses: dict[str, str] = {}
         self._grpc: GrpcFrontend | None = None
         self._native: native_front.NativeFront | None = None  # the Rust plane on the gRPC port
+        self._native_traces: tuple[NativeTraces, asyncio.Task[None]] | None = None
         self._sites: list[AppSite] = []
         self._tls: ServerTls | None = None
         self._serving = False  # started: stopping drains
@@ -115,8 +119,7 @@ class Gateway(AsyncService):
             else:  # the plane owns the port; Python serves its lane on a Unix socket
                 self._grpc.add_port(front.lane, None)
                 await self._grpc.start()
-                port = front.start(f"{listen.host}:{listen.grpc_port}")
-                self.metrics.registry.register(front.collector())
+                port = self._start_native(front, f"{listen.host}:{listen.grpc_port}")
             self.addresses["grpc"] = f"{display_host(listen.host)}:{port}"
             guard = [auth.rest_middleware()] if auth is not None else []
             rest = create_rest_app(self.service, guard)
@@ -136,6 +139,20 @@ class Gateway(AsyncService):
             raise
         self._serving = True
         log.info("infergw listening: %s", self.addresses)
+
+    def _start_native(self, front: native_front.NativeFront, listen: str) -> int:
+        """The plane on ``listen`` (its port), its metrics on the gateway's, its traced
+        requests drained into the SDK and the Triton splits."""
+        triton = {b.name for b in self.config.backends if b.kind in TRACED_KINDS}
+        traces = NativeTraces(front, self.splits, traced_backends=triton.__contains__)
+        port = front.start(listen, trace_all=traces.trace_all())
+        self.metrics.registry.register(front.collector())
+        self.metrics.sources.append(front)
+        if self.splits is not None:
+            self.splits.feeds.append(traces.drain)
+        task = asyncio.create_task(traces.run(NATIVE_TRACES_INTERVAL_S))
+        self._native_traces = (traces, task)
+        return port
 
     async def _serve(
         self, app: web.Application, port: int, options: SiteOptions = DEFAULT_SITE
@@ -190,6 +207,9 @@ class Gateway(AsyncService):
             await _unwind(CUT_UNWIND_S)
             raise
         finally:
+            traces, self._native_traces = self._native_traces, None
+            if traces is not None:  # the last records, once the plane has stopped
+                await traces[0].stop(traces[1])
             for site in sites[1:]:
                 await site.stop()
             await self.router.close()

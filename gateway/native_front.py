@@ -31,7 +31,8 @@ from prometheus_client.registry import Collector
 
 from infergw.gateway import native_plane
 from infergw.gateway.core.config import BackendConfig, GatewayConfig, RouteConfig
-from infergw.gateway.core.metrics import cumulative_buckets
+from infergw.gateway.core.metrics import BUCKETS, Series, cumulative_buckets
+from infergw.wire.protocols import Protocol
 
 log = logging.getLogger(__name__)
 NATIVE_KINDS = ("triton",)
@@ -43,6 +44,7 @@ class NativeRoutes:
 
     backends: Mapping[str, native_plane.NativeBackend]
     routes: Mapping[str, str]
+    max_message_bytes: int
 
 
 def wanted(config: GatewayConfig) -> bool:
@@ -71,7 +73,9 @@ def native_routes(config: GatewayConfig) -> NativeRoutes:
     routes = {r.model: r.primary for r in config.routes if _plain(r) and r.primary in backends}
     used = set(routes.values())
     return NativeRoutes(
-        {name: _backend(cfg) for name, cfg in backends.items() if name in used}, routes
+        {name: _backend(cfg) for name, cfg in backends.items() if name in used},
+        routes,
+        config.limits.max_message_bytes,
     )
 
 
@@ -130,13 +134,15 @@ class NativeFront:
     def lane(self) -> str:
         return f"unix:{self.lane_path}"
 
-    def start(self, listen: str) -> int:
+    def start(self, listen: str, trace_all: bool = False) -> int:
         """Serve ``listen`` (``HOST:PORT``, port 0 allowed); the bound port."""
         config = native_plane.NativeConfig(
             listen=listen,
             python_lane=self.lane,
             backends=self.routes.backends,
             routes=self.routes.routes,
+            max_message_bytes=self.routes.max_message_bytes,
+            trace_all=trace_all,
         )
         plane = native_plane.NativePlane(config)
         port = plane.start()
@@ -146,18 +152,45 @@ class NativeFront:
     def stop(self, grace_s: float) -> None:
         """Drain the plane for at most ``grace_s``, then remove the lane's socket. Blocks
         (the gateway runs it in a thread); idempotent."""
-        plane, self._plane = self._plane, None
         try:
-            if plane is not None:
-                plane.stop(grace_s)
+            if self._plane is not None:  # kept: its counters and spans outlive the stop
+                self._plane.stop(grace_s)
         finally:
             shutil.rmtree(self._dir, ignore_errors=True)
 
     def stats(self) -> dict[str, Any]:
         return self._plane.stats() if self._plane is not None else {}
 
+    def take_spans(self) -> tuple[list[tuple[Any, ...]], int]:
+        return self._plane.take_spans() if self._plane is not None else ([], 0)
+
+    def set_trace_all(self, all: bool) -> None:
+        if self._plane is not None:
+            self._plane.set_trace_all(all)
+
     def collector(self) -> NativeCollector:
         return NativeCollector(self)
+
+    def series(self) -> Iterator[Series]:
+        """The natively routed models' requests and phases, under the gateway's labels
+        (``GatewayMetrics.sources``): protocol ``grpc``, status by name."""
+        stats = self.stats()
+        if [float(b) for b in stats.get("bounds_s") or BUCKETS] != list(BUCKETS):
+            raise RuntimeError("the native plane's histogram bounds are not the gateway's")
+        for model, route in (stats.get("models") or {}).items():
+            for code, outcome in (route.get("outcomes") or {}).items():
+                labels = (
+                    str(model),
+                    str(route["backend"]),
+                    Protocol.GRPC.value,
+                    native_plane.status_name(int(code)),
+                )
+                phases = {
+                    phase: ([int(c) for c in h["counts"]], float(h["sum_s"]))
+                    for phase, h in outcome.items()
+                    if phase != "count"
+                }
+                yield Series(labels, int(outcome["count"]), phases)
 
 
 class NativeCollector(Collector):

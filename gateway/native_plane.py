@@ -28,8 +28,17 @@ from collections.abc import Mapping
 from types import ModuleType, TracebackType
 from typing import Any
 
+import grpc
+
 ENV = "INFERGW_NATIVE"  # "0": never use the native plane (today's Python data plane)
 MODULE = "infergw._native"
+_STATUS_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
+
+
+def status_name(code: int) -> str:
+    """The name of a gRPC status code the plane reports (``INVALID_ARGUMENT`` for 3), as
+    the gateway's metrics and spans name statuses."""
+    return _STATUS_NAMES.get(code, "UNKNOWN")
 
 
 class NativeUnavailable(RuntimeError):
@@ -76,6 +85,8 @@ class NativeConfig:
     backends: Mapping[str, NativeBackend] = dataclasses.field(default_factory=dict)
     routes: Mapping[str, str] = dataclasses.field(default_factory=dict)
     worker_threads: int = 1  # 1: one thread runs everything (cheapest per request)
+    max_message_bytes: int = 64 * 1024 * 1024  # the gateway's limits.max_message_bytes
+    trace_all: bool = False  # trace every request, not only those with a traceparent
 
     def to_json(self) -> str:
         return json.dumps(
@@ -85,6 +96,8 @@ class NativeConfig:
                 "backends": {n: dataclasses.asdict(b) for n, b in self.backends.items()},
                 "routes": dict(self.routes),
                 "worker_threads": self.worker_threads,
+                "max_message_bytes": self.max_message_bytes,
+                "trace_all": self.trace_all,
             }
         )
 
@@ -131,6 +144,16 @@ class NativePlane:
     def stats(self) -> dict[str, Any]:
         """Counters and histograms since the last start (docs/native.md: stats)."""
         return dict(self._plane.stats())
+
+    def take_spans(self) -> tuple[list[tuple[Any, ...]], int]:
+        """The traced requests' span records since the last call, and how many were
+        dropped since the start (``gateway/native_traces.py`` reads them)."""
+        records, dropped = self._plane.take_spans()
+        return list(records), int(dropped)
+
+    def set_trace_all(self, all: bool) -> None:
+        """Trace every request (True) or only those carrying a valid ``traceparent``."""
+        self._plane.set_trace_all(all)
 
     def __enter__(self) -> NativePlane:
         self.start()

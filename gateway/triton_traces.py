@@ -327,6 +327,9 @@ class TritonSplits:
         metrics.registry.register(self.stats)
         self._expected: OrderedDict[tuple[str, str], Expected] = OrderedDict()
         self._ring: OrderedDict[str, list[Split]] = OrderedDict()
+        # Called before Triton's spans are joined or the ring is read: attempts announced
+        # elsewhere (the native plane's, ``native_traces.NativeTraces.drain``) come first.
+        self.feeds: list[Callable[[], object]] = []
 
     # -- the request path ---------------------------------------------------------------
 
@@ -346,16 +349,40 @@ class TritonSplits:
             span_id = f"{random.getrandbits(64) or 1:016x}"
             headers["traceparent"] = f"00-{trace_id}-{span_id}-01"
         expected = Expected(model, backend, protocol, self.clock(), recorded)
+        self._expect(trace_id, span_id, expected)
+        return expected
+
+    def expect_attempt(
+        self,
+        trace_id: str,
+        span_id: str,
+        model: str,
+        backend: str,
+        protocol: str,
+        status: str,
+        recorded: bool,
+    ) -> None:
+        """An attempt made elsewhere with a ``traceparent`` of its own (``span_id``): the
+        native plane's CLIENT span, announced once its call ended."""
+        self._expect(
+            trace_id, span_id, Expected(model, backend, protocol, self.clock(), recorded, status)
+        )
+
+    def _expect(self, trace_id: str, span_id: str, expected: Expected) -> None:
         self._expected[(trace_id, span_id)] = expected
         if len(self._expected) > self.config.ring_size:
             (old_trace, old_span), old = self._expected.popitem(last=False)
             self._unknown(old_trace, old_span, old)
-        return expected
+
+    def _feed(self) -> None:
+        for feed in self.feeds:
+            feed()
 
     # -- Triton's exports ---------------------------------------------------------------
 
     def receive(self, spans: Iterable[SpanRecord]) -> int:
         """Join an export's spans; returns how many attempts got their split."""
+        self._feed()
         done = 0
         for times in self.join.add(spans):
             expected = self._expected.pop((times.trace_id, times.parent_id), None)
@@ -424,12 +451,14 @@ class TritonSplits:
 
     def lookup(self, trace_ids: Iterable[str]) -> dict[str, object]:
         """``/v1/splits``' document for these trace ids."""
+        self._feed()
         self.expire()
         wanted = set(trace_ids)
         pending = {t for t, _ in self._expected if t in wanted}
         return self._document({t: self._ring[t] for t in wanted if t in self._ring}, pending)
 
     def lookup_prefix(self, prefix: str) -> dict[str, object]:
+        self._feed()
         self.expire()
         pending = {t for t, _ in self._expected if t.startswith(prefix)}
         found = {t: s for t, s in self._ring.items() if t.startswith(prefix)}

@@ -12,6 +12,11 @@ a prometheus_client collector in the standard text format. One ``GatewayMetrics`
 per gateway, on its own registry, so several gateways in one process (tests) do
 not collide.
 
+Series kept elsewhere join the same names at scrape time: a ``SeriesSource`` (the native
+data plane's per-model counters, ``gateway/native_front.py``) is summed into
+``infergw_requests_total`` and ``infergw_phase_duration_seconds``, so a dashboard sees
+one gateway whichever plane answered.
+
 Routing (``routing/``) adds ``infergw_route_decisions_total{route, backend, reason}``
 (``GatewayMetrics`` is the routes' ``DecisionSink``; the route label is the config's
 route key, so it stays bounded) and ``infergw_backend_ejected{backend}`` (1 while
@@ -22,8 +27,8 @@ from __future__ import annotations
 
 import itertools
 from bisect import bisect_left
-from collections.abc import Iterator, Mapping, Sequence
-from typing import Protocol
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import NamedTuple, Protocol
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -61,6 +66,19 @@ class Ejectable(Protocol):
     def ejected(self) -> bool: ...
 
 
+class Series(NamedTuple):
+    """Requests counted elsewhere under one label set (``LABELS``), with their phases:
+    name -> (per-bucket counts over ``BUCKETS`` then +Inf, sum in seconds)."""
+
+    labels: tuple[str, str, str, str]
+    requests: int
+    phases: Mapping[str, tuple[Sequence[int], float]]
+
+
+class SeriesSource(Protocol):
+    def series(self) -> Iterable[Series]: ...
+
+
 class GatewayMetrics(Collector):
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
@@ -68,6 +86,7 @@ class GatewayMetrics(Collector):
         self._requests: dict[tuple[str, ...], int] = {}
         self._decisions: dict[tuple[str, str, str], int] = {}
         self.outliers: Mapping[str, Ejectable] = {}  # backend name -> its outlier detector
+        self.sources: list[SeriesSource] = []  # summed into the request and phase series
         self.registry.register(self)
 
     def record(self, route: str, backend: str, reason: str) -> None:
@@ -97,20 +116,30 @@ class GatewayMetrics(Collector):
             histogram.observe(duration_ms / 1000.0)
 
     def collect(self) -> Iterator[Metric]:
+        phases: dict[tuple[str, ...], tuple[list[int], float]] = {
+            key: (list(h.counts), h.sum) for key, h in list(self._phases.items())
+        }
+        counts: dict[tuple[str, ...], int] = dict(self._requests)
+        for source in self.sources:
+            for their_labels, their_count, their_phases in source.series():
+                counts[their_labels] = counts.get(their_labels, 0) + their_count
+                for name, (buckets, total) in their_phases.items():
+                    phase_key = (name, *their_labels)
+                    mine, mine_sum = phases.get(phase_key, ([0] * (len(BUCKETS) + 1), 0.0))
+                    summed = [a + b for a, b in zip(mine, buckets, strict=True)]
+                    phases[phase_key] = (summed, mine_sum + total)
         phase = HistogramMetricFamily(
             "infergw_phase_duration_seconds",
             "Time per request phase (Server-Timing vocabulary)",
             labels=PHASE_LABELS,
         )
-        for key, histogram in list(self._phases.items()):
-            phase.add_metric(
-                list(key), cumulative_buckets(BUCKETS, histogram.counts), histogram.sum
-            )
+        for key, (buckets, total) in phases.items():
+            phase.add_metric(list(key), cumulative_buckets(BUCKETS, buckets), total)
         yield phase
         requests = CounterMetricFamily(
             "infergw_requests", "Inference requests, and other calls that failed", labels=LABELS
         )
-        for labels, count in list(self._requests.items()):
+        for labels, count in counts.items():
             requests.add_metric(list(labels), count)
         yield requests
         decisions = CounterMetricFamily(

@@ -25,6 +25,17 @@ pub struct Config {
     /// request on a small machine; more is tokio's multi-thread runtime.
     #[serde(default = "default_workers")]
     pub worker_threads: usize,
+    /// The gateway's `limits.max_message_bytes`: a larger request message is
+    /// RESOURCE_EXHAUSTED before any backend sees it.
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: usize,
+    /// Trace every native request (else only those carrying a valid `traceparent`);
+    /// `Plane.set_trace_all` changes it while running.
+    #[serde(default)]
+    pub trace_all: bool,
+    /// Span records kept for Python to drain (the oldest are dropped past it).
+    #[serde(default = "default_max_span_records")]
+    pub max_span_records: usize,
 }
 
 /// One native backend: a single h2c upstream with the gateway's admission settings
@@ -50,6 +61,12 @@ fn default_listen() -> String {
 }
 fn default_workers() -> usize {
     1
+}
+fn default_max_span_records() -> usize {
+    65536
+}
+fn default_max_message_bytes() -> usize {
+    64 << 20
 }
 fn default_max_concurrency() -> usize {
     64

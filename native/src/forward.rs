@@ -5,8 +5,8 @@
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -22,9 +22,11 @@ use crate::config::{millis, Config};
 use crate::deadline;
 use crate::grpc_status::{self, Status};
 use crate::scan::{self, Scan};
-use crate::stats::LaneStats;
-use crate::timing::{self, Entries};
+use crate::stats::{LaneStats, ModelStats, Phases};
+use crate::timing;
+use crate::trace::{self, Ids, SpanRecord, Tracer};
 use crate::upstream::{Body, BoxError, Upstream};
+use crate::validate::{self, Refusal};
 
 pub const MODEL_INFER: &str = "/inference.GRPCInferenceService/ModelInfer";
 /// A client's pin to a backend by name (`allow_backend_pinning`): the Python gateway's
@@ -35,13 +37,49 @@ const SCAN_LIMIT: usize = 16 << 20;
 
 /// A native backend: its upstream, admission and counters.
 pub struct Backend {
-    pub name: String,
+    pub name: Arc<str>,
     pub upstream: Upstream,
     pub admission: Admission,
     pub timeout: Option<Duration>,
     pub stats: LaneStats,
     desc_total: String,
     desc_backend: String,
+}
+
+/// A natively routed model: its backend and the gateway's metrics of its requests.
+pub struct Route {
+    pub model: Arc<str>,
+    pub backend: Arc<Backend>,
+    pub stats: ModelStats,
+}
+
+impl Route {
+    /// Counts a request that ended with `code` in its backend's and its model's counters.
+    fn record(&self, code: u8, phases: &Phases) {
+        let lane = &self.backend.stats;
+        lane.count(code);
+        lane.total.observe(phases.total);
+        if let Some(backend) = phases.backend {
+            lane.backend.observe(backend);
+        }
+        self.stats.record(code, phases);
+    }
+
+    fn trailer(&self, phases: &Phases, code: u8) -> Option<HeaderValue> {
+        let backend = &self.backend;
+        let ok = code == grpc_status::OK;
+        HeaderValue::from_str(&phases.trailer(&backend.desc_total, &backend.desc_backend, ok)).ok()
+    }
+}
+
+impl Backend {
+    /// The gateway's words for a backend it cannot reach (`wire/status.error_from_rpc`).
+    fn unavailable(&self, why: &str) -> String {
+        format!(
+            "backend {} is unavailable: {why}",
+            validate::py_repr(&self.name)
+        )
+    }
 }
 
 pub struct Lane {
@@ -52,21 +90,24 @@ pub struct Lane {
 /// What every request handler shares (read-only but for atomics and connections).
 pub struct Shared {
     pub backends: Vec<Arc<Backend>>,
-    routes: HashMap<String, usize>,
+    pub routes: HashMap<String, Arc<Route>>,
     pub lane: Option<Arc<Lane>>,
+    /// The gateway's `limits.max_message_bytes`: a larger request message is refused.
+    max_message_bytes: usize,
+    pub tracer: Arc<Tracer>,
 }
 
 impl Shared {
     pub fn new(config: &Config) -> Shared {
         let mut index = HashMap::new();
-        let backends = config
+        let backends: Vec<Arc<Backend>> = config
             .backends
             .iter()
             .enumerate()
             .map(|(i, (name, b))| {
                 index.insert(name.clone(), i);
                 Arc::new(Backend {
-                    name: name.clone(),
+                    name: name.as_str().into(),
                     upstream: Upstream::new(&b.address),
                     admission: Admission::new(
                         name,
@@ -84,7 +125,14 @@ impl Shared {
         let routes = config
             .routes
             .iter()
-            .map(|(model, backend)| (model.clone(), index[backend]))
+            .map(|(model, backend)| {
+                let route = Route {
+                    model: model.as_str().into(),
+                    backend: Arc::clone(&backends[index[backend]]),
+                    stats: ModelStats::default(),
+                };
+                (model.clone(), Arc::new(route))
+            })
             .collect();
         let lane = config.python_lane.as_deref().map(|address| {
             Arc::new(Lane {
@@ -96,6 +144,8 @@ impl Shared {
             backends,
             routes,
             lane,
+            max_message_bytes: config.max_message_bytes,
+            tracer: Arc::new(Tracer::new(config.trace_all, config.max_span_records)),
         }
     }
 }
@@ -139,18 +189,20 @@ fn client_deadline(headers: &HeaderMap, start: Instant) -> Option<Instant> {
 }
 
 /// Reads the body until the model name is known (or cannot be): the chunks read, whether
-/// the body ended, and what the scan said.
-async fn read_prefix(body: &mut Incoming) -> Result<(Prefixed, Scan), hyper::Error> {
+/// the body ended, what the scan said, and the time scanning took (not the waits).
+async fn read_prefix(body: &mut Incoming) -> Result<(Prefixed, Scan, Duration), hyper::Error> {
     let mut chunks: VecDeque<Bytes> = VecDeque::new();
     let mut joined = BytesMut::new();
     let mut trailers = None;
     let mut ended = false;
+    let mut scanning = Duration::ZERO;
     let scan = loop {
         let seen: &[u8] = match chunks.len() {
             0 => &[],
             1 => &chunks[0],
             _ => &joined,
         };
+        let scan_start = Instant::now();
         let scan = if ended {
             match scan::model_name(seen) {
                 Scan::NeedMore => Scan::Unscannable("body ended inside the message"),
@@ -159,6 +211,7 @@ async fn read_prefix(body: &mut Incoming) -> Result<(Prefixed, Scan), hyper::Err
         } else {
             scan::model_name(seen)
         };
+        scanning += scan_start.elapsed();
         if scan != Scan::NeedMore {
             break scan;
         }
@@ -192,12 +245,13 @@ async fn read_prefix(body: &mut Incoming) -> Result<(Prefixed, Scan), hyper::Err
             ended,
         },
         scan,
+        scanning,
     ))
 }
 
 async fn infer(shared: Arc<Shared>, request: Request<Incoming>, start: Instant) -> Response<Body> {
     let (parts, mut body) = request.into_parts();
-    let (mut prefix, scan) = match read_prefix(&mut body).await {
+    let (mut prefix, scan, scanning) = match read_prefix(&mut body).await {
         Ok(read) => read,
         Err(e) => {
             return Status::new(grpc_status::CANCELLED, format!("request body: {e}"))
@@ -207,14 +261,11 @@ async fn infer(shared: Arc<Shared>, request: Request<Incoming>, start: Instant) 
     if !prefix.ended {
         prefix.rest = Some(body);
     }
-    let backend = match &scan {
-        Scan::Found(model) => shared
-            .routes
-            .get(model.as_str())
-            .map(|&i| shared.backends[i].clone()),
+    let route = match &scan {
+        Scan::Found(model) => shared.routes.get(model.as_str()).cloned(),
         _ => None,
     };
-    let Some(backend) = backend else {
+    let Some(route) = route else {
         if shared.lane.is_none() {
             if let Scan::Unscannable(why) = scan {
                 return Status::new(
@@ -226,30 +277,68 @@ async fn infer(shared: Arc<Shared>, request: Request<Incoming>, start: Instant) 
         }
         return to_lane(&shared, Request::from_parts(parts, boxed(prefix)), start).await;
     };
-    native(&backend, parts, prefix, start).await
+    native(&shared, &route, parts, prefix, start, scanning).await
 }
 
 async fn native(
-    backend: &Arc<Backend>,
-    parts: http::request::Parts,
-    body: Prefixed,
+    shared: &Shared,
+    route: &Arc<Route>,
+    mut parts: http::request::Parts,
+    mut prefix: Prefixed,
     start: Instant,
+    scanning: Duration,
 ) -> Response<Body> {
+    let backend = &route.backend;
+    let max_message_bytes = shared.max_message_bytes;
     let client_deadline = client_deadline(&parts.headers, start);
+    let trace = shared.tracer.begin(&mut parts.headers).map(|ids| Traced {
+        ids,
+        unix_start: trace::unix_now(),
+        tracer: shared.tracer.clone(),
+    });
+    let call = Arc::new(Call::new(route.clone(), start, trace));
+    call.add(scanning);
     // Until the response body takes over the counting: a client gone while queued or
     // waiting for the backend's headers counts CANCELLED.
-    let pending = Pending(backend, start, AtomicBool::new(true));
+    let pending = Pending {
+        call: &call,
+        armed: AtomicBool::new(true),
+    };
     let fail = |status: Status, queue: Option<Duration>| {
-        pending.2.store(false, Ordering::Relaxed);
-        backend.stats.count(status.code);
-        let total = start.elapsed();
-        backend.stats.total.observe(total);
-        let mut timing = Entries::default();
-        if let Some(queue) = queue {
-            timing.add("queue", queue, &backend.desc_total);
+        pending.armed.store(false, Ordering::Relaxed);
+        let phases = Phases {
+            decode: call.decode(),
+            queue,
+            backend: None,
+            total: start.elapsed(),
+        };
+        call.end(status.code, &phases);
+        let mut response = status.response(empty(), None);
+        if let Some(value) = route.trailer(&phases, status.code) {
+            response.headers_mut().append(timing::TRAILER, value);
         }
-        timing.add("total", total, "");
-        status.response(empty(), Some(timing.finish()))
+        response
+    };
+    // The message's size from its gRPC prefix, then the gateway's checks: at once when
+    // the whole message is here (a tiny request, before admission), else as it streams
+    // to the backend (the last chunk goes on only once the message passed).
+    let declared = prefix.declared_len();
+    if declared > max_message_bytes {
+        let message = format!(
+            "request message of {declared} bytes exceeds the limit of {max_message_bytes} bytes"
+        );
+        return fail(Status::new(grpc_status::RESOURCE_EXHAUSTED, message), None);
+    }
+    let body = if prefix.buffered_len() >= scan::PREFIX_LEN + declared {
+        let check_start = Instant::now();
+        let verdict = validate::check(prefix.chunks.make_contiguous(), scan::PREFIX_LEN, declared);
+        call.add(check_start.elapsed());
+        if let Err(refusal) = verdict {
+            return fail(invalid(&refusal), None);
+        }
+        boxed(prefix)
+    } else {
+        boxed(Checking::new(prefix, declared, call.clone()))
     };
     let slot = match backend.admission.acquire(client_deadline).await {
         Ok(slot) => slot,
@@ -278,7 +367,7 @@ async fn native(
         }
     }
     let upstream = &backend.upstream;
-    let request = match outgoing(&parts.method, &parts.uri, headers, upstream, boxed(body)) {
+    let request = match outgoing(&parts.method, &parts.uri, headers, upstream, body) {
         Ok(request) => request,
         Err(status) => return fail(status, Some(queue)),
     };
@@ -299,25 +388,32 @@ async fn native(
     // client gives up at its deadline, which resets the stream and so the backend call.
     let response = match sent.await {
         Ok(response) => response,
-        Err(message) => return fail(Status::new(grpc_status::UNAVAILABLE, message), Some(queue)),
+        Err(message) => {
+            // A refused streamed message: its body stopped the upstream call.
+            let status = match call.refusal.get() {
+                Some(refusal) => invalid(refusal),
+                None => Status::new(grpc_status::UNAVAILABLE, backend.unavailable(&message)),
+            };
+            return fail(status, Some(queue));
+        }
     };
     let mut timed = Timed {
         inner: None,
         start,
         backend_start,
         queue,
-        owner: Owner::Backend(backend.clone()),
+        owner: Owner::Route(call.clone()),
         slot: Some(slot),
         done: false,
     };
     let (mut parts, incoming) = response.into_parts();
     if grpc_status::code_of(&parts.headers).is_some() || incoming.is_end_stream() {
         // Trailers-only (an error from the backend): its headers are its trailers.
-        pending.2.store(false, Ordering::Relaxed);
+        pending.armed.store(false, Ordering::Relaxed);
         timed.finish(&mut parts.headers);
         return Response::from_parts(parts, empty());
     }
-    pending.2.store(false, Ordering::Relaxed);
+    pending.armed.store(false, Ordering::Relaxed);
     timed.inner = Some(incoming);
     Response::from_parts(parts, boxed(timed))
 }
@@ -415,6 +511,178 @@ struct Prefixed {
     ended: bool,
 }
 
+impl Prefixed {
+    fn buffered_len(&self) -> usize {
+        self.chunks.iter().map(Bytes::len).sum()
+    }
+
+    /// The first message's length from its gRPC prefix (the scan found a name, so the
+    /// prefix is here).
+    fn declared_len(&self) -> usize {
+        let mut prefix = [0u8; scan::PREFIX_LEN];
+        let bytes = self
+            .chunks
+            .iter()
+            .flat_map(|c| c.iter())
+            .take(scan::PREFIX_LEN);
+        for (slot, byte) in prefix.iter_mut().zip(bytes) {
+            *slot = *byte;
+        }
+        u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize
+    }
+}
+
+fn invalid(refusal: &Refusal) -> Status {
+    Status::new(grpc_status::INVALID_ARGUMENT, refusal.message())
+}
+
+/// One native request, shared by its handler (which answers) and its bodies (one checks
+/// a streamed message, one ends the call): its route, what checking it found (the
+/// refusal, if any, and the time spent scanning and checking: the `decode` entry), and
+/// its trace.
+struct Call {
+    route: Arc<Route>,
+    start: Instant,
+    refusal: OnceLock<Refusal>,
+    decode_ns: AtomicU64,
+    trace: Option<Traced>,
+}
+
+/// A traced request's ids, its start in unix time, and where its record goes.
+struct Traced {
+    ids: Ids,
+    unix_start: Duration,
+    tracer: Arc<Tracer>,
+}
+
+impl Call {
+    fn new(route: Arc<Route>, start: Instant, trace: Option<Traced>) -> Call {
+        Call {
+            route,
+            start,
+            refusal: OnceLock::new(),
+            decode_ns: AtomicU64::new(0),
+            trace,
+        }
+    }
+
+    /// The request ended with `code`: its counters, and its span record when traced.
+    fn end(&self, code: u8, phases: &Phases) {
+        self.route.record(code, phases);
+        let Some(traced) = &self.trace else {
+            return;
+        };
+        let unix = |d: Duration| (traced.unix_start + d).as_nanos() as u64;
+        // The backend call starts when the queue ends (`queue` is measured from the start).
+        let backend_ns = phases.backend.map(|backend| {
+            let queued = phases.queue.unwrap_or(Duration::ZERO);
+            (unix(queued), unix(queued + backend))
+        });
+        traced.tracer.push(SpanRecord {
+            ids: traced.ids,
+            model: self.route.model.clone(),
+            backend: self.route.backend.name.clone(),
+            start_ns: unix(Duration::ZERO),
+            backend_ns,
+            end_ns: unix(phases.total),
+            code,
+        });
+    }
+
+    fn add(&self, d: Duration) {
+        let ns = d.as_nanos().min(u128::from(u64::MAX)) as u64;
+        self.decode_ns.fetch_add(ns, Ordering::Relaxed);
+    }
+
+    fn decode(&self) -> Duration {
+        Duration::from_nanos(self.decode_ns.load(Ordering::Relaxed))
+    }
+}
+
+/// A request body call as it streams upstream: every chunk goes on as it arrives but
+/// the one completing the message, which goes on only once the whole message passed the
+/// gateway's checks. A refused message (or a body ending inside it) ends in an error,
+/// which resets the upstream stream: the backend never sees a complete bad message.
+struct Checking {
+    inner: Prefixed,
+    /// The message's chunks so far (shared, not copied).
+    seen: Vec<Bytes>,
+    buffered: usize,
+    declared: usize,
+    call: Arc<Call>,
+    done: bool,
+}
+
+impl Checking {
+    fn new(inner: Prefixed, declared: usize, call: Arc<Call>) -> Checking {
+        Checking {
+            inner,
+            seen: Vec::new(),
+            buffered: 0,
+            declared,
+            call,
+            done: false,
+        }
+    }
+
+    fn refuse(&mut self, refusal: Refusal) -> BoxError {
+        self.done = true;
+        self.seen.clear();
+        let error = refusal.message().into();
+        let _ = self.call.refusal.set(refusal);
+        error
+    }
+}
+
+impl http_body::Body for Checking {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        if this.done {
+            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        }
+        let frame = match frame {
+            Some(Ok(frame)) => frame,
+            Some(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
+            None => {
+                let short = Refusal::Malformed("the body ended inside the message");
+                return Poll::Ready(Some(Err(this.refuse(short))));
+            }
+        };
+        let Some(data) = frame.data_ref() else {
+            let short = Refusal::Malformed("the body ended inside the message");
+            return Poll::Ready(Some(Err(this.refuse(short))));
+        };
+        this.buffered += data.len();
+        this.seen.push(data.clone());
+        if this.buffered >= scan::PREFIX_LEN + this.declared {
+            let check_start = Instant::now();
+            let verdict = validate::check(&this.seen, scan::PREFIX_LEN, this.declared);
+            this.call.add(check_start.elapsed());
+            if let Err(refusal) = verdict {
+                return Poll::Ready(Some(Err(this.refuse(refusal))));
+            }
+            this.done = true;
+            this.seen.clear();
+        }
+        Poll::Ready(Some(Ok(frame)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 impl http_body::Body for Prefixed {
     type Data = Bytes;
     type Error = hyper::Error;
@@ -460,20 +728,28 @@ impl http_body::Body for Prefixed {
 }
 
 /// Counts a request CANCELLED if its handler is dropped while armed.
-struct Pending<'a>(&'a Backend, Instant, AtomicBool);
+struct Pending<'a> {
+    call: &'a Call,
+    armed: AtomicBool,
+}
 
 impl Drop for Pending<'_> {
     fn drop(&mut self) {
-        if self.2.load(Ordering::Relaxed) {
-            self.0.stats.count(grpc_status::CANCELLED);
-            self.0.stats.total.observe(self.1.elapsed());
+        if self.armed.load(Ordering::Relaxed) {
+            let phases = Phases {
+                decode: self.call.decode(),
+                total: self.call.start.elapsed(),
+                ..Phases::default()
+            };
+            self.call.end(grpc_status::CANCELLED, &phases);
         }
     }
 }
 
-/// Whose counters a response counts in.
+/// Whose counters a response counts in: a native route (with its request's checks, for
+/// the `decode` entry) or the python lane.
 enum Owner {
-    Backend(Arc<Backend>),
+    Route(Arc<Call>),
     Lane(Arc<Lane>),
 }
 
@@ -495,36 +771,33 @@ impl Timed {
     fn finish(&mut self, trailers: &mut HeaderMap) {
         self.done = true;
         self.slot = None;
-        let now = Instant::now();
         let code = grpc_status::code_of(trailers).unwrap_or(grpc_status::UNKNOWN);
+        if let Some((route, phases)) = self.record(code) {
+            if let Some(value) = route.trailer(&phases, code) {
+                trailers.append(timing::TRAILER, value);
+            }
+        }
+    }
+
+    /// Counts the request's end with `code`; for a native route, its route and phases.
+    fn record(&self, code: u8) -> Option<(&Route, Phases)> {
+        let now = Instant::now();
         let total = now - self.start;
         match &self.owner {
             Owner::Lane(lane) => {
                 lane.stats.count(code);
                 lane.stats.total.observe(total);
+                None
             }
-            Owner::Backend(backend) => {
-                let backend_time = now - self.backend_start;
-                let stats = &backend.stats;
-                stats.count(code);
-                stats.total.observe(total);
-                stats.backend.observe(backend_time);
-                let mut timing = Entries::default();
-                timing
-                    .add("queue", self.queue, &backend.desc_total)
-                    .add("backend", backend_time, &backend.desc_backend)
-                    .add(
-                        "total",
-                        total,
-                        if code == grpc_status::OK {
-                            &backend.desc_total
-                        } else {
-                            ""
-                        },
-                    );
-                if let Ok(value) = HeaderValue::from_str(&timing.finish()) {
-                    trailers.append(timing::TRAILER, value);
-                }
+            Owner::Route(call) => {
+                let phases = Phases {
+                    decode: call.decode(),
+                    queue: Some(self.queue),
+                    backend: Some(now - self.backend_start),
+                    total,
+                };
+                call.end(code, &phases);
+                Some((&call.route, phases))
             }
         }
     }
@@ -557,7 +830,7 @@ impl http_body::Body for Timed {
                 // The upstream broke mid-response: the client gets the stream reset.
                 this.done = true;
                 this.slot = None;
-                this.count_only(grpc_status::UNAVAILABLE);
+                this.record(grpc_status::UNAVAILABLE);
                 Poll::Ready(Some(Err(e.into())))
             }
             None => {
@@ -574,21 +847,10 @@ impl http_body::Body for Timed {
     }
 }
 
-impl Timed {
-    fn count_only(&self, code: u8) {
-        let stats = match &self.owner {
-            Owner::Lane(lane) => &lane.stats,
-            Owner::Backend(backend) => &backend.stats,
-        };
-        stats.count(code);
-        stats.total.observe(self.start.elapsed());
-    }
-}
-
 impl Drop for Timed {
     fn drop(&mut self) {
         if !self.done && self.inner.is_some() {
-            self.count_only(grpc_status::CANCELLED);
+            self.record(grpc_status::CANCELLED);
         }
     }
 }

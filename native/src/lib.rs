@@ -11,4 +11,6 @@ mod python;
 pub mod scan;
 pub mod stats;
 pub mod timing;
+pub mod trace;
 pub mod upstream;
+pub mod validate;

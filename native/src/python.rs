@@ -1,6 +1,7 @@
 //! The Python surface, `infergw._native`: one class, `Plane`. Its methods release the GIL
 //! while they wait; the plane's threads never take it.
 
+use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -11,7 +12,7 @@ use pyo3::types::PyDict;
 use crate::config::Config;
 use crate::forward::Shared;
 use crate::plane::{self, Running};
-use crate::stats::{Histogram, LaneStats, BUCKETS_S};
+use crate::stats::{Histogram, LaneStats, ModelStats, BUCKETS_S};
 
 /// The native data plane. ``Plane(config_json)``; ``start() -> port``; ``stop(grace_s)``;
 /// ``stats() -> dict``.
@@ -75,14 +76,59 @@ impl Plane {
         running.as_ref().map(|r| r.port)
     }
 
+    /// Traces every native request (``True``: Python's SDK is on, or Triton's splits are
+    /// wanted) or only those carrying a valid ``traceparent`` (``False``).
+    fn set_trace_all(&self, all: bool) {
+        if let Some(shared) = self.last.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            shared.tracer.all.store(all, Ordering::Relaxed);
+        }
+    }
+
+    /// The span records of the traced requests since the last call, oldest first: tuples
+    /// ``(trace_id, parent_span_id | None, server_span_id, client_span_id, flags, model,
+    /// backend, start_ns, backend_start_ns | None, backend_end_ns | None, end_ns,
+    /// grpc_code)``, ids in lower-case hex, times in unix nanoseconds; and how many were
+    /// dropped since the start because Python did not drain them in time.
+    #[allow(clippy::type_complexity)]
+    fn take_spans(&self) -> (Vec<SpanTuple>, u64) {
+        let Some(shared) = self.last.lock().unwrap_or_else(|e| e.into_inner()).clone() else {
+            return (Vec::new(), 0);
+        };
+        let records = shared.tracer.take().into_iter().map(|r| {
+            let ids = r.ids;
+            (
+                format!("{:032x}", ids.trace_id),
+                ids.parent.map(|p| format!("{p:016x}")),
+                format!("{:016x}", ids.server),
+                format!("{:016x}", ids.client),
+                ids.flags,
+                r.model.to_string(),
+                r.backend.to_string(),
+                r.start_ns,
+                r.backend_ns.map(|b| b.0),
+                r.backend_ns.map(|b| b.1),
+                r.end_ns,
+                r.code,
+            )
+        });
+        (
+            records.collect(),
+            shared.tracer.dropped.load(Ordering::Relaxed),
+        )
+    }
+
     /// Counters since the last start: ``{"bounds_s": [...], "backends": {name: lane},
     /// "python_lane": lane | None}``; a lane is ``{"requests": {grpc code: n}, "total",
     /// "queue", "backend": {"counts": [...], "sum_s": s}}`` (histogram counts per bucket,
     /// the last one +Inf), and a backend adds ``address``, ``in_flight`` and ``queued``.
+    /// ``"models": {model: {"backend": name, "outcomes": {grpc code: {"count": n, phase:
+    /// histogram}}}}`` has the natively routed models' requests by status, with the phases
+    /// (``decode``, ``queue``, ``backend``, ``total``) their trailers named.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let out = PyDict::new(py);
         out.set_item("bounds_s", BUCKETS_S.to_vec())?;
         let backends = PyDict::new(py);
+        let models = PyDict::new(py);
         let mut lane = None;
         let shared = self.last.lock().unwrap_or_else(|e| e.into_inner()).clone();
         if let Some(shared) = shared {
@@ -91,7 +137,13 @@ impl Plane {
                 d.set_item("address", &backend.upstream.address)?;
                 d.set_item("in_flight", backend.admission.in_flight())?;
                 d.set_item("queued", backend.admission.queued())?;
-                backends.set_item(&backend.name, d)?;
+                backends.set_item(&*backend.name, d)?;
+            }
+            for (model, route) in &shared.routes {
+                let d = PyDict::new(py);
+                d.set_item("backend", &*route.backend.name)?;
+                d.set_item("outcomes", outcomes_dict(py, &route.stats)?)?;
+                models.set_item(model, d)?;
             }
             if let Some(l) = &shared.lane {
                 let d = lane_dict(py, &l.stats)?;
@@ -101,9 +153,25 @@ impl Plane {
         }
         out.set_item("backends", backends)?;
         out.set_item("python_lane", lane)?;
+        out.set_item("models", models)?;
         Ok(out)
     }
 }
+
+type SpanTuple = (
+    String,
+    Option<String>,
+    String,
+    String,
+    u8,
+    String,
+    String,
+    u64,
+    Option<u64>,
+    Option<u64>,
+    u64,
+    u8,
+);
 
 fn histogram_dict<'py>(py: Python<'py>, h: &Histogram) -> PyResult<Bound<'py, PyDict>> {
     let (counts, sum) = h.snapshot();
@@ -111,6 +179,28 @@ fn histogram_dict<'py>(py: Python<'py>, h: &Histogram) -> PyResult<Bound<'py, Py
     d.set_item("counts", counts)?;
     d.set_item("sum_s", sum)?;
     Ok(d)
+}
+
+/// A model's outcomes by gRPC code; a phase no request of the outcome had is left out.
+fn outcomes_dict<'py>(py: Python<'py>, stats: &ModelStats) -> PyResult<Bound<'py, PyDict>> {
+    let outcomes = PyDict::new(py);
+    for (code, outcome) in stats.outcomes() {
+        let d = PyDict::new(py);
+        d.set_item("count", outcome.count.load(Ordering::Relaxed))?;
+        let phases = [
+            ("decode", &outcome.decode),
+            ("queue", &outcome.queue),
+            ("backend", &outcome.backend),
+            ("total", &outcome.total),
+        ];
+        for (phase, histogram) in phases {
+            if histogram.snapshot().0.iter().any(|&n| n > 0) {
+                d.set_item(phase, histogram_dict(py, histogram)?)?;
+            }
+        }
+        outcomes.set_item(code, d)?;
+    }
+    Ok(outcomes)
 }
 
 fn lane_dict<'py>(py: Python<'py>, stats: &LaneStats) -> PyResult<Bound<'py, PyDict>> {

@@ -73,6 +73,63 @@ impl LaneStats {
     }
 }
 
+/// The phases of one native request, as its `server-timing` trailer names them.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Phases {
+    pub decode: Duration,
+    pub queue: Option<Duration>,
+    pub backend: Option<Duration>,
+    pub total: Duration,
+}
+
+/// The requests of one model that ended with one status, and their phases: a series of
+/// the gateway's `infergw_requests_total` and `infergw_phase_duration_seconds`.
+#[derive(Default)]
+pub struct Outcome {
+    pub count: AtomicU64,
+    pub decode: Histogram,
+    pub queue: Histogram,
+    pub backend: Histogram,
+    pub total: Histogram,
+}
+
+/// A natively routed model's requests by final gRPC status (a fixed array: recording is
+/// lock-free, and the label set is bounded by the configured routes).
+pub struct ModelStats {
+    outcomes: Box<[Outcome]>,
+}
+
+impl Default for ModelStats {
+    fn default() -> Self {
+        ModelStats {
+            outcomes: (0..CODES).map(|_| Outcome::default()).collect(),
+        }
+    }
+}
+
+impl ModelStats {
+    pub fn record(&self, code: u8, phases: &Phases) {
+        let outcome = &self.outcomes[usize::from(code).min(CODES - 1)];
+        outcome.count.fetch_add(1, Ordering::Relaxed);
+        outcome.decode.observe(phases.decode);
+        if let Some(queue) = phases.queue {
+            outcome.queue.observe(queue);
+        }
+        if let Some(backend) = phases.backend {
+            outcome.backend.observe(backend);
+        }
+        outcome.total.observe(phases.total);
+    }
+
+    /// The statuses seen so far, with their outcomes.
+    pub fn outcomes(&self) -> impl Iterator<Item = (usize, &Outcome)> {
+        self.outcomes
+            .iter()
+            .enumerate()
+            .filter(|(_, o)| o.count.load(Ordering::Relaxed) > 0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -88,5 +145,35 @@ mod tests {
         assert_eq!(counts[1], 1);
         assert_eq!(counts[BUCKETS_S.len()], 1);
         assert!((sum - 100.000201).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_model_counts_by_status_and_only_the_phases_it_had() {
+        let m = ModelStats::default();
+        let ms = Duration::from_millis;
+        let full = Phases {
+            decode: ms(0),
+            queue: Some(ms(1)),
+            backend: Some(ms(2)),
+            total: ms(3),
+        };
+        m.record(0, &full);
+        m.record(0, &full);
+        m.record(
+            3,
+            &Phases {
+                total: ms(1),
+                ..Phases::default()
+            },
+        );
+        m.record(200, &full); // out of range: the last code
+        let seen: Vec<(usize, u64, u64)> = m
+            .outcomes()
+            .map(|(code, o)| {
+                let queued: u64 = o.queue.snapshot().0.iter().sum();
+                (code, o.count.load(Ordering::Relaxed), queued)
+            })
+            .collect();
+        assert_eq!(seen, vec![(0, 2, 2), (3, 1, 0), (CODES - 1, 1, 1)]);
     }
 }

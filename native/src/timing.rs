@@ -9,6 +9,8 @@
 use std::fmt::Write;
 use std::time::Duration;
 
+use crate::stats::Phases;
+
 /// The trailing metadata key.
 pub const TRAILER: &str = "server-timing";
 
@@ -32,6 +34,24 @@ impl Entries {
 
     pub fn finish(self) -> String {
         self.0
+    }
+}
+
+impl Phases {
+    /// The trailer value of a native route's request, in the gateway's order: `decode`,
+    /// `queue` and `backend` when they happened, `total` naming the backend when `ok`
+    /// (as `InferenceService.finish` does).
+    pub fn trailer(&self, desc_total: &str, desc_backend: &str, ok: bool) -> String {
+        let mut entries = Entries::default();
+        entries.add("decode", self.decode, "");
+        if let Some(queue) = self.queue {
+            entries.add("queue", queue, desc_total);
+        }
+        if let Some(backend) = self.backend {
+            entries.add("backend", backend, desc_backend);
+        }
+        entries.add("total", self.total, if ok { desc_total } else { "" });
+        entries.finish()
     }
 }
 

@@ -48,6 +48,13 @@ class GatewayThread(ServiceThread):
         self.gateway = Gateway(config)
         super().__init__(self.gateway)
 
+    def grpc_phases(self, model: str) -> set[str]:
+        """The Server-Timing phases an OK gRPC inference of ``model`` has: the native plane
+        forwards a native route's bytes, so it decodes (checks) but encodes nothing."""
+        front = self.gateway._native
+        core = {"total", "decode", "queue", "backend"}
+        return core if front is not None and model in front.routes.routes else core | {"encode"}
+
 
 class StackThread(ServiceThread):
     """The whole local stack (started by the caller, as its start-up is long)."""

@@ -43,17 +43,26 @@ def native_gateway(triton: TritonEndpoints) -> Iterator[GatewayThread]:
         gw.close()
 
 
-def native_requests(metrics: str) -> dict[tuple[str, str], float]:
+def scrape(metrics: str, name: str, *labels: str) -> dict[tuple[str, ...], float]:
+    """The samples called ``name`` on the metrics page, by the values of ``labels``."""
     import urllib.request
 
     with urllib.request.urlopen(f"http://{metrics}/metrics", timeout=10) as reply:
         text = reply.read().decode()
-    counts = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == "infergw_native_requests_total":
-                counts[(sample.labels["backend"], sample.labels["status"])] = sample.value
-    return counts
+    return {
+        tuple(sample.labels[label] for label in labels): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name
+    }
+
+
+def native_requests(metrics: str) -> dict[tuple[str, ...], float]:
+    return scrape(metrics, "infergw_native_requests_total", "backend", "status")
+
+
+def gateway_requests(metrics: str) -> dict[tuple[str, ...], float]:
+    return scrape(metrics, "infergw_requests_total", "model", "backend", "protocol", "status")
 
 
 def infer(client: tgrpc.InferenceServerClient, model: str, dtype: str) -> tgrpc.InferResult:
@@ -70,6 +79,7 @@ def test_a_triton_route_is_forwarded_natively_and_the_rest_by_the_lane(
 ) -> None:
     gw = native_gateway
     before = native_requests(gw.metrics)
+    gateway_before = gateway_requests(gw.metrics)
     client = tgrpc.InferenceServerClient(gw.grpc)
     direct = tgrpc.InferenceServerClient(triton.grpc)
     try:
@@ -88,11 +98,19 @@ def test_a_triton_route_is_forwarded_natively_and_the_rest_by_the_lane(
         direct.close()
     after = native_requests(gw.metrics)
 
-    def grew(key: tuple[str, str]) -> float:
+    def grew(key: tuple[str, ...]) -> float:
         return after.get(key, 0.0) - before.get(key, 0.0)
 
     assert grew(("triton", "0")) == 1  # the identity call, and nothing else
     assert grew(("python_lane", "0")) >= 4  # identity_int64, the pinned one, readiness, metadata
+    # The gateway's own series count both planes' requests under the same labels.
+    gateway_after = gateway_requests(gw.metrics)
+    ok = ("identity", "triton", "grpc", "OK")
+    assert gateway_after[ok] - gateway_before.get(ok, 0.0) == 2  # native + pinned (the lane)
+    phases = scrape(gw.metrics, "infergw_phase_duration_seconds_count", "phase", "model", "status")
+    assert {"decode", "queue", "backend", "total"} <= {
+        phase for phase, model, status in phases if (model, status) == ("identity", "OK")
+    }
 
 
 def test_the_native_trailer_names_the_backend_and_the_lanes_pass_through(
@@ -117,7 +135,7 @@ def test_the_native_trailer_names_the_backend_and_the_lanes_pass_through(
         return {e.name: e for e in parse_server_timing(trailer)}
 
     native = call("identity", "FP32", np.ones(4, np.float32).tobytes())
-    assert {"total", "queue", "backend"} <= set(native)
+    assert list(native) == ["decode", "queue", "backend", "total"]
     assert native["total"].description == "backend=triton"
     assert native["total"].duration_ms >= native["backend"].duration_ms > 0
     lane = call("identity_int64", "INT64", np.ones(4, np.int64).tobytes())

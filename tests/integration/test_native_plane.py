@@ -25,7 +25,7 @@ from infergw.gateway import native_plane
 from infergw.gateway.native_plane import NativeBackend, NativeConfig, NativePlane
 from infergw.proto import grpc_service_pb2 as pb
 from infergw.wire.server_timing import parse_server_timing, server_timing_from_metadata
-from tests.integration.conftest import GatewayThread, wait_until
+from tests.integration.conftest import GatewayThread, free_ports_config, wait_until
 
 pytest.importorskip("infergw._native", reason="the native extension is not built")
 pytestmark = pytest.mark.integration
@@ -165,11 +165,12 @@ def test_tritonclient_outputs_equal_direct_with_server_timing(triton: TritonEndp
         timing = server_timing_from_metadata(rpc.trailing_metadata())
         assert timing is not None
         entries = {e.name: e for e in parse_server_timing(timing)}
-        assert set(entries) == {"total", "queue", "backend"}
+        assert list(entries) == ["decode", "queue", "backend", "total"]  # the gateway's order
         assert entries["total"].description == "backend=triton"
         assert entries["queue"].description == "backend=triton"
         assert entries["backend"].description == "backend=triton;attempt=1"
         assert 0 < entries["backend"].duration_ms <= entries["total"].duration_ms
+        assert 0 < entries["decode"].duration_ms < entries["backend"].duration_ms
         stats = plane.stats()["backends"]["triton"]
         assert stats["requests"] == {0: 2}
         assert sum(stats["total"]["counts"]) == 2 and stats["in_flight"] == 0
@@ -236,7 +237,7 @@ def test_admission_full_is_resource_exhausted_with_retry_after(
         # The backend's own trailers come through, ours appended after them.
         assert trailer(held_rpc, "x-lane") == "yes"
         timing = server_timing_from_metadata(held_rpc.trailing_metadata()) or ""
-        assert timing.startswith("lane;dur=1.500, queue;dur=")
+        assert timing.startswith("lane;dur=1.500, decode;dur=")
         stats = plane.stats()["backends"]["slow"]
         assert stats["requests"] == {0: 1, 8: 1}
 
@@ -312,6 +313,87 @@ def test_bad_bytes_never_kill_the_plane(triton: TritonEndpoints, gateway: Gatewa
         assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
+def _tensor_request(
+    inputs: list[tuple[str, str, list[int]]], raw: list[bytes], **contents: list[float]
+) -> bytes:
+    request = pb.ModelInferRequest(model_name="identity")
+    for name, datatype, shape in inputs:
+        tensor = request.inputs.add(name=name, datatype=datatype, shape=shape)
+        for field, values in contents.items():
+            getattr(tensor.contents, field).extend(values)
+    request.raw_input_contents.extend(raw)
+    return request.SerializeToString()
+
+
+BIG = 4 * 1024 * 1024  # spans many HTTP/2 frames: checked while it streams to Triton
+INVALID_TENSORS = {
+    "short raw data": _tensor_request([("input", "FP32", [1, 16])], [b"\0" * 60]),
+    "no data": _tensor_request([("input", "FP32", [1, 16])], []),
+    "extra raw data": _tensor_request([("input", "FP32", [1, 4])], [b"\0" * 16, b"\0" * 4]),
+    "twice": _tensor_request([("input", "FP32", [1, 1])] * 2, [b"\0" * 4] * 2),
+    "negative dim": _tensor_request([("input", "FP32", [-1, 4])], [b"\0" * 16]),
+    "datatype": _tensor_request([("input", "FP8", [1, 4])], [b"\0" * 4]),
+    "bytes count": _tensor_request([("input", "BYTES", [1, 2])], [b"\1\0\0\0a"]),
+    "typed count": _tensor_request([("input", "FP32", [1, 3])], [], fp32_contents=[1.0, 2.0]),
+    "big, a float short": _tensor_request([("input", "FP32", [1, BIG // 4])], [b"\0" * (BIG - 4)]),
+    "truncated message": infer_request("identity", np.ones((1, 16), np.float32))[:-3],
+}
+
+
+def test_invalid_tensors_are_refused_as_the_gateway_refuses_them(
+    triton: TritonEndpoints, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Same bytes to the plane and to the Python gateway: the same INVALID_ARGUMENT and
+    message, and Triton never sees one of them (its statistics count only the valid
+    calls made between them; a mismatched tensor kills Triton's python-backend stub)."""
+    monkeypatch.setenv(native_plane.ENV, "0")  # the reference: the Python data plane
+    reference = GatewayThread(free_ports_config(triton))
+    monkeypatch.delenv(native_plane.ENV)
+    tiny = infer_request("identity", np.ones((1, 16), np.float32))
+    with tgrpc.InferenceServerClient(triton.grpc) as direct, plane_for(triton, None) as plane:
+
+        def executions() -> int:
+            stats = direct.get_inference_statistics("identity", as_json=True)
+            return sum(int(s.get("execution_count", 0)) for s in stats["model_stats"])
+
+        try:
+            before = executions()
+            for case, payload in INVALID_TENSORS.items():
+                _, native_err = call(plane.address, payload)
+                _, python_err = call(reference.grpc, payload)
+                assert isinstance(native_err, grpc.RpcError), case
+                assert isinstance(python_err, grpc.RpcError), case
+                assert native_err.code() == grpc.StatusCode.INVALID_ARGUMENT, case
+                if case != "truncated message":  # protobuf's words differ; the status not
+                    assert native_err.details() == python_err.details(), case
+                assert python_err.code() == grpc.StatusCode.INVALID_ARGUMENT, case
+                timing = parse_server_timing(trailer(native_err, "server-timing") or "")
+                # a streamed one is refused once admitted: it waited in the queue first
+                queued = ["queue"] if case.startswith("big") else []
+                assert [e.name for e in timing] == ["decode", *queued, "total"], case
+                response, _ = call(plane.address, tiny)
+                assert response is not None, f"Triton or the plane broke after {case}"
+            assert executions() == before + len(INVALID_TENSORS)  # only the tiny ones ran
+        finally:
+            reference.close()
+
+
+def test_a_message_over_the_limit_is_resource_exhausted(triton: TritonEndpoints) -> None:
+    config = NativeConfig(
+        backends={"triton": NativeBackend(triton.grpc)},
+        routes={"identity": "triton"},
+        max_message_bytes=1024 * 1024,
+    )
+    payload = infer_request("identity", np.ones((1, 300_000), np.float32))
+    with NativePlane(config) as plane:
+        _, err = call(plane.address, payload)
+        assert isinstance(err, grpc.RpcError)
+        assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert err.details() == (
+            f"request message of {len(payload)} bytes exceeds the limit of 1048576 bytes"
+        )
+
+
 def native_threads() -> list[str]:
     """This process's threads named by the plane (``/proc/self/task/*/comm``)."""
     names = []
@@ -325,18 +407,19 @@ def native_threads() -> list[str]:
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_stop_closes_the_port_and_the_threads(triton: TritonEndpoints, workers: int) -> None:
+    others = set(native_threads())  # another plane's (the gateway's, with INFERGW_NATIVE=1)
     plane = plane_for(triton, None, workers=workers)
     port = plane.start()
     assert plane.start() == port  # idempotent while running
-    wait_until(lambda: len(native_threads()) > 0, "the plane's threads named")
+    wait_until(lambda: len(set(native_threads()) - others) > 0, "the plane's threads named")
     response, _ = call(plane.address, infer_request("identity", np.ones((1, 16), np.float32)))
     assert response is not None
     plane.stop(1.0)
     plane.stop(1.0)  # idempotent
     assert plane.port is None
     with contextlib.suppress(AssertionError):
-        wait_until(lambda: not native_threads(), "the plane's threads gone", timeout_s=5)
-    assert not native_threads()
+        wait_until(lambda: set(native_threads()) <= others, "the plane's threads gone", timeout_s=5)
+    assert set(native_threads()) <= others
     with socket.socket() as sock, pytest.raises(ConnectionRefusedError):
         sock.connect(("127.0.0.1", port))
     assert plane.stats()["backends"]["triton"]["requests"] == {0: 1}  # kept after stop

@@ -32,6 +32,8 @@ def test_config_json_is_what_the_plane_reads() -> None:
         },
         "routes": {"identity": "triton"},
         "worker_threads": 1,
+        "max_message_bytes": 64 * 1024 * 1024,
+        "trace_all": False,
     }
 
 

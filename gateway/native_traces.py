@@ -1,0 +1,240 @@
+"""The native plane's traced requests, made spans of the gateway's trace (issue 13).
+
+The plane continues the client's ``traceparent`` itself, gives each traced request the
+ids of a SERVER span (``infer {model}``) and of a CLIENT span (``backend {name}``), sends
+the backend a ``traceparent`` naming the CLIENT span, and queues a record with the real
+times (``native/src/trace.rs``). ``NativeTraces.drain`` takes the records and
+
+- exports both spans through the installed OpenTelemetry SDK, with the plane's ids and
+  times (the SDK makes no span with given ids, so its public extension point, the
+  provider's ``IdGenerator``, is wrapped to hand out the plane's ids while these spans
+  are made), named and attributed as ``gateway/core/tracing.py`` names the Python
+  plane's;
+- tells Triton's per-request split (``triton_traces.TritonSplits``) which attempts to
+  expect, so ``backend_queue``/``compute`` join native requests as they join the others.
+
+It runs every ``interval_s`` on the gateway's loop, and before the splits read Triton's
+exports or answer ``/v1/splits`` (a record is queued when its response ends, before
+Triton exports its spans). ``set_trace_all`` keeps the plane tracing every request while
+an SDK is installed or splits are wanted; otherwise it traces only requests carrying a
+valid ``traceparent``, whose context it passes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from typing import NamedTuple, Protocol
+
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode
+
+from infergw.gateway.core import tracing
+from infergw.gateway.native_plane import status_name
+
+log = logging.getLogger(__name__)
+TRACER_NAME = "infergw.native"
+
+
+class SpanRecord(NamedTuple):
+    """One traced native request (``Plane.take_spans``): ids in hex, unix ns."""
+
+    trace_id: str
+    parent_id: str | None
+    server_id: str
+    client_id: str
+    flags: int
+    model: str
+    backend: str
+    start_ns: int
+    backend_start_ns: int | None
+    backend_end_ns: int | None
+    end_ns: int
+    code: int
+
+    @property
+    def status(self) -> str:
+        return status_name(self.code)
+
+
+class SpanSource(Protocol):
+    def take_spans(self) -> tuple[Sequence[tuple[object, ...]], int]: ...
+
+    def set_trace_all(self, all: bool) -> None: ...
+
+
+class Expectations(Protocol):
+    """Where attempts sent to Triton are announced (``TritonSplits.expect_attempt``)."""
+
+    def expect_attempt(
+        self,
+        trace_id: str,
+        span_id: str,
+        model: str,
+        backend: str,
+        protocol: str,
+        status: str,
+        recorded: bool,
+    ) -> None: ...
+
+
+class IdGenerator(Protocol):
+    """The SDK's ``opentelemetry.sdk.trace.id_generator.IdGenerator`` (the SDK is an
+    optional extra: nothing of it is imported here)."""
+
+    def generate_span_id(self) -> int: ...
+
+    def generate_trace_id(self) -> int: ...
+
+
+class _ReplayIds:
+    """The provider's id generator, except while the plane's spans are made: then the
+    ids queued for this thread, in order."""
+
+    def __init__(self, inner: IdGenerator) -> None:
+        self.inner = inner
+        self._queued = threading.local()
+
+    def replay(self, *ids: int) -> None:
+        self._queued.ids = list(ids)
+
+    def _next(self) -> int | None:
+        ids: list[int] | None = getattr(self._queued, "ids", None)
+        return ids.pop(0) if ids else None
+
+    def generate_span_id(self) -> int:
+        queued = self._next()
+        return self.inner.generate_span_id() if queued is None else queued
+
+    def generate_trace_id(self) -> int:
+        queued = self._next()
+        return self.inner.generate_trace_id() if queued is None else queued
+
+    def is_trace_id_random(self) -> bool:
+        """W3C's random flag: the plane's trace ids are random too (SipHash, random keys)."""
+        return True
+
+
+class NativeTraces:
+    """Drains the plane's span records into the SDK and the Triton splits."""
+
+    def __init__(
+        self,
+        plane: SpanSource,
+        splits: Expectations | None,
+        traced_backends: Callable[[str], bool],
+        protocol: str = "grpc",
+    ) -> None:
+        self.plane = plane
+        self.splits = splits
+        self.traced_backends = traced_backends  # backends whose spans the splits join
+        self.protocol = protocol
+        self.dropped = 0
+        self._tracer: tuple[object, trace.Tracer, _ReplayIds] | None = None
+
+    def drain(self) -> int:
+        """Export and announce every record so far; how many there were."""
+        records, dropped = self.plane.take_spans()
+        if dropped > self.dropped:
+            log.warning("native plane: %d span records dropped (not drained in time)", dropped)
+            self.dropped = dropped
+        sdk = self._sdk_tracer()
+        for raw in records:
+            record = SpanRecord(*raw)  # type: ignore[arg-type]
+            called = record.backend_start_ns is not None  # the backend saw the traceparent
+            if self.splits is not None and called and self.traced_backends(record.backend):
+                self.splits.expect_attempt(
+                    record.trace_id,
+                    record.client_id,
+                    record.model,
+                    record.backend,
+                    self.protocol,
+                    record.status,
+                    recorded=sdk is not None,
+                )
+            if sdk is not None:
+                _export(sdk[0], sdk[1], record, self.protocol)
+        return len(records)
+
+    def _sdk_tracer(self) -> tuple[trace.Tracer, _ReplayIds] | None:
+        if not tracing.enabled():
+            return None
+        provider = trace.get_tracer_provider()
+        if self._tracer is None or self._tracer[0] is not provider:
+            ids = getattr(provider, "id_generator", None)  # the SDK's TracerProvider has one
+            if ids is None:
+                return None
+            if not isinstance(ids, _ReplayIds):
+                ids = _ReplayIds(ids)
+                provider.id_generator = ids  # type: ignore[attr-defined]
+            self._tracer = (provider, provider.get_tracer(TRACER_NAME), ids)
+        return self._tracer[1], self._tracer[2]
+
+    def trace_all(self) -> bool:
+        return self.splits is not None or tracing.enabled()
+
+    async def run(self, interval_s: float) -> None:
+        """Drain every ``interval_s`` until cancelled, keeping the plane's mode current."""
+        while True:
+            try:
+                self.plane.set_trace_all(self.trace_all())
+                self.drain()
+            except Exception:  # a bad record must not end the draining
+                log.exception("native plane: draining span records failed")
+            await asyncio.sleep(interval_s)
+
+    async def stop(self, task: asyncio.Task[None]) -> None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        self.drain()
+
+
+def _export(tracer: trace.Tracer, ids: _ReplayIds, record: SpanRecord, protocol: str) -> None:
+    """The SERVER and CLIENT spans of one record, with its ids and times."""
+    trace_id = int(record.trace_id, 16)
+    flags = trace.TraceFlags(record.flags & 0xFF)
+    if record.parent_id is not None:
+        parent = SpanContext(trace_id, int(record.parent_id, 16), is_remote=True, trace_flags=flags)
+        context = trace.set_span_in_context(NonRecordingSpan(parent))
+        ids.replay(int(record.server_id, 16))
+    else:
+        context = Context()  # a root: not whatever span is current where we drain
+        ids.replay(trace_id, int(record.server_id, 16))
+    failed = record.code != 0
+    server = tracer.start_span(
+        f"infer {record.model}",
+        context=context,
+        kind=SpanKind.SERVER,
+        attributes={"infergw.model": record.model, "rpc.system": protocol},
+        start_time=record.start_ns,
+    )
+    if record.backend_start_ns is not None and record.backend_end_ns is not None:
+        ids.replay(int(record.client_id, 16))
+        client = tracer.start_span(
+            f"backend {record.backend}",
+            context=trace.set_span_in_context(server),
+            kind=SpanKind.CLIENT,
+            attributes={
+                "infergw.backend": record.backend,
+                "infergw.model": record.model,
+                "infergw.attempt": 1,
+            },
+            start_time=record.backend_start_ns,
+        )
+        if failed:
+            _mark(client, record.status)
+        client.end(end_time=record.backend_end_ns)
+    ids.replay()
+    if failed:
+        _mark(server, record.status)
+    server.end(end_time=record.end_ns)
+
+
+def _mark(span: trace.Span, status: str) -> None:
+    span.set_status(Status(StatusCode.ERROR, status))
+    span.set_attribute("error.type", status)

@@ -1,0 +1,74 @@
+"""The native plane's span records made SDK spans with the plane's ids and times, and
+announced to Triton's splits (the plane itself is exercised in the integration tests)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
+
+from infergw.gateway.native_traces import NativeTraces
+
+TRACE = "0af7651916cd43dd8448eb211c80319c"
+RECORD = (TRACE, "b7ad6b7169203331", "00000000000000aa", "00000000000000bb", 1, "identity",
+          "triton", 1_000, 1_200, 1_800, 2_000, 0)  # fmt: skip
+
+
+class Plane:
+    def __init__(self, *records: tuple[Any, ...], dropped: int = 0) -> None:
+        self.records = list(records)
+        self.dropped = dropped
+        self.trace_all: bool | None = None
+
+    def take_spans(self) -> tuple[list[tuple[Any, ...]], int]:
+        records, self.records = self.records, []
+        return records, self.dropped
+
+    def set_trace_all(self, all: bool) -> None:
+        self.trace_all = all
+
+
+class Splits:
+    def __init__(self) -> None:
+        self.expected: list[tuple[Any, ...]] = []
+
+    def expect_attempt(self, *args: Any, **kwargs: Any) -> None:
+        self.expected.append((*args, *kwargs.values()))
+
+
+def test_records_become_server_and_client_spans_with_the_planes_ids(
+    span_exporter: InMemorySpanExporter,
+) -> None:
+    failed = (TRACE.replace("0a", "0b"), None, "00000000000000cc", "00000000000000dd", 1,
+              "identity", "triton", 3_000, None, None, 3_500, 3)  # fmt: skip
+    traces = NativeTraces(Plane(RECORD, failed), None, traced_backends=lambda _: True)
+    assert traces.drain() == 2
+    spans = {s.name + str(s.context.span_id): s for s in span_exporter.get_finished_spans()}
+    server = spans["infer identity" + str(0xAA)]
+    client = spans["backend triton" + str(0xBB)]
+    assert server.kind == SpanKind.SERVER and client.kind == SpanKind.CLIENT
+    assert server.context.trace_id == client.context.trace_id == int(TRACE, 16)
+    assert server.parent is not None and server.parent.span_id == 0xB7AD6B7169203331
+    assert client.parent is not None and client.parent.span_id == 0xAA
+    assert (server.start_time, server.end_time) == (1_000, 2_000)
+    assert (client.start_time, client.end_time) == (1_200, 1_800)
+    assert client.attributes is not None and client.attributes["infergw.attempt"] == 1
+    root = spans["infer identity" + str(0xCC)]  # no client span: it never reached the backend
+    assert root.parent is None and f"{root.context.trace_id:032x}" == failed[0]
+    assert root.status.status_code == StatusCode.ERROR
+    assert root.attributes is not None and root.attributes["error.type"] == "INVALID_ARGUMENT"
+    assert len(spans) == 3
+
+
+def test_without_an_sdk_only_the_splits_hear_of_attempts_that_reached_triton() -> None:
+    splits = Splits()
+    unreached = (*RECORD[:8], None, None, *RECORD[10:])
+    plane = Plane(RECORD, unreached, dropped=3)
+    traces = NativeTraces(plane, splits, traced_backends={"triton"}.__contains__)
+    assert traces.drain() == 2 and traces.dropped == 3
+    assert splits.expected == [
+        (TRACE, "00000000000000bb", "identity", "triton", "grpc", "OK", False)
+    ]
+    assert traces.trace_all()  # splits are wanted: the plane traces every request
+    assert not NativeTraces(Plane(), None, traced_backends=bool).trace_all()
