@@ -67,6 +67,16 @@ class NativeBackend:
 
 
 @dataclasses.dataclass(frozen=True)
+class NativeSidecar:
+    """The plane as ``infergw sidecar``: every call forwarded as bytes to ``upstream``
+    (``HOST:PORT`` or ``unix:/path``, h2c), ``grpc.health.v1`` answered from what
+    ``NativePlane.set_health`` pushes, messages over ``max_message_bytes`` refused."""
+
+    upstream: str
+    max_message_bytes: int = 64 * 1024 * 1024
+
+
+@dataclasses.dataclass(frozen=True)
 class NativeConfig:
     """What the plane needs: where to listen, the python lane, native backends, and the
     models routed to them (model name -> backend name)."""
@@ -76,17 +86,19 @@ class NativeConfig:
     backends: Mapping[str, NativeBackend] = dataclasses.field(default_factory=dict)
     routes: Mapping[str, str] = dataclasses.field(default_factory=dict)
     worker_threads: int = 1  # 1: one thread runs everything (cheapest per request)
+    sidecar: NativeSidecar | None = None  # set: a sidecar (no backends, routes or lane)
 
     def to_json(self) -> str:
-        return json.dumps(
-            {
-                "listen": self.listen,
-                "python_lane": self.python_lane,
-                "backends": {n: dataclasses.asdict(b) for n, b in self.backends.items()},
-                "routes": dict(self.routes),
-                "worker_threads": self.worker_threads,
-            }
-        )
+        config: dict[str, Any] = {
+            "listen": self.listen,
+            "python_lane": self.python_lane,
+            "backends": {n: dataclasses.asdict(b) for n, b in self.backends.items()},
+            "routes": dict(self.routes),
+            "worker_threads": self.worker_threads,
+        }
+        if self.sidecar is not None:
+            config["sidecar"] = dataclasses.asdict(self.sidecar)
+        return json.dumps(config)
 
 
 class NativePlane:
@@ -131,6 +143,15 @@ class NativePlane:
     def stats(self) -> dict[str, Any]:
         """Counters and histograms since the last start (docs/native.md: stats)."""
         return dict(self._plane.stats())
+
+    def set_health(self, service: str, status: int) -> None:
+        """What a sidecar plane answers ``grpc.health.v1.Health`` with for ``service``
+        (a ``HealthCheckResponse.ServingStatus``); works before ``start`` too."""
+        self._plane.set_health(service, int(status))
+
+    def enter_graceful_shutdown(self) -> None:
+        """Every health status NOT_SERVING for good; open ``Watch`` streams end."""
+        self._plane.enter_graceful_shutdown()
 
     def __enter__(self) -> NativePlane:
         self.start()
