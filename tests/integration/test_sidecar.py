@@ -49,6 +49,7 @@ STREAM_INFER = "/inference.GRPCInferenceService/ModelStreamInfer"
 SERVER_READY = "/inference.GRPCInferenceService/ServerReady"
 FAKE_ECHO = "/infergw.test.Fake/Echo"
 FAKE_SLOW = "/infergw.test.Fake/Slow"
+FAKE_SLEEP = "/infergw.test.Fake/Sleep"
 LIMIT = 2 * 1024 * 1024
 SENTENCES = ["A man is eating food.", "The quick brown fox jumps over the lazy dog.", ""]
 
@@ -77,6 +78,10 @@ async def _fake_upstream(port: int, marker: Path) -> None:
             raise
         return b""
 
+    async def sleep(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        await asyncio.sleep(float(request.decode()))
+        return b"slept"
+
     async def stream(requests: Any, context: grpc.aio.ServicerContext) -> Any:
         async for message in requests:
             yield message
@@ -89,6 +94,7 @@ async def _fake_upstream(port: int, marker: Path) -> None:
     handlers = {
         FAKE_ECHO: grpc.unary_unary_rpc_method_handler(echo),
         FAKE_SLOW: grpc.unary_unary_rpc_method_handler(slow),
+        FAKE_SLEEP: grpc.unary_unary_rpc_method_handler(sleep),
         SERVER_READY: grpc.unary_unary_rpc_method_handler(ready),
         STREAM_INFER: grpc.stream_stream_rpc_method_handler(stream),
     }
@@ -569,6 +575,27 @@ def test_client_cancel_cancels_upstream(fake: tuple[FakeUpstream, ServiceThread]
     while not upstream.marker.exists():
         assert time.monotonic() < deadline, "the upstream call was not cancelled"
         time.sleep(0.05)
+
+
+def test_stop_drains_calls_in_flight(fake: tuple[FakeUpstream, ServiceThread], plane: str) -> None:
+    """On stop, a call in flight finishes (within ``drain_grace_s``); new calls are refused."""
+    import concurrent.futures
+
+    upstream, _ = fake
+    side = sidecar_thread(upstream.address, drain_grace_s=10, data_plane=plane)
+    address = side.grpc
+    with grpc.insecure_channel(address) as channel:
+        future = channel.unary_unary(FAKE_SLEEP).future(b"1.0", timeout=20)
+        time.sleep(0.3)  # the call is at the upstream
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            t0 = time.monotonic()
+            stopped = pool.submit(side.close)
+            assert future.result(timeout=15) == b"slept"
+            stopped.result(timeout=15)
+            assert time.monotonic() - t0 < 5
+    with grpc.insecure_channel(address) as channel, pytest.raises(grpc.RpcError) as err:
+        channel.unary_unary(FAKE_ECHO)(b"", timeout=2)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
 def _stream_until_failure(address: str) -> grpc.StatusCode:
