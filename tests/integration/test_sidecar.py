@@ -454,8 +454,9 @@ def test_native_plane_forwards(sidecar: ServiceThread, grpc_pair: tuple[Any, Any
         return int(stats.get("methods", {}).get(infer, {}).get(ok, 0))
 
     assert calls(after) - calls(before) == sent
-    rows = [r for r in after["inference"] if (r["model"], r["status"]) == ("identity", ok)]
-    assert rows and rows[0]["protocol"] == "grpc"
+    key = ("identity", "grpc", ok)
+    rows = [r for r in after["inference"] if (r["model"], r["protocol"], r["status"]) == key]
+    assert len(rows) == 1 and rows[0]["requests"] >= sent
     assert set(rows[0]["phases"]) == {"decode", "backend", "total"}
     text = urllib.request.urlopen(f"http://{sidecar.metrics}/metrics", timeout=5).read().decode()
     assert f'infergw_sidecar_rpcs_total{{method="{infer}",status="OK"}} {calls(after)}.0' in text
