@@ -76,6 +76,16 @@ class NativeBackend:
 
 
 @dataclasses.dataclass(frozen=True)
+class NativeSidecar:
+    """The plane as ``infergw sidecar``: every call forwarded as bytes to ``upstream``
+    (``HOST:PORT`` or ``unix:/path``, h2c), ``grpc.health.v1`` answered from what
+    ``NativePlane.set_health`` pushes, messages over ``max_message_bytes`` refused."""
+
+    upstream: str
+    max_message_bytes: int = 64 * 1024 * 1024
+
+
+@dataclasses.dataclass(frozen=True)
 class NativeConfig:
     """What the plane needs: where to listen, the python lane, native backends, and the
     models routed to them (model name -> backend name)."""
@@ -87,19 +97,21 @@ class NativeConfig:
     worker_threads: int = 1  # 1: one thread runs everything (cheapest per request)
     max_message_bytes: int = 64 * 1024 * 1024  # the gateway's limits.max_message_bytes
     trace_all: bool = False  # trace every request, not only those with a traceparent
+    sidecar: NativeSidecar | None = None  # set: a sidecar (no backends, routes or lane)
 
     def to_json(self) -> str:
-        return json.dumps(
-            {
-                "listen": self.listen,
-                "python_lane": self.python_lane,
-                "backends": {n: dataclasses.asdict(b) for n, b in self.backends.items()},
-                "routes": dict(self.routes),
-                "worker_threads": self.worker_threads,
-                "max_message_bytes": self.max_message_bytes,
-                "trace_all": self.trace_all,
-            }
-        )
+        config: dict[str, Any] = {
+            "listen": self.listen,
+            "python_lane": self.python_lane,
+            "backends": {n: dataclasses.asdict(b) for n, b in self.backends.items()},
+            "routes": dict(self.routes),
+            "worker_threads": self.worker_threads,
+            "max_message_bytes": self.max_message_bytes,
+            "trace_all": self.trace_all,
+        }
+        if self.sidecar is not None:
+            config["sidecar"] = dataclasses.asdict(self.sidecar)
+        return json.dumps(config)
 
 
 class NativePlane:
@@ -154,6 +166,15 @@ class NativePlane:
     def set_trace_all(self, all: bool) -> None:
         """Trace every request (True) or only those carrying a valid ``traceparent``."""
         self._plane.set_trace_all(all)
+
+    def set_health(self, service: str, status: int) -> None:
+        """What a sidecar plane answers ``grpc.health.v1.Health`` with for ``service``
+        (a ``HealthCheckResponse.ServingStatus``); works before ``start`` too."""
+        self._plane.set_health(service, int(status))
+
+    def enter_graceful_shutdown(self) -> None:
+        """Every health status NOT_SERVING for good; open ``Watch`` streams end."""
+        self._plane.enter_graceful_shutdown()
 
     def __enter__(self) -> NativePlane:
         self.start()

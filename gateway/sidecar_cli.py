@@ -53,6 +53,13 @@ def register(sub: Any) -> None:
         default=30.0,
         help="on SIGTERM: how long calls in flight may take to finish (default 30)",
     )
+    parser.add_argument(
+        "--data-plane",
+        choices=("python", "native"),
+        default="python",
+        help="who serves gRPC: the Python proxy (default) or the Rust plane "
+        "(INFERGW_NATIVE=1/0 overrides; TLS keeps the Python proxy)",
+    )
     parser.add_argument("--tls-cert-file", default=None, help="serve TLS: certificate chain (PEM)")
     parser.add_argument("--tls-key-file", default=None, help="serve TLS: its private key (PEM)")
     parser.add_argument(
@@ -101,6 +108,7 @@ def cmd_sidecar(args: argparse.Namespace) -> int:
             health_model=args.health_model,
             drain_grace_s=args.drain_grace_s,
             tls=tls,
+            data_plane=args.data_plane,
         )
     except ValueError as exc:
         raise SystemExit(f"infergw sidecar: {exc}") from exc
@@ -110,7 +118,11 @@ def cmd_sidecar(args: argparse.Namespace) -> int:
 
     async def serve(stop: asyncio.Event) -> None:
         async with Sidecar(config) as sidecar:
-            print(f"infergw sidecar serving: {sidecar.addresses} -> {config.upstream}", flush=True)
+            print(
+                f"infergw sidecar serving: {sidecar.addresses} -> {config.upstream} "
+                f"(data plane: {sidecar.data_plane})",
+                flush=True,
+            )
             await stop.wait()
 
     try:

@@ -1,5 +1,8 @@
 """Assemble a running sidecar: gRPC proxy + health, optional REST proxy, metrics endpoint.
 
+The gRPC half is the Python proxy (``grpc_proxy.py``) or, with ``data_plane: native`` /
+``INFERGW_NATIVE=1``, the Rust plane (``native.py``); the REST half is always Python.
+
 ``Sidecar`` is an async context manager; ports may be 0 (the bound ports are in
 ``sidecar.addresses`` afterwards)::
 
@@ -12,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from typing import Any, Literal
 
 import grpc
 from aiohttp import web
@@ -24,6 +28,7 @@ from infergw.gateway.sidecar.health import UpstreamHealth
 from infergw.gateway.sidecar.http_proxy import HttpProxy
 from infergw.gateway.sidecar.methods import PROTOCOLS
 from infergw.gateway.sidecar.metrics import SidecarMetrics
+from infergw.gateway.sidecar.native import NativeGrpc
 from infergw.gateway.sites import AppSite, create_metrics_app, display_host
 from infergw.gateway.tls import ServerTls
 from infergw.wire import grpc_channel
@@ -47,8 +52,13 @@ class SidecarConfig:
     health_model: str | None = None  # tfserving: the model whose status means "ready"
     drain_grace_s: float = 30.0  # on stop: how long calls in flight may take to finish
     tls: TlsConfig | None = None  # TLS (and with a client CA, mTLS) on every port
+    # Who serves the gRPC port: the Python proxy, or the Rust plane (native.py;
+    # INFERGW_NATIVE=0/1 overrides; with tls the Python proxy keeps it).
+    data_plane: Literal["python", "native"] = "python"
 
     def __post_init__(self) -> None:
+        if self.data_plane not in ("python", "native"):
+            raise ValueError(f"data_plane must be python or native, not {self.data_plane!r}")
         if self.protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {PROTOCOLS}, not {self.protocol!r}")
         if self.max_message_bytes <= 0:
@@ -69,13 +79,27 @@ class Sidecar(AsyncService):
         self._http: HttpProxy | None = None
         self._sites: list[AppSite] = []
         self._tls: ServerTls | None = None
+        self._native: NativeGrpc | None = None
+
+    @property
+    def data_plane(self) -> str:
+        """Who serves the gRPC port: ``native`` (the Rust plane) or ``python``."""
+        return "native" if self._native is not None else "python"
+
+    def plane_stats(self) -> dict[str, Any]:
+        """The native plane's sidecar counters (``{}`` on the Python proxy)."""
+        return self._native.stats() if self._native is not None else {}
 
     async def start(self) -> None:
         try:
             tls = self.config.tls
             if tls is not None:
                 self._tls = ServerTls(tls.cert_file, tls.key_file, tls.client_ca_file)
-            await self._start_grpc()
+            native = NativeGrpc.of(self.config)
+            if native is not None:
+                await self._start_native(native)
+            else:
+                await self._start_grpc()
             if self.config.http_upstream:
                 self._http = HttpProxy(
                     self.config.http_upstream, self.metrics, self.config.max_message_bytes
@@ -90,24 +114,46 @@ class Sidecar(AsyncService):
         except BaseException:
             await self.stop()
             raise
-        log.info("infergw sidecar listening: %s -> %s", self.addresses, self.config.upstream)
+        log.info(
+            "infergw sidecar listening: %s -> %s (data plane: %s)",
+            self.addresses,
+            self.config.upstream,
+            self.data_plane,
+        )
 
-    async def _start_grpc(self) -> None:
-        config = self.config
+    def _open_channel(self) -> grpc.aio.Channel:
         # The sidecar adds no message limit of its own toward the upstream.
         self._channel = grpc_channel.aio_channel(
-            config.upstream,
+            self.config.upstream,
             max_message_bytes=grpc_channel.UNLIMITED,
             private=True,
             options=grpc_channel.FAST_RECONNECT,  # e.g. started before its upstream
         )
+        return self._channel
+
+    async def _start_native(self, native: NativeGrpc) -> None:
+        """The plane serves gRPC; the health poller (on a channel of its own) feeds it."""
+        config = self.config
+        channel = self._open_channel()
+        port = native.start()
+        self._native = native
+        self.metrics.attach(native.stats)
+        self.addresses["grpc"] = f"{display_host(config.host)}:{port}"
+        self.health = UpstreamHealth(
+            channel, config.protocol, native, config.health_interval_s, config.health_model
+        )
+        await self.health.start()
+
+    async def _start_grpc(self) -> None:
+        config = self.config
+        channel = self._open_channel()
         server = self._server = grpc.aio.server(
             options=grpc_channel.limited_server_options(config.max_message_bytes)
         )
         # Health first: handlers are consulted in order, and the proxy takes any method.
         servicer = self._health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
-        proxy = GrpcProxy(self._channel, config.upstream, self.metrics, config.max_message_bytes)
+        proxy = GrpcProxy(channel, config.upstream, self.metrics, config.max_message_bytes)
         server.add_generic_rpc_handlers((proxy,))
         address = f"{config.host}:{config.grpc_port}"
         if self._tls is not None:
@@ -118,7 +164,7 @@ class Sidecar(AsyncService):
             raise OSError(f"cannot bind gRPC to {config.host}:{config.grpc_port}")
         self.addresses["grpc"] = f"{display_host(config.host)}:{port}"
         self.health = UpstreamHealth(
-            self._channel, config.protocol, servicer, config.health_interval_s, config.health_model
+            channel, config.protocol, servicer, config.health_interval_s, config.health_model
         )
         await server.start()
         await self.health.start()
@@ -154,6 +200,8 @@ class Sidecar(AsyncService):
         stops = [site.stop() for site in sites[:-1]]
         if server is not None:
             stops.append(server.stop(grace))
+        if self._native is not None:  # kept for a last scrape of its counters
+            stops.append(asyncio.to_thread(self._native.stop, grace))
         await asyncio.gather(*stops)
         for site in sites[-1:]:
             await site.stop()

@@ -18,9 +18,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from typing import Protocol
 
 import grpc
-from grpc_health.v1 import health, health_pb2
+from grpc_health.v1 import health_pb2
 
 from infergw.gateway.sidecar import methods
 from infergw.wire.protowire import LEN, VARINT, WireError, iter_fields, len_field
@@ -51,14 +52,20 @@ def tf_model_available(reply: bytes) -> bool:
     return False
 
 
+class HealthSink(Protocol):
+    """Where statuses go: grpcio's ``HealthServicer``, or the native plane (``native.py``)."""
+
+    async def set(self, service: str, status: int) -> None: ...
+
+
 class UpstreamHealth:
-    """Polls the upstream every ``interval_s`` and publishes the result."""
+    """Polls the upstream every ``interval_s`` and publishes the result to ``servicer``."""
 
     def __init__(
         self,
         channel: grpc.aio.Channel,
         protocol: str,
-        servicer: health.aio.HealthServicer,
+        servicer: HealthSink,
         interval_s: float = 2.0,
         health_model: str | None = None,
     ) -> None:

@@ -36,6 +36,21 @@ pub struct Config {
     /// Span records kept for Python to drain (the oldest are dropped past it).
     #[serde(default = "default_max_span_records")]
     pub max_span_records: usize,
+    /// The sidecar (`infergw sidecar` on the plane): every call goes to this one upstream
+    /// and health is answered natively; no backends, routes or python lane with it.
+    #[serde(default)]
+    pub sidecar: Option<SidecarConfig>,
+}
+
+/// The sidecar's upstream and limit (`gateway/sidecar/app.py`'s `SidecarConfig`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SidecarConfig {
+    /// `HOST:PORT` or `unix:/path` of the upstream's gRPC (h2c) endpoint.
+    pub upstream: String,
+    /// The largest request message accepted (its declared length).
+    #[serde(default = "default_sidecar_max_message_bytes")]
+    pub max_message_bytes: u64,
 }
 
 /// One native backend: a single h2c upstream with the gateway's admission settings
@@ -66,6 +81,9 @@ fn default_max_span_records() -> usize {
     65536
 }
 fn default_max_message_bytes() -> usize {
+    64 << 20
+}
+fn default_sidecar_max_message_bytes() -> u64 {
     64 << 20
 }
 fn default_max_concurrency() -> usize {
@@ -110,6 +128,17 @@ impl Config {
                 ));
             }
         }
+        if let Some(sidecar) = &self.sidecar {
+            if !self.backends.is_empty() || !self.routes.is_empty() || self.python_lane.is_some() {
+                return Err(
+                    "plane config: a sidecar forwards everything to its upstream: no backends, routes or python_lane with it"
+                        .into(),
+                );
+            }
+            if sidecar.max_message_bytes == 0 {
+                return Err("plane config: sidecar.max_message_bytes must be >= 1".into());
+            }
+        }
         for (model, backend) in &self.routes {
             if !self.backends.contains_key(backend) {
                 return Err(format!(
@@ -140,5 +169,24 @@ mod tests {
         assert!(Config::from_json("not json").is_err());
         let c = Config::from_json(r#"{"backends": {"t": {"address": "x:1", "timeout_ms": null}}}"#);
         assert_eq!(c.unwrap().backends["t"].timeout_ms, None);
+    }
+
+    #[test]
+    fn sidecar_section() {
+        let c = Config::from_json(r#"{"sidecar": {"upstream": "127.0.0.1:8001"}}"#).unwrap();
+        let s = c.sidecar.unwrap();
+        assert_eq!(
+            (s.upstream.as_str(), s.max_message_bytes),
+            ("127.0.0.1:8001", 64 << 20)
+        );
+        for bad in [
+            r#"{"sidecar": {"upstream": "x:1"}, "python_lane": "y:2"}"#,
+            r#"{"sidecar": {"upstream": "x:1"}, "backends": {"t": {"address": "x:1"}}}"#,
+            r#"{"sidecar": {"upstream": "x:1", "max_message_bytes": 0}}"#,
+            r#"{"sidecar": {"upstream": "x:1", "bogus": 1}}"#,
+            r#"{"sidecar": {}}"#,
+        ] {
+            assert!(Config::from_json(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -16,6 +16,8 @@ use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::forward::{self, Shared};
+use crate::health::Health;
+use crate::passthrough::{self, Sidecar};
 use crate::upstream::{CONNECTION_WINDOW, MAX_FRAME, STREAM_WINDOW};
 
 pub struct Running {
@@ -23,6 +25,16 @@ pub struct Running {
     serving: Option<Serving>,
     pub port: u16,
     pub shared: Arc<Shared>,
+    /// Set when the plane is a sidecar (`config.sidecar`).
+    pub sidecar: Option<Arc<Sidecar>>,
+}
+
+/// What answers a request: the gateway's forwarding (native routes + python lane) or
+/// the sidecar's passthrough.
+#[derive(Clone)]
+enum Handler {
+    Gateway(Arc<Shared>),
+    Sidecar(Arc<Sidecar>),
 }
 
 /// Binds `config.listen` and serves on a new runtime; returns once the port is bound.
@@ -30,8 +42,17 @@ pub struct Running {
 /// One worker thread (`worker_threads: 1`) is a current-thread runtime on a thread of its
 /// own: every task of a request (the client's connection, the upstream's) runs on it, so
 /// no request pays for waking another thread. More workers: tokio's multi-thread runtime.
-pub fn start(config: &Config) -> Result<Running, String> {
+/// `health` holds the statuses a sidecar answers `grpc.health.v1` with.
+pub fn start(config: &Config, health: Arc<Health>) -> Result<Running, String> {
     let shared = Arc::new(Shared::new(config));
+    let sidecar = config
+        .sidecar
+        .as_ref()
+        .map(|s| Arc::new(Sidecar::new(s, health)));
+    let handler = match &sidecar {
+        Some(sidecar) => Handler::Sidecar(sidecar.clone()),
+        None => Handler::Gateway(shared.clone()),
+    };
     let runtime = if config.worker_threads == 1 {
         tokio::runtime::Builder::new_current_thread()
             .thread_name("infergw-native")
@@ -54,13 +75,13 @@ pub fn start(config: &Config) -> Result<Running, String> {
         .port();
     let (stop, stopped) = oneshot::channel();
     let serving = if config.worker_threads == 1 {
-        let shared = shared.clone();
+        let handler = handler.clone();
         let thread = std::thread::Builder::new()
             .name("infergw-native".into())
             .spawn(move || {
                 runtime.block_on(async move {
                     if let Ok(listener) = TcpListener::from_std(listener) {
-                        serve(listener, shared, stopped).await;
+                        serve(listener, handler, stopped).await;
                     }
                 });
                 runtime.shutdown_timeout(Duration::from_millis(500));
@@ -71,7 +92,7 @@ pub fn start(config: &Config) -> Result<Running, String> {
         let _entered = runtime.enter();
         let listener =
             TcpListener::from_std(listener).map_err(|e| format!("plane listener: {e}"))?;
-        let task = runtime.spawn(serve(listener, shared.clone(), stopped));
+        let task = runtime.spawn(serve(listener, handler, stopped));
         Serving::Runtime(runtime, task)
     };
     Ok(Running {
@@ -79,6 +100,7 @@ pub fn start(config: &Config) -> Result<Running, String> {
         stop: Some(stop),
         port,
         shared,
+        sidecar,
     })
 }
 
@@ -89,7 +111,7 @@ enum Serving {
     Runtime(Runtime, JoinHandle<()>),
 }
 
-async fn serve(listener: TcpListener, shared: Arc<Shared>, mut stop: oneshot::Receiver<Duration>) {
+async fn serve(listener: TcpListener, handler: Handler, mut stop: oneshot::Receiver<Duration>) {
     let mut builder = http2::Builder::new(TokioExecutor::new());
     builder
         .initial_stream_window_size(STREAM_WINDOW)
@@ -109,8 +131,16 @@ async fn serve(listener: TcpListener, shared: Arc<Shared>, mut stop: oneshot::Re
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let shared = shared.clone();
-                let service = service_fn(move |request| forward::handle(shared.clone(), request));
+                let handler = handler.clone();
+                let service = service_fn(move |request| {
+                    let handler = handler.clone();
+                    async move {
+                        match handler {
+                            Handler::Gateway(shared) => forward::handle(shared, request).await,
+                            Handler::Sidecar(sidecar) => passthrough::handle(sidecar, request).await,
+                        }
+                    }
+                });
                 let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
                 tokio::spawn(async move {
                     let _ = connection.await;

@@ -2,7 +2,7 @@
 //! while they wait; the plane's threads never take it.
 
 use std::sync::atomic::Ordering;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pyo3::exceptions::{PyOSError, PyValueError};
@@ -11,17 +11,26 @@ use pyo3::types::PyDict;
 
 use crate::config::Config;
 use crate::forward::Shared;
+use crate::health::Health;
+use crate::passthrough::Sidecar;
 use crate::plane::{self, Running};
+use crate::sidecar_stats::HistogramSnapshot;
 use crate::stats::{Histogram, LaneStats, ModelStats, BUCKETS_S};
 
+/// What a start's counters live in: the gateway's lanes, and the sidecar's.
+type Counters = (Arc<Shared>, Option<Arc<Sidecar>>);
+
 /// The native data plane. ``Plane(config_json)``; ``start() -> port``; ``stop(grace_s)``;
-/// ``stats() -> dict``.
+/// ``stats() -> dict``; for a sidecar, ``set_health(service, status)`` and
+/// ``enter_graceful_shutdown()``.
 #[pyclass(module = "infergw._native", frozen)]
 struct Plane {
     config: Config,
+    /// The sidecar's `grpc.health.v1` statuses: kept across starts, settable before one.
+    health: Arc<Health>,
     running: Mutex<Option<Running>>,
     /// The counters of the last start (kept after stop, for a final scrape).
-    last: Mutex<Option<std::sync::Arc<Shared>>>,
+    last: Mutex<Option<Counters>>,
 }
 
 #[pymethods]
@@ -31,6 +40,7 @@ impl Plane {
         let config = Config::from_json(config_json).map_err(PyValueError::new_err)?;
         Ok(Plane {
             config,
+            health: Arc::default(),
             running: Mutex::new(None),
             last: Mutex::new(None),
         })
@@ -44,9 +54,11 @@ impl Plane {
             if let Some(running) = running.as_ref() {
                 return Ok(running.port);
             }
-            let started = plane::start(&self.config).map_err(PyOSError::new_err)?;
+            let started =
+                plane::start(&self.config, self.health.clone()).map_err(PyOSError::new_err)?;
             let port = started.port;
-            *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(started.shared.clone());
+            *self.last.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some((started.shared.clone(), started.sidecar.clone()));
             *running = Some(started);
             Ok(port)
         })
@@ -69,6 +81,20 @@ impl Plane {
         });
     }
 
+    /// Sets what ``grpc.health.v1.Health`` answers for ``service`` (a
+    /// ``HealthCheckResponse.ServingStatus``: 1 SERVING, 2 NOT_SERVING); ``Watch`` streams
+    /// see the change. Ignored after ``enter_graceful_shutdown``.
+    fn set_health(&self, service: &str, status: i32) {
+        self.health.set(service, status);
+    }
+
+    /// Every health status NOT_SERVING for good, and ``Watch`` streams end (grpcio's
+    /// ``HealthServicer.enter_graceful_shutdown``, plus the streams' end, so that they do
+    /// not hold a drain for its whole grace period).
+    fn enter_graceful_shutdown(&self) {
+        self.health.enter_graceful_shutdown();
+    }
+
     /// The bound port while running, else None.
     #[getter]
     fn port(&self) -> Option<u16> {
@@ -79,7 +105,7 @@ impl Plane {
     /// Traces every native request (``True``: Python's SDK is on, or Triton's splits are
     /// wanted) or only those carrying a valid ``traceparent`` (``False``).
     fn set_trace_all(&self, all: bool) {
-        if let Some(shared) = self.last.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+        if let Some((shared, _)) = self.last.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
             shared.tracer.all.store(all, Ordering::Relaxed);
         }
     }
@@ -89,9 +115,8 @@ impl Plane {
     /// backend, start_ns, backend_start_ns | None, backend_end_ns | None, end_ns,
     /// grpc_code)``, ids in lower-case hex, times in unix nanoseconds; and how many were
     /// dropped since the start because Python did not drain them in time.
-    #[allow(clippy::type_complexity)]
     fn take_spans(&self) -> (Vec<SpanTuple>, u64) {
-        let Some(shared) = self.last.lock().unwrap_or_else(|e| e.into_inner()).clone() else {
+        let Some((shared, _)) = self.last.lock().unwrap_or_else(|e| e.into_inner()).clone() else {
             return (Vec::new(), 0);
         };
         let records = shared.tracer.take().into_iter().map(|r| {
@@ -130,8 +155,12 @@ impl Plane {
         let backends = PyDict::new(py);
         let models = PyDict::new(py);
         let mut lane = None;
-        let shared = self.last.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        if let Some(shared) = shared {
+        let last = self.last.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut sidecar = None;
+        if let Some((shared, side)) = last {
+            if let Some(side) = side {
+                sidecar = Some(sidecar_dict(py, &side)?);
+            }
             for backend in &shared.backends {
                 let d = lane_dict(py, &backend.stats)?;
                 d.set_item("address", &backend.upstream.address)?;
@@ -154,6 +183,7 @@ impl Plane {
         out.set_item("backends", backends)?;
         out.set_item("python_lane", lane)?;
         out.set_item("models", models)?;
+        out.set_item("sidecar", sidecar)?;
         Ok(out)
     }
 }
@@ -173,11 +203,36 @@ type SpanTuple = (
     u8,
 );
 
-fn histogram_dict<'py>(py: Python<'py>, h: &Histogram) -> PyResult<Bound<'py, PyDict>> {
-    let (counts, sum) = h.snapshot();
+/// ``{"upstream", "methods": {method: {code: n}}, "inference": [{"model", "protocol",
+/// "status", "requests", "phases": {phase: histogram}}]}``.
+fn sidecar_dict<'py>(py: Python<'py>, side: &Sidecar) -> PyResult<Bound<'py, PyDict>> {
+    let snapshot = side.stats.snapshot();
     let d = PyDict::new(py);
-    d.set_item("counts", counts)?;
-    d.set_item("sum_s", sum)?;
+    d.set_item("upstream", &side.upstream.address)?;
+    let methods = PyDict::new(py);
+    for (method, codes) in snapshot.methods {
+        let by_code = PyDict::new(py);
+        for (code, n) in codes {
+            by_code.set_item(code, n)?;
+        }
+        methods.set_item(method, by_code)?;
+    }
+    d.set_item("methods", methods)?;
+    let mut rows = Vec::with_capacity(snapshot.inference.len());
+    for row in snapshot.inference {
+        let r = PyDict::new(py);
+        r.set_item("model", row.model)?;
+        r.set_item("protocol", row.protocol)?;
+        r.set_item("status", row.code)?;
+        r.set_item("requests", row.requests)?;
+        let phases = PyDict::new(py);
+        for (name, histogram) in &row.phases {
+            phases.set_item(*name, snapshot_dict(py, histogram)?)?;
+        }
+        r.set_item("phases", phases)?;
+        rows.push(r);
+    }
+    d.set_item("inference", rows)?;
     Ok(d)
 }
 
@@ -201,6 +256,17 @@ fn outcomes_dict<'py>(py: Python<'py>, stats: &ModelStats) -> PyResult<Bound<'py
         outcomes.set_item(code, d)?;
     }
     Ok(outcomes)
+}
+
+fn snapshot_dict<'py>(py: Python<'py>, h: &HistogramSnapshot) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("counts", &h.0)?;
+    d.set_item("sum_s", h.1)?;
+    Ok(d)
+}
+
+fn histogram_dict<'py>(py: Python<'py>, h: &Histogram) -> PyResult<Bound<'py, PyDict>> {
+    snapshot_dict(py, &h.snapshot())
 }
 
 fn lane_dict<'py>(py: Python<'py>, stats: &LaneStats) -> PyResult<Bound<'py, PyDict>> {

@@ -16,7 +16,7 @@ import grpc
 import pytest
 from grpc_reflection.v1alpha import reflection_pb2 as v1alpha
 
-from tests.integration.test_sidecar import sidecar_thread
+from tests.integration.test_sidecar import PLANES, sidecar_thread
 
 pytestmark = pytest.mark.integration
 
@@ -29,12 +29,12 @@ METHODS = [
 LIST_SERVICES = v1alpha.ServerReflectionRequest(list_services="").SerializeToString()
 
 
-@pytest.fixture(scope="module")
-def endpoints() -> Iterator[tuple[str, str]]:
+@pytest.fixture(scope="module", params=PLANES)
+def endpoints(request: pytest.FixtureRequest) -> Iterator[tuple[str, str]]:
     from infergw.deploy.triton.launcher import TritonServer
 
     with TritonServer(models=["identity"]) as server:
-        side = sidecar_thread(server.endpoints.grpc)
+        side = sidecar_thread(server.endpoints.grpc, data_plane=request.param)
         try:
             yield server.endpoints.grpc, side.grpc
         finally:
