@@ -23,9 +23,17 @@ $(STAMP): pyproject.toml setup.py $(wildcard proto/*.proto proto/*/*.proto) $(NA
 demo: install
 	$(VENV)/bin/infergw demo
 
+# The suite runs on the default data plane (auto: the Rust plane owns the gRPC port where
+# it forwards a route itself). These files, whose behaviour depends on who owns the gRPC
+# port, run again on the Python plane (the sidecar's tests run on both by themselves).
+PYTHON_PLANE_TESTS := $(addprefix tests/integration/test_, grpc_gateway.py observability.py \
+	sdk_gateway.py triton_parity.py triton_splits.py http_limits.py drain.py routing.py \
+	fuzz_grpc.py clients.py tfserving.py decoupled.py)
+
 test: install lint
 	cd native && $(CARGO) test -q --release --locked
 	$(PY) -m pytest -q -p no:cacheprovider
+	INFERGW_NATIVE=0 $(PY) -m pytest -q -p no:cacheprovider $(PYTHON_PLANE_TESTS)
 
 unit: install
 	$(PY) -m pytest -q tests/unit

@@ -43,6 +43,7 @@ TARGETS = ("direct", "nginx", "aio-floor", "gateway", "native", "lane")
 # identity routed natively; "lane": the plane in front with every model left to the
 # Python gateway behind it (its Unix socket), what a non-native route pays.
 NATIVE_ENV = {"INFERGW_NATIVE": "1"}
+PYTHON_ENV = {"INFERGW_NATIVE": "0"}  # the "gateway" column: the Python plane, whatever the default
 NATIVE_CONF = servers.GATEWAY_CONF.replace('"*"', "identity")  # the plane forwards named routes
 TINY_COLUMNS = 16
 LARGE_COLUMNS = 1310720  # 1 x 1310720 FP32 = 5 MiB
@@ -437,7 +438,7 @@ def run(args: Any, nginx_bin: str, h2load_bin: str | None, groups: list[int]) ->
         floor = servers.AioPassthrough(endpoints.grpc, registry=groups)
         stack.callback(shielded(floor.stop))
         floor_addr = floor.start()
-        gateway = servers.GatewayProcess(endpoints.grpc, registry=groups)
+        gateway = servers.GatewayProcess(endpoints.grpc, registry=groups, env=PYTHON_ENV)
         stack.callback(shielded(gateway.stop))
         gateway_addr = gateway.start()
         conf = NATIVE_CONF.format(triton=endpoints.grpc)

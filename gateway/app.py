@@ -33,7 +33,7 @@ from infergw.gateway.core.warmth import WarmthCollector
 from infergw.gateway.frontends.grpc import GrpcFrontend
 from infergw.gateway.frontends.tfserving import add_tfserving_service
 from infergw.gateway.lifecycle import AsyncService
-from infergw.gateway.native_traces import NativeTraces
+from infergw.gateway.native_traces import NATIVE_TRACES_INTERVAL_S, NativeTraces
 from infergw.gateway.sites import (
     AppSite,
     SiteOptions,
@@ -56,7 +56,6 @@ from infergw.wire import grpc_channel
 log = logging.getLogger(__name__)
 DEFAULT_SITE = SiteOptions()
 CUT_UNWIND_S = 1.0  # a second SIGTERM: how long cancelled calls get to unwind
-NATIVE_TRACES_INTERVAL_S = 0.1  # how often the native plane's span records are drained
 
 
 class Gateway(AsyncService):
@@ -150,8 +149,7 @@ class Gateway(AsyncService):
         self.metrics.sources.append(front)
         if self.splits is not None:
             self.splits.feeds.append(traces.drain)
-        task = asyncio.create_task(traces.run(NATIVE_TRACES_INTERVAL_S))
-        self._native_traces = (traces, task)
+        self._native_traces = (traces, traces.start(NATIVE_TRACES_INTERVAL_S))
         return port
 
     async def _serve(

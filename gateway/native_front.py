@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -32,6 +31,7 @@ from prometheus_client.registry import Collector
 from infergw.gateway import native_plane
 from infergw.gateway.core.config import BackendConfig, GatewayConfig, RouteConfig
 from infergw.gateway.core.metrics import BUCKETS, Series, cumulative_buckets
+from infergw.gateway.sites import default_max_connections
 from infergw.wire.protocols import Protocol
 
 log = logging.getLogger(__name__)
@@ -45,14 +45,8 @@ class NativeRoutes:
     backends: Mapping[str, native_plane.NativeBackend]
     routes: Mapping[str, str]
     max_message_bytes: int
-
-
-def wanted(config: GatewayConfig) -> bool:
-    """The config or the environment asks for the native plane (``INFERGW_NATIVE=0`` wins)."""
-    env = os.environ.get(native_plane.ENV, "").strip()
-    if env == "0":
-        return False
-    return env == "1" or config.data_plane == "native"
+    max_connections: int  # the gRPC port's listen limits, as the Python plane applies them
+    idle_timeout_ms: float
 
 
 def why_not(config: GatewayConfig) -> str | None:
@@ -76,6 +70,8 @@ def native_routes(config: GatewayConfig) -> NativeRoutes:
         {name: _backend(cfg) for name, cfg in backends.items() if name in used},
         routes,
         config.limits.max_message_bytes,
+        max_connections=config.listen.max_connections or default_max_connections(),
+        idle_timeout_ms=config.listen.idle_timeout_s * 1000.0,
     )
 
 
@@ -119,14 +115,15 @@ class NativeFront:
     @classmethod
     def of(cls, config: GatewayConfig) -> NativeFront | None:
         """The front the config asks for and allows, or None (the Python plane, said once
-        in the log when the native one was asked for)."""
-        if not wanted(config):
-            return None
-        reason = why_not(config)
-        if reason is not None:
-            log.warning("data plane: python, not native: %s", reason)
+        in the log). ``auto`` is native when the plane forwards some route itself."""
+        if native_plane.requested(config.data_plane) == "python":
             return None
         routes = native_routes(config)
+        obstacle = why_not(config)
+        if obstacle is None and not routes.routes and config.data_plane == "auto":
+            obstacle = "no route it forwards itself (auto: the lane would only add a hop)"
+        if not native_plane.use_native(config.data_plane, obstacle, "gateway"):
+            return None
         log.info("data plane: native; forwarded natively: %s", sorted(routes.routes) or "none")
         return cls(routes)
 
@@ -143,6 +140,8 @@ class NativeFront:
             routes=self.routes.routes,
             max_message_bytes=self.routes.max_message_bytes,
             trace_all=trace_all,
+            max_connections=self.routes.max_connections,
+            idle_timeout_ms=self.routes.idle_timeout_ms,
         )
         plane = native_plane.NativePlane(config)
         port = plane.start()

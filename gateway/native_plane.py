@@ -23,22 +23,28 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
+import logging
 import os
 from collections.abc import Mapping
 from types import ModuleType, TracebackType
-from typing import Any
+from typing import Any, Literal
 
-import grpc
-
+log = logging.getLogger(__name__)
 ENV = "INFERGW_NATIVE"  # "0": never use the native plane (today's Python data plane)
 MODULE = "infergw._native"
-_STATUS_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
+# gRPC status codes' names by number (the gRPC spec's table).
+_STATUS_NAMES = (
+    "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
+    "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
+    "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
+    "UNAUTHENTICATED",
+)  # fmt: skip
 
 
 def status_name(code: int) -> str:
     """The name of a gRPC status code the plane reports (``INVALID_ARGUMENT`` for 3), as
     the gateway's metrics and spans name statuses."""
-    return _STATUS_NAMES.get(code, "UNKNOWN")
+    return _STATUS_NAMES[code] if 0 <= code < len(_STATUS_NAMES) else "UNKNOWN"
 
 
 class NativeUnavailable(RuntimeError):
@@ -56,6 +62,31 @@ def _module() -> ModuleType | None:
         return importlib.import_module(MODULE)
     except ImportError:
         return None
+
+
+DataPlane = Literal["auto", "python", "native"]
+DATA_PLANES: tuple[DataPlane, ...] = ("auto", "python", "native")
+
+
+def requested(data_plane: DataPlane) -> DataPlane:
+    """The data plane asked for: ``INFERGW_NATIVE=0`` (python) or ``=1`` (native) wins over
+    the config's ``data_plane``."""
+    env = os.environ.get(ENV, "").strip()
+    return "python" if env == "0" else "native" if env == "1" else data_plane
+
+
+def use_native(data_plane: DataPlane, obstacle: str | None, what: str) -> bool:
+    """Whether ``what`` (the gateway, the sidecar) runs on the native plane: asked for, or
+    ``auto``, and nothing in the way (``obstacle`` says what is). A fallback is logged
+    once: a warning when ``native`` was asked for, else for information."""
+    wanted = requested(data_plane)
+    if wanted == "python":
+        return False
+    if obstacle is not None:
+        level = logging.WARNING if wanted == "native" else logging.INFO
+        log.log(level, "%s data plane: python, not native: %s", what, obstacle)
+        return False
+    return True
 
 
 def available() -> bool:
@@ -97,6 +128,8 @@ class NativeConfig:
     worker_threads: int = 1  # 1: one thread runs everything (cheapest per request)
     max_message_bytes: int = 64 * 1024 * 1024  # the gateway's limits.max_message_bytes
     trace_all: bool = False  # trace every request, not only those with a traceparent
+    max_connections: int | None = None  # listen.max_connections (None: no limit)
+    idle_timeout_ms: float | None = None  # listen.idle_timeout_s: GOAWAY after this idle
     sidecar: NativeSidecar | None = None  # set: a sidecar (no backends, routes or lane)
 
     def to_json(self) -> str:
@@ -108,6 +141,8 @@ class NativeConfig:
             "worker_threads": self.worker_threads,
             "max_message_bytes": self.max_message_bytes,
             "trace_all": self.trace_all,
+            "max_connections": self.max_connections,
+            "idle_timeout_ms": self.idle_timeout_ms,
         }
         if self.sidecar is not None:
             config["sidecar"] = dataclasses.asdict(self.sidecar)

@@ -16,8 +16,8 @@ times (``native/src/trace.rs``). ``NativeTraces.drain`` takes the records and
 It runs every ``interval_s`` on the gateway's loop, and before the splits read Triton's
 exports or answer ``/v1/splits`` (a record is queued when its response ends, before
 Triton exports its spans). ``set_trace_all`` keeps the plane tracing every request while
-an SDK is installed or splits are wanted; otherwise it traces only requests carrying a
-valid ``traceparent``, whose context it passes on.
+an SDK is installed or splits are wanted; otherwise the plane traces nothing and a
+client's ``traceparent`` reaches the backend unchanged, as on the Python plane.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import contextlib
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from opentelemetry import trace
 from opentelemetry.context import Context
@@ -38,10 +38,12 @@ from infergw.gateway.native_plane import status_name
 
 log = logging.getLogger(__name__)
 TRACER_NAME = "infergw.native"
+NATIVE_TRACES_INTERVAL_S = 0.1  # how often the plane's span records are drained
 
 
 class SpanRecord(NamedTuple):
-    """One traced native request (``Plane.take_spans``): ids in hex, unix ns."""
+    """One traced native request (``Plane.take_spans``): ids in hex, unix ns; ``method``
+    is the gRPC method a sidecar forwarded ("" for the gateway's inference)."""
 
     trace_id: str
     parent_id: str | None
@@ -55,6 +57,15 @@ class SpanRecord(NamedTuple):
     backend_end_ns: int | None
     end_ns: int
     code: int
+    method: str = ""
+
+    @classmethod
+    def of(cls, raw: tuple[Any, ...]) -> SpanRecord:
+        """From the plane's ``(ids, names, times, code)`` tuple."""
+        (trace_id, parent, server, client, flags), (method, model, backend), times, code = raw
+        start, backend_start, backend_end, end = times
+        return cls(trace_id, parent, server, client, flags, model, backend, start,
+                   backend_start, backend_end, end, code, method)  # fmt: skip
 
     @property
     def status(self) -> str:
@@ -144,7 +155,7 @@ class NativeTraces:
             self.dropped = dropped
         sdk = self._sdk_tracer()
         for raw in records:
-            record = SpanRecord(*raw)  # type: ignore[arg-type]
+            record = SpanRecord.of(raw)
             called = record.backend_start_ns is not None  # the backend saw the traceparent
             if self.splits is not None and called and self.traced_backends(record.backend):
                 self.splits.expect_attempt(
@@ -177,6 +188,11 @@ class NativeTraces:
     def trace_all(self) -> bool:
         return self.splits is not None or tracing.enabled()
 
+    def start(self, interval_s: float) -> asyncio.Task[None]:
+        """The plane in the right mode now, and the draining task (``stop`` ends it)."""
+        self.plane.set_trace_all(self.trace_all())
+        return asyncio.create_task(self.run(interval_s))
+
     async def run(self, interval_s: float) -> None:
         """Drain every ``interval_s`` until cancelled, keeping the plane's mode current."""
         while True:
@@ -206,13 +222,11 @@ def _export(tracer: trace.Tracer, ids: _ReplayIds, record: SpanRecord, protocol:
         context = Context()  # a root: not whatever span is current where we drain
         ids.replay(trace_id, int(record.server_id, 16))
     failed = record.code != 0
+    name, attributes = _server_span(record, protocol)
     server = tracer.start_span(
-        f"infer {record.model}",
-        context=context,
-        kind=SpanKind.SERVER,
-        attributes={"infergw.model": record.model, "rpc.system": protocol},
+        name, context=context, kind=SpanKind.SERVER, attributes=attributes,
         start_time=record.start_ns,
-    )
+    )  # fmt: skip
     if record.backend_start_ns is not None and record.backend_end_ns is not None:
         ids.replay(int(record.client_id, 16))
         client = tracer.start_span(
@@ -233,6 +247,20 @@ def _export(tracer: trace.Tracer, ids: _ReplayIds, record: SpanRecord, protocol:
     if failed:
         _mark(server, record.status)
     server.end(end_time=record.end_ns)
+
+
+def _server_span(record: SpanRecord, protocol: str) -> tuple[str, dict[str, str]]:
+    """The SERVER span's name and attributes, as the Python plane gives them: the gateway's
+    ``infer {model}`` (``core/tracing.server_span``), or the sidecar's method name with
+    its ``rpc.*`` attributes (``sidecar/grpc_proxy.py``)."""
+    if not record.method:
+        return f"infer {record.model}", {"infergw.model": record.model, "rpc.system": protocol}
+    name = record.method.lstrip("/")
+    service, _, method = name.partition("/")
+    attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": method}
+    if record.model:
+        attributes["infergw.model"] = record.model
+    return name, attributes
 
 
 def _mark(span: trace.Span, status: str) -> None:

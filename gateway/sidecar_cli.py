@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from infergw.gateway.native_plane import DATA_PLANES  # stdlib only
+
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # the gateway's default limit
 
 
@@ -55,10 +57,10 @@ def register(sub: Any) -> None:
     )
     parser.add_argument(
         "--data-plane",
-        choices=("python", "native"),
-        default="python",
-        help="who serves gRPC: the Python proxy (default) or the Rust plane "
-        "(INFERGW_NATIVE=1/0 overrides; TLS keeps the Python proxy)",
+        choices=DATA_PLANES,
+        default="auto",
+        help="who serves gRPC: the Rust plane (auto, the default, when it is built) or the "
+        "Python proxy (INFERGW_NATIVE=1/0 overrides; TLS keeps the Python proxy)",
     )
     parser.add_argument("--tls-cert-file", default=None, help="serve TLS: certificate chain (PEM)")
     parser.add_argument("--tls-key-file", default=None, help="serve TLS: its private key (PEM)")

@@ -12,7 +12,7 @@ Example::
     limits: {max_message_bytes: 67108864}
     allow_backend_pinning: true
     allow_model_control: false       # true: Triton's load/unload are forwarded (control.py)
-    data_plane: python               # native: the Rust plane owns the gRPC port (native_front.py)
+    data_plane: auto                 # native | python; auto: the Rust plane when it serves a route
     tracing: {otlp_endpoint: http://collector:4318/v1/traces, service_name: infergw,
               triton_receiver: {host: 127.0.0.1, port: 4319}}   # Triton's spans -> splits
     backends:
@@ -326,8 +326,9 @@ class GatewayConfig(Section):
     # Off by default: one client could otherwise unload a model every client uses.
     allow_model_control: bool = False
     # Who owns the gRPC port: the Python gateway, or the Rust plane in front of it
-    # (gateway/native_front.py; INFERGW_NATIVE=0/1 overrides).
-    data_plane: Literal["python", "native"] = "python"
+    # (gateway/native_front.py; auto: the plane when it forwards some route itself and
+    # nothing keeps it out; INFERGW_NATIVE=0/1 overrides).
+    data_plane: Literal["auto", "python", "native"] = "auto"
 
     @model_validator(mode="after")
     def _routes_name_configured_backends(self) -> Self:

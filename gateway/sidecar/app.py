@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import grpc
 from aiohttp import web
@@ -23,6 +23,8 @@ from grpc_health.v1 import health, health_pb2_grpc
 
 from infergw.gateway.core.config import TlsConfig
 from infergw.gateway.lifecycle import AsyncService
+from infergw.gateway.native_plane import DATA_PLANES, DataPlane
+from infergw.gateway.native_traces import NATIVE_TRACES_INTERVAL_S, NativeTraces
 from infergw.gateway.sidecar.grpc_proxy import GrpcProxy
 from infergw.gateway.sidecar.health import UpstreamHealth
 from infergw.gateway.sidecar.http_proxy import HttpProxy
@@ -52,13 +54,13 @@ class SidecarConfig:
     health_model: str | None = None  # tfserving: the model whose status means "ready"
     drain_grace_s: float = 30.0  # on stop: how long calls in flight may take to finish
     tls: TlsConfig | None = None  # TLS (and with a client CA, mTLS) on every port
-    # Who serves the gRPC port: the Python proxy, or the Rust plane (native.py;
-    # INFERGW_NATIVE=0/1 overrides; with tls the Python proxy keeps it).
-    data_plane: Literal["python", "native"] = "python"
+    # Who serves the gRPC port: the Python proxy, or the Rust plane (native.py; auto: the
+    # plane when it is built; INFERGW_NATIVE=0/1 overrides; with tls the proxy keeps it).
+    data_plane: DataPlane = "auto"
 
     def __post_init__(self) -> None:
-        if self.data_plane not in ("python", "native"):
-            raise ValueError(f"data_plane must be python or native, not {self.data_plane!r}")
+        if self.data_plane not in DATA_PLANES:
+            raise ValueError(f"data_plane must be one of {DATA_PLANES}, not {self.data_plane!r}")
         if self.protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {PROTOCOLS}, not {self.protocol!r}")
         if self.max_message_bytes <= 0:
@@ -80,6 +82,7 @@ class Sidecar(AsyncService):
         self._sites: list[AppSite] = []
         self._tls: ServerTls | None = None
         self._native: NativeGrpc | None = None
+        self._native_traces: tuple[NativeTraces, asyncio.Task[None]] | None = None
 
     @property
     def data_plane(self) -> str:
@@ -138,6 +141,8 @@ class Sidecar(AsyncService):
         port = native.start()
         self._native = native
         self.metrics.attach(native.stats)
+        traces = NativeTraces(native.plane, None, traced_backends=lambda _: False)
+        self._native_traces = (traces, traces.start(NATIVE_TRACES_INTERVAL_S))
         self.addresses["grpc"] = f"{display_host(config.host)}:{port}"
         self.health = UpstreamHealth(
             channel, config.protocol, native, config.health_interval_s, config.health_model
@@ -203,6 +208,9 @@ class Sidecar(AsyncService):
         if self._native is not None:  # kept for a last scrape of its counters
             stops.append(asyncio.to_thread(self._native.stop, grace))
         await asyncio.gather(*stops)
+        traces, self._native_traces = self._native_traces, None
+        if traces is not None:  # the last span records, once the plane has stopped
+            await traces[0].stop(traces[1])
         for site in sites[-1:]:
             await site.stop()
         if self._http is not None:

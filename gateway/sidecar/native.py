@@ -4,22 +4,20 @@
 (``INFERGW_NATIVE=0`` always keeps the Python proxy) puts the Rust plane on the gRPC
 port as the sidecar (``native/src/passthrough.rs``): every RPC is forwarded as bytes to
 the upstream, frame by frame (any cardinality, streaming included), with the Python
-proxy's ``server-timing`` trailer and errors of its own. Python keeps the control plane:
+proxy's ``server-timing`` trailer and errors of its own, and its spans (the plane continues
+the client's ``traceparent``; ``native_traces.py`` exports them). Python keeps the control plane:
 the health poller (``health.py``) pushes its verdicts into the plane, which answers
 ``grpc.health.v1`` Check and Watch natively; metrics are the plane's counters, read at
 scrape time under the Python sidecar's names. The plane terminates no TLS, so with
-``tls`` the Python proxy keeps the port, and the log says why (once). Spans are not
-made natively yet: a client's ``traceparent`` reaches the upstream unchanged.
+``tls`` the Python proxy keeps the port, and the log says why (once).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from typing import TYPE_CHECKING, Any
 
 from infergw.gateway import native_plane
-from infergw.gateway.core import tracing
 from infergw.gateway.sidecar import methods
 
 if TYPE_CHECKING:
@@ -27,14 +25,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 NOT_SERVING = 2  # grpc.health.v1.HealthCheckResponse.NOT_SERVING
-
-
-def wanted(config: SidecarConfig) -> bool:
-    """The config or the environment asks for the native plane (``INFERGW_NATIVE=0`` wins)."""
-    env = os.environ.get(native_plane.ENV, "").strip()
-    if env == "0":
-        return False
-    return env == "1" or config.data_plane == "native"
 
 
 def why_not(config: SidecarConfig) -> str | None:
@@ -63,19 +53,10 @@ class NativeGrpc:
 
     @classmethod
     def of(cls, config: SidecarConfig) -> NativeGrpc | None:
-        """The native gRPC half the config asks for and allows, or None (the Python proxy;
-        said once in the log when the native plane was asked for)."""
-        if not wanted(config):
+        """The native gRPC half the config asks for (``auto``: whenever it can) and allows,
+        or None (the Python proxy; said once in the log)."""
+        if not native_plane.use_native(config.data_plane, why_not(config), "sidecar"):
             return None
-        reason = why_not(config)
-        if reason is not None:
-            log.warning("sidecar data plane: python, not native: %s", reason)
-            return None
-        if tracing.enabled():
-            log.warning(
-                "sidecar data plane: native; it makes no spans yet (a client's traceparent "
-                "reaches the upstream unchanged)"
-            )
         return cls(config)
 
     def start(self) -> int:

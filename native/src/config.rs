@@ -29,13 +29,20 @@ pub struct Config {
     /// RESOURCE_EXHAUSTED before any backend sees it.
     #[serde(default = "default_max_message_bytes")]
     pub max_message_bytes: usize,
-    /// Trace every native request (else only those carrying a valid `traceparent`);
-    /// `Plane.set_trace_all` changes it while running.
+    /// Trace every request (Python's SDK is on, or Triton's splits are wanted); off, no
+    /// trace header is touched. `Plane.set_trace_all` changes it while running.
     #[serde(default)]
     pub trace_all: bool,
     /// Span records kept for Python to drain (the oldest are dropped past it).
     #[serde(default = "default_max_span_records")]
     pub max_span_records: usize,
+    /// Client connections open at once (`listen.max_connections`); more are closed as
+    /// they arrive. None: no limit.
+    #[serde(default)]
+    pub max_connections: Option<usize>,
+    /// A connection with no call this long is sent GOAWAY (`listen.idle_timeout_s`).
+    #[serde(default)]
+    pub idle_timeout_ms: Option<f64>,
     /// The sidecar (`infergw sidecar` on the plane): every call goes to this one upstream
     /// and health is answered natively; no backends, routes or python lane with it.
     #[serde(default)]
@@ -114,6 +121,15 @@ impl Config {
     fn validate(&self) -> Result<(), String> {
         if self.worker_threads == 0 || self.worker_threads > 64 {
             return Err("plane config: worker_threads must be 1..=64".into());
+        }
+        if self.max_connections == Some(0) {
+            return Err("plane config: max_connections must be >= 1".into());
+        }
+        if self
+            .idle_timeout_ms
+            .is_some_and(|t| !t.is_finite() || t <= 0.0)
+        {
+            return Err("plane config: idle_timeout_ms must be > 0".into());
         }
         for (name, backend) in &self.backends {
             if backend.max_concurrency == 0 {

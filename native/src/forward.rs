@@ -580,6 +580,7 @@ impl Call {
         });
         traced.tracer.push(SpanRecord {
             ids: traced.ids,
+            method: "".into(),
             model: self.route.model.clone(),
             backend: self.route.backend.name.clone(),
             start_ns: unix(Duration::ZERO),

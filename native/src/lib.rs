@@ -3,6 +3,7 @@
 
 pub mod admission;
 pub mod config;
+pub mod connections;
 pub mod deadline;
 pub mod forward;
 pub mod grpc_frame;

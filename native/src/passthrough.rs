@@ -32,6 +32,7 @@ use crate::grpc_status::{self, Status};
 use crate::health::{self, Health};
 use crate::sidecar_stats::{Outcome, SidecarStats};
 use crate::timing::{self, Entries};
+use crate::trace::{self, Ids, SpanRecord, Tracer};
 use crate::upstream::{Body, BoxError, Upstream};
 
 /// Connection-specific headers (RFC 9113 8.2.2) and `host` are never forwarded, and
@@ -82,15 +83,19 @@ pub struct Sidecar {
     pub max_message_bytes: u64,
     pub health: Arc<Health>,
     pub stats: SidecarStats,
+    /// Traced calls' span records (`trace.rs`): the Python sidecar's SERVER span named
+    /// after the method and its CLIENT span `backend upstream`.
+    pub tracer: Arc<Tracer>,
 }
 
 impl Sidecar {
-    pub fn new(config: &SidecarConfig, health: Arc<Health>) -> Sidecar {
+    pub fn new(config: &SidecarConfig, health: Arc<Health>, tracer: Arc<Tracer>) -> Sidecar {
         Sidecar {
             upstream: Upstream::new(&config.upstream),
             max_message_bytes: config.max_message_bytes,
             health,
             stats: SidecarStats::default(),
+            tracer,
         }
     }
 
@@ -136,10 +141,16 @@ async fn forward(side: Arc<Sidecar>, request: Request<Incoming>, start: Instant)
         call: call.clone(),
         start,
         backend_start: None,
+        trace: None,
         done: false,
     };
     let mut headers = parts.headers;
     forward_headers(&mut headers);
+    // Traced (an SDK is on in Python): the upstream gets the CLIENT span's traceparent.
+    rpc.trace = side
+        .tracer
+        .begin(&mut headers)
+        .map(|ids| (ids, trace::unix_now()));
     let body = Checked {
         inner: body,
         framing: Framing::default(),
@@ -240,6 +251,8 @@ struct Rpc {
     call: Arc<CallState>,
     start: Instant,
     backend_start: Option<Instant>,
+    /// A traced call's ids and start in unix time.
+    trace: Option<(Ids, Duration)>,
     done: bool,
 }
 
@@ -295,6 +308,23 @@ impl Rpc {
             }
         }
         let model = self.call.model.get().map(String::as_str);
+        if let Some((ids, unix_start)) = self.trace {
+            let unix = |d: Duration| (unix_start + d).as_nanos() as u64;
+            let upstream = backend.map(|b| {
+                let offset = total - b; // the upstream call ran until now
+                (unix(offset), unix(total))
+            });
+            self.side.tracer.push(SpanRecord {
+                ids,
+                method: self.method.as_str().into(),
+                model: model.unwrap_or("").into(),
+                backend: "upstream".into(),
+                start_ns: unix(Duration::ZERO),
+                backend_ns: upstream,
+                end_ns: unix(total),
+                code,
+            });
+        }
         self.side.stats.record(&Outcome {
             method: &self.method,
             code,
@@ -493,6 +523,7 @@ mod tests {
                 max_message_bytes: 100,
             },
             Arc::default(),
+            Arc::new(Tracer::new(false, 1)),
         );
         let status = side.too_large(101);
         assert_eq!(status.code, grpc_status::RESOURCE_EXHAUSTED);

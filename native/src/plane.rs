@@ -1,20 +1,20 @@
 //! The plane: a tokio runtime on its own threads, a listener, one h2c server connection
-//! per client connection; stopped by draining (GOAWAY to every client, in-flight requests
-//! finish) for at most a grace period, then closing everything.
+//! per client connection (`connections.rs`: limits, idle GOAWAY); stopped by draining
+//! (GOAWAY to every client, in-flight requests finish) for at most a grace period, then
+//! closing everything.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::server::conn::http2;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::rt::TokioExecutor;
 use tokio::net::TcpListener;
 use tokio::runtime::Runtime;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::config::Config;
+use crate::config::{millis, Config};
+use crate::connections::{self, Limits};
 use crate::forward::{self, Shared};
 use crate::health::Health;
 use crate::passthrough::{self, Sidecar};
@@ -48,7 +48,7 @@ pub fn start(config: &Config, health: Arc<Health>) -> Result<Running, String> {
     let sidecar = config
         .sidecar
         .as_ref()
-        .map(|s| Arc::new(Sidecar::new(s, health)));
+        .map(|s| Arc::new(Sidecar::new(s, health, shared.tracer.clone())));
     let handler = match &sidecar {
         Some(sidecar) => Handler::Sidecar(sidecar.clone()),
         None => Handler::Gateway(shared.clone()),
@@ -73,6 +73,10 @@ pub fn start(config: &Config, health: Arc<Health>) -> Result<Running, String> {
         .local_addr()
         .map_err(|e| format!("plane listener: {e}"))?
         .port();
+    let limits = Limits {
+        max_connections: config.max_connections,
+        idle_timeout: config.idle_timeout_ms.map(millis),
+    };
     let (stop, stopped) = oneshot::channel();
     let serving = if config.worker_threads == 1 {
         let handler = handler.clone();
@@ -81,7 +85,7 @@ pub fn start(config: &Config, health: Arc<Health>) -> Result<Running, String> {
             .spawn(move || {
                 runtime.block_on(async move {
                     if let Ok(listener) = TcpListener::from_std(listener) {
-                        serve(listener, handler, stopped).await;
+                        serve(listener, handler, limits, stopped).await;
                     }
                 });
                 runtime.shutdown_timeout(Duration::from_millis(500));
@@ -92,7 +96,7 @@ pub fn start(config: &Config, health: Arc<Health>) -> Result<Running, String> {
         let _entered = runtime.enter();
         let listener =
             TcpListener::from_std(listener).map_err(|e| format!("plane listener: {e}"))?;
-        let task = runtime.spawn(serve(listener, handler, stopped));
+        let task = runtime.spawn(serve(listener, handler, limits, stopped));
         Serving::Runtime(runtime, task)
     };
     Ok(Running {
@@ -111,46 +115,32 @@ enum Serving {
     Runtime(Runtime, JoinHandle<()>),
 }
 
-async fn serve(listener: TcpListener, handler: Handler, mut stop: oneshot::Receiver<Duration>) {
+async fn serve(
+    listener: TcpListener,
+    handler: Handler,
+    limits: Limits,
+    stop: oneshot::Receiver<Duration>,
+) {
     let mut builder = http2::Builder::new(TokioExecutor::new());
     builder
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_frame_size(MAX_FRAME)
         .max_concurrent_streams(1024);
-    let graceful = GracefulShutdown::new();
-    let grace = loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let stream = match accepted {
-                    Ok((stream, _)) => stream,
-                    Err(_) => {
-                        // Out of file descriptors and the like: wait, do not spin.
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                let handler = handler.clone();
-                let service = service_fn(move |request| {
-                    let handler = handler.clone();
-                    async move {
-                        match handler {
-                            Handler::Gateway(shared) => forward::handle(shared, request).await,
-                            Handler::Sidecar(sidecar) => passthrough::handle(sidecar, request).await,
-                        }
-                    }
-                });
-                let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
-                tokio::spawn(async move {
-                    let _ = connection.await;
-                });
+    let handle = move |request| {
+        let handler = handler.clone();
+        async move {
+            let answered = match handler {
+                Handler::Gateway(shared) => forward::handle(shared, request).await,
+                Handler::Sidecar(sidecar) => passthrough::handle(sidecar, request).await,
+            };
+            match answered {
+                Ok(response) => response,
+                Err(never) => match never {},
             }
-            grace = &mut stop => break grace.unwrap_or(Duration::ZERO),
         }
     };
-    drop(listener); // no new connections from here on
-    let _ = tokio::time::timeout(grace, graceful.shutdown()).await;
+    connections::serve(listener, builder, limits, handle, stop).await;
 }
 
 impl Running {

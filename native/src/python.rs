@@ -102,8 +102,8 @@ impl Plane {
         running.as_ref().map(|r| r.port)
     }
 
-    /// Traces every native request (``True``: Python's SDK is on, or Triton's splits are
-    /// wanted) or only those carrying a valid ``traceparent`` (``False``).
+    /// Traces every request (``True``: Python's SDK is on, or Triton's splits are wanted)
+    /// or none (``False``: trace headers pass through untouched).
     fn set_trace_all(&self, all: bool) {
         if let Some((shared, _)) = self.last.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
             shared.tracer.all.store(all, Ordering::Relaxed);
@@ -111,9 +111,10 @@ impl Plane {
     }
 
     /// The span records of the traced requests since the last call, oldest first: tuples
-    /// ``(trace_id, parent_span_id | None, server_span_id, client_span_id, flags, model,
-    /// backend, start_ns, backend_start_ns | None, backend_end_ns | None, end_ns,
-    /// grpc_code)``, ids in lower-case hex, times in unix nanoseconds; and how many were
+    /// ``((trace_id, parent_span_id | None, server_span_id, client_span_id, flags),
+    /// (method, model, backend), (start_ns, backend_start_ns | None, backend_end_ns |
+    /// None, end_ns), grpc_code)``, ids in lower-case hex, times in unix nanoseconds,
+    /// method "" but for a sidecar's calls; and how many were
     /// dropped since the start because Python did not drain them in time.
     fn take_spans(&self) -> (Vec<SpanTuple>, u64) {
         let Some((shared, _)) = self.last.lock().unwrap_or_else(|e| e.into_inner()).clone() else {
@@ -122,17 +123,24 @@ impl Plane {
         let records = shared.tracer.take().into_iter().map(|r| {
             let ids = r.ids;
             (
-                format!("{:032x}", ids.trace_id),
-                ids.parent.map(|p| format!("{p:016x}")),
-                format!("{:016x}", ids.server),
-                format!("{:016x}", ids.client),
-                ids.flags,
-                r.model.to_string(),
-                r.backend.to_string(),
-                r.start_ns,
-                r.backend_ns.map(|b| b.0),
-                r.backend_ns.map(|b| b.1),
-                r.end_ns,
+                (
+                    format!("{:032x}", ids.trace_id),
+                    ids.parent.map(|p| format!("{p:016x}")),
+                    format!("{:016x}", ids.server),
+                    format!("{:016x}", ids.client),
+                    ids.flags,
+                ),
+                (
+                    r.method.to_string(),
+                    r.model.to_string(),
+                    r.backend.to_string(),
+                ),
+                (
+                    r.start_ns,
+                    r.backend_ns.map(|b| b.0),
+                    r.backend_ns.map(|b| b.1),
+                    r.end_ns,
+                ),
                 r.code,
             )
         });
@@ -157,7 +165,9 @@ impl Plane {
         let mut lane = None;
         let last = self.last.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let mut sidecar = None;
+        let mut tracing = false;
         if let Some((shared, side)) = last {
+            tracing = shared.tracer.all.load(Ordering::Relaxed);
             if let Some(side) = side {
                 sidecar = Some(sidecar_dict(py, &side)?);
             }
@@ -182,24 +192,18 @@ impl Plane {
         }
         out.set_item("backends", backends)?;
         out.set_item("python_lane", lane)?;
+        out.set_item("trace_all", tracing)?;
         out.set_item("models", models)?;
         out.set_item("sidecar", sidecar)?;
         Ok(out)
     }
 }
 
+/// A span record for Python: ids, names, times, status (see `take_spans`).
 type SpanTuple = (
-    String,
-    Option<String>,
-    String,
-    String,
-    u8,
-    String,
-    String,
-    u64,
-    Option<u64>,
-    Option<u64>,
-    u64,
+    (String, Option<String>, String, String, u8),
+    (String, String, String),
+    (u64, Option<u64>, Option<u64>, u64),
     u8,
 );
 

@@ -118,6 +118,9 @@ impl IdSource {
 #[derive(Debug, Clone)]
 pub struct SpanRecord {
     pub ids: Ids,
+    /// The gRPC method a sidecar forwarded (its SERVER span's name); "" for the gateway's
+    /// `infer {model}`.
+    pub method: Arc<str>,
     pub model: Arc<str>,
     pub backend: Arc<str>,
     pub start_ns: u64,
@@ -130,8 +133,10 @@ pub struct SpanRecord {
 /// What the plane traces, and the records waiting for Python (bounded: the oldest go
 /// first when Python does not keep up, and are counted).
 pub struct Tracer {
-    /// Trace every native request (Python's SDK is on, or Triton's splits are wanted);
-    /// otherwise only those that carry a valid `traceparent`.
+    /// Trace every request (Python's SDK is on, or Triton's splits are wanted); off, the
+    /// plane touches no trace header: a client's `traceparent` reaches the backend as it
+    /// came, as on the Python plane without an SDK (ids of spans nobody exports would
+    /// leave holes in the client's trace).
     pub all: AtomicBool,
     ids: IdSource,
     records: Mutex<VecDeque<SpanRecord>>,
@@ -150,17 +155,17 @@ impl Tracer {
         }
     }
 
-    /// The ids of a request with these headers, or None when it is not traced. The
+    /// The ids of a request with these headers, or None when tracing is off. The
     /// backend-bound `traceparent` (and a valid `tracestate`, else none) is set in
-    /// `headers`.
+    /// `headers`; an invalid `traceparent` starts a new trace.
     pub fn begin(&self, headers: &mut HeaderMap) -> Option<Ids> {
+        if !self.all.load(Ordering::Relaxed) {
+            return None;
+        }
         let parent = headers
             .get(TRACEPARENT)
             .and_then(|v| parse_traceparent(v.as_bytes()));
         if parent.is_none() {
-            if !self.all.load(Ordering::Relaxed) {
-                return None;
-            }
             headers.remove(TRACESTATE);
         }
         if let Some(state) = headers.get(TRACESTATE) {
@@ -241,9 +246,10 @@ mod tests {
     fn a_traced_request_continues_the_clients_trace() {
         let tracer = Tracer::new(false, 2);
         let mut headers = HeaderMap::new();
-        assert!(tracer.begin(&mut headers).is_none()); // untraced: nothing set
-        assert!(headers.is_empty());
         headers.insert(TRACEPARENT, HeaderValue::from_static(VALID));
+        assert!(tracer.begin(&mut headers).is_none()); // off: the client's context untouched
+        assert_eq!(headers[TRACEPARENT], VALID);
+        tracer.all.store(true, Ordering::Relaxed);
         headers.insert(TRACESTATE, HeaderValue::from_static("k=v"));
         let ids = tracer.begin(&mut headers).unwrap();
         assert_eq!(ids.trace_id, 0x0af7651916cd43dd8448eb211c80319c);
@@ -255,8 +261,7 @@ mod tests {
             format!("00-0af7651916cd43dd8448eb211c80319c-{:016x}-01", ids.client)
         );
         assert_eq!(headers[TRACESTATE], "k=v");
-        // tracing everything: an invalid traceparent starts a trace, its state dropped
-        tracer.all.store(true, Ordering::Relaxed);
+        // an invalid traceparent starts a trace, its state dropped
         let mut headers = HeaderMap::new();
         headers.insert(TRACEPARENT, HeaderValue::from_static("garbage"));
         headers.insert(TRACESTATE, HeaderValue::from_static("k=v"));
@@ -273,6 +278,7 @@ mod tests {
         for code in 0..3 {
             tracer.push(SpanRecord {
                 ids,
+                method: "".into(),
                 model: "m".into(),
                 backend: "b".into(),
                 start_ns: 1,

@@ -79,6 +79,13 @@ def wait_until(
     return time.monotonic()
 
 
+def wait_for_native_tracing(stats: Callable[[], dict[str, Any]] | None) -> None:
+    """After installing an SDK: a native plane (``stats``, its ``Plane.stats``) learns of
+    it within its draining interval (0.1 s); a test sending at once waits for that."""
+    if stats is not None:
+        wait_until(lambda: bool(stats().get("trace_all")), "the native plane tracing", 5)
+
+
 def free_ports_config(triton: TritonEndpoints, **listen: Any) -> GatewayConfig:
     ports = {"grpc_port": 0, "http_port": 0, "metrics_port": 0, **listen}
     return local_config(triton.grpc, ports, triton_http=triton.http)

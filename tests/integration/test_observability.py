@@ -17,7 +17,12 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 from infergw.deploy.triton.launcher import TritonServer
-from tests.integration.conftest import GatewayThread, free_ports_config, wait_until
+from tests.integration.conftest import (
+    GatewayThread,
+    free_ports_config,
+    wait_for_native_tracing,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -78,6 +83,8 @@ def test_gateway_spans_continue_client_trace_and_triton_joins(
 ) -> None:
     """The SDK is installed for this test only (``span_exporter``, tests/conftest.py)."""
     gw, receiver = traced_stack
+    front = gw.gateway._native
+    wait_for_native_tracing(front.stats if front is not None else None)
     client = tgrpc.InferenceServerClient(gw.grpc)
     tensor = tgrpc.InferInput("input", [1, 4], "FP32")
     tensor.set_data_from_numpy(np.ones((1, 4), np.float32))

@@ -633,22 +633,26 @@ def test_trace_continues_through_the_sidecar(
     fake: tuple[FakeUpstream, ServiceThread], span_exporter: InMemorySpanExporter
 ) -> None:
     """The SDK is installed for this test only (``span_exporter``, tests/conftest.py)."""
+    from tests.integration.conftest import wait_for_native_tracing, wait_until
+
     exporter = span_exporter
     trace_id, parent = "c" * 32, "d" * 16
     _, side = fake
-    if on_native(side):
-        pytest.skip("native plane: no spans yet (span batches to the OpenTelemetry SDK)")
+    native = side.service._native  # type: ignore[attr-defined]
+    wait_for_native_tracing(native.plane.stats if native is not None else None)
     with grpc.insecure_channel(side.grpc) as channel:
         reply = channel.unary_unary(FAKE_ECHO)(
             b"", metadata=(("traceparent", f"00-{trace_id}-{parent}-01"),), timeout=5
         )
     upstream_tp = dict(json.loads(reply)["metadata"])["traceparent"]
-    spans = {
-        s.kind.name: s
-        for s in exporter.get_finished_spans()
-        if s.context.trace_id == int(trace_id, 16)
-    }
-    server, client = spans["SERVER"], spans["CLIENT"]
+
+    def spans() -> dict[str, Any]:
+        finished = exporter.get_finished_spans()
+        return {s.kind.name: s for s in finished if s.context.trace_id == int(trace_id, 16)}
+
+    # The native plane hands its span records over in batches (every 0.1 s).
+    wait_until(lambda: {"SERVER", "CLIENT"} <= set(spans()), "the sidecar's two spans", 5)
+    server, client = spans()["SERVER"], spans()["CLIENT"]
     assert server.name == "infergw.test.Fake/Echo" and server.parent.span_id == int(parent, 16)
     assert client.parent.span_id == server.context.span_id
     assert upstream_tp == f"00-{trace_id}-{client.context.span_id:016x}-01"

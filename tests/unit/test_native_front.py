@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import pytest
@@ -42,15 +43,54 @@ def test_what_the_plane_does_not_implement_stays_with_the_lane(
     assert native_front.native_routes(config(models, backends=backends)).routes == {}
 
 
-def test_the_environment_and_the_config_choose_the_plane(monkeypatch: pytest.MonkeyPatch) -> None:
-    native = config({"m": "triton"}, data_plane="native")
-    python = config({"m": "triton"})
-    monkeypatch.delenv("INFERGW_NATIVE", raising=False)
-    assert native_front.wanted(native) and not native_front.wanted(python)
-    monkeypatch.setenv("INFERGW_NATIVE", "0")
-    assert not native_front.wanted(native)
-    monkeypatch.setenv("INFERGW_NATIVE", "1")
-    assert native_front.wanted(python)
+def test_the_environment_overrides_the_configs_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(native_plane.ENV, raising=False)
+    assert [native_plane.requested(p) for p in native_plane.DATA_PLANES] == [
+        "auto",
+        "python",
+        "native",
+    ]
+    monkeypatch.setenv(native_plane.ENV, "0")
+    assert {native_plane.requested(p) for p in native_plane.DATA_PLANES} == {"python"}
+    monkeypatch.setenv(native_plane.ENV, "1")
+    assert {native_plane.requested(p) for p in native_plane.DATA_PLANES} == {"native"}
+
+
+def test_a_fallback_is_said_once_as_a_warning_only_when_native_was_asked_for(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.delenv(native_plane.ENV, raising=False)
+    with caplog.at_level(logging.INFO):
+        assert not native_plane.use_native("native", "listen.tls is set", "gateway")
+        assert not native_plane.use_native("auto", "not built", "gateway")
+        assert not native_plane.use_native("python", None, "gateway")
+        assert native_plane.use_native("auto", None, "gateway")
+    levels = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert levels == [
+        ("WARNING", "gateway data plane: python, not native: listen.tls is set"),
+        ("INFO", "gateway data plane: python, not native: not built"),
+    ]
+
+
+@pytest.mark.skipif(not native_plane.available(), reason="infergw._native is not built")
+def test_auto_is_native_only_when_the_plane_forwards_a_route_itself(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv(native_plane.ENV, raising=False)
+    policy = {"policy": {"kind": "fallback", "order": ["triton", "other"]}}
+    other = {"triton": TRITON, "other": {"kind": "triton", "url": "127.0.0.1:9"}}
+    served = native_front.NativeFront.of(config({"identity": "triton"}, data_plane="auto"))
+    lane_only = config({"m": policy}, backends=other, data_plane="auto")
+    forced = config({"m": policy}, backends=other, data_plane="native")
+    try:
+        assert served is not None and served.routes.routes == {"identity": "triton"}
+        assert native_front.NativeFront.of(lane_only) is None  # the lane would only add a hop
+        forced_front = native_front.NativeFront.of(forced)
+        assert forced_front is not None and forced_front.routes.routes == {}
+        forced_front.stop(0)
+    finally:
+        if served is not None:
+            served.stop(0)
 
 
 def test_tls_or_api_keys_keep_the_python_plane(tmp_path: Any) -> None:

@@ -34,6 +34,8 @@ def test_config_json_is_what_the_plane_reads() -> None:
         "worker_threads": 1,
         "max_message_bytes": 64 * 1024 * 1024,
         "trace_all": False,
+        "max_connections": None,
+        "idle_timeout_ms": None,
     }
 
 
@@ -57,3 +59,11 @@ def test_not_built_is_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
     assert not native_plane.available()
     with pytest.raises(native_plane.NativeUnavailable, match="not built"):
         NativePlane(NativeConfig())
+
+
+def test_status_names_are_grpcs() -> None:
+    import grpc
+
+    for code in grpc.StatusCode:
+        assert native_plane.status_name(code.value[0]) == code.name
+    assert native_plane.status_name(99) == "UNKNOWN"

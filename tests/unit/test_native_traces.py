@@ -11,8 +11,16 @@ from opentelemetry.trace import SpanKind, StatusCode
 from infergw.gateway.native_traces import NativeTraces
 
 TRACE = "0af7651916cd43dd8448eb211c80319c"
-RECORD = (TRACE, "b7ad6b7169203331", "00000000000000aa", "00000000000000bb", 1, "identity",
-          "triton", 1_000, 1_200, 1_800, 2_000, 0)  # fmt: skip
+
+
+def record(ids: tuple[Any, ...], model: str, times: tuple[Any, ...], code: int,
+           method: str = "") -> tuple[Any, ...]:  # fmt: skip
+    """The plane's shape: (ids, names, times, code)."""
+    return ids, (method, model, "triton" if not method else "upstream"), times, code
+
+
+IDS = (TRACE, "b7ad6b7169203331", "00000000000000aa", "00000000000000bb", 1)
+RECORD = record(IDS, "identity", (1_000, 1_200, 1_800, 2_000), 0)
 
 
 class Plane:
@@ -40,10 +48,14 @@ class Splits:
 def test_records_become_server_and_client_spans_with_the_planes_ids(
     span_exporter: InMemorySpanExporter,
 ) -> None:
-    failed = (TRACE.replace("0a", "0b"), None, "00000000000000cc", "00000000000000dd", 1,
-              "identity", "triton", 3_000, None, None, 3_500, 3)  # fmt: skip
-    traces = NativeTraces(Plane(RECORD, failed), None, traced_backends=lambda _: True)
-    assert traces.drain() == 2
+    other = TRACE.replace("0a", "0b")
+    failed = record((other, None, "cc".zfill(16), "dd".zfill(16), 1), "identity",
+                    (3_000, None, None, 3_500), 3)  # fmt: skip
+    sidecar = record((other, None, "ee".zfill(16), "ff".zfill(16), 1), "",
+                     (4_000, 4_100, 4_200, 4_300), 0,
+                     "/inference.GRPCInferenceService/ServerReady")  # fmt: skip
+    traces = NativeTraces(Plane(RECORD, failed, sidecar), None, traced_backends=lambda _: True)
+    assert traces.drain() == 3
     spans = {s.name + str(s.context.span_id): s for s in span_exporter.get_finished_spans()}
     server = spans["infer identity" + str(0xAA)]
     client = spans["backend triton" + str(0xBB)]
@@ -55,15 +67,19 @@ def test_records_become_server_and_client_spans_with_the_planes_ids(
     assert (client.start_time, client.end_time) == (1_200, 1_800)
     assert client.attributes is not None and client.attributes["infergw.attempt"] == 1
     root = spans["infer identity" + str(0xCC)]  # no client span: it never reached the backend
-    assert root.parent is None and f"{root.context.trace_id:032x}" == failed[0]
+    assert root.parent is None and f"{root.context.trace_id:032x}" == other
     assert root.status.status_code == StatusCode.ERROR
     assert root.attributes is not None and root.attributes["error.type"] == "INVALID_ARGUMENT"
-    assert len(spans) == 3
+    side = spans["inference.GRPCInferenceService/ServerReady" + str(0xEE)]
+    assert side.attributes is not None and side.attributes["rpc.method"] == "ServerReady"
+    assert "infergw.model" not in side.attributes  # no model read: no label
+    assert spans["backend upstream" + str(0xFF)].parent.span_id == 0xEE  # type: ignore[union-attr]
+    assert len(spans) == 5
 
 
 def test_without_an_sdk_only_the_splits_hear_of_attempts_that_reached_triton() -> None:
     splits = Splits()
-    unreached = (*RECORD[:8], None, None, *RECORD[10:])
+    unreached = record(IDS, "identity", (1_000, None, None, 2_000), 14)
     plane = Plane(RECORD, unreached, dropped=3)
     traces = NativeTraces(plane, splits, traced_backends={"triton"}.__contains__)
     assert traces.drain() == 2 and traces.dropped == 3

@@ -22,16 +22,7 @@ needs_native = pytest.mark.skipif(
 )
 
 
-def test_the_default_stays_python_and_the_environment_decides(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.delenv(native_plane.ENV, raising=False)
-    assert not native.wanted(SidecarConfig(UPSTREAM))
-    assert native.wanted(SidecarConfig(UPSTREAM, data_plane="native"))
-    monkeypatch.setenv(native_plane.ENV, "1")
-    assert native.wanted(SidecarConfig(UPSTREAM))
-    monkeypatch.setenv(native_plane.ENV, "0")
-    assert not native.wanted(SidecarConfig(UPSTREAM, data_plane="native"))
+def test_a_data_plane_outside_the_choices_is_refused() -> None:
     with pytest.raises(ValueError, match="data_plane"):
         SidecarConfig(UPSTREAM, data_plane="rust")  # type: ignore[arg-type]
 
@@ -48,7 +39,7 @@ def test_tls_keeps_the_python_proxy_and_says_why(caplog: pytest.LogCaptureFixtur
 
 def test_the_cli_flag() -> None:
     parser = build_parser()
-    assert parser.parse_args(["sidecar", "--upstream", UPSTREAM]).data_plane == "python"
+    assert parser.parse_args(["sidecar", "--upstream", UPSTREAM]).data_plane == "auto"
     args = parser.parse_args(["sidecar", "--upstream", UPSTREAM, "--data-plane", "native"])
     assert args.data_plane == "native"
 

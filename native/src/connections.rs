@@ -1,0 +1,220 @@
+//! Client connections and their limits, as the gateway's gRPC port has them (`listen`):
+//! at most `max_connections` at once (one more is closed as it arrives, so its client
+//! sees UNAVAILABLE), a connection with no call for `idle_timeout` is sent GOAWAY (its
+//! client reconnects on its next call), and on stop every connection is sent GOAWAY and
+//! given the grace period to finish its calls.
+//!
+//! A call is in flight from its request to the end of its response body (a stream
+//! included), so a connection carrying a long stream is never idle.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::{Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::server::conn::http2;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use crate::upstream::{Body, BoxError};
+
+/// The `listen` limits of the gateway's gRPC port; None: no limit.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Limits {
+    pub max_connections: Option<usize>,
+    pub idle_timeout: Option<Duration>,
+}
+
+/// Calls in flight on one connection, and when the last one ended.
+struct Activity {
+    active: AtomicUsize,
+    last: Mutex<Instant>,
+}
+
+impl Activity {
+    /// How long the connection has had no call (zero while one is in flight).
+    fn idle_for(&self) -> Duration {
+        if self.active.load(Ordering::Acquire) > 0 {
+            return Duration::ZERO;
+        }
+        self.last
+            .lock()
+            .map_or(Duration::ZERO, |last| last.elapsed())
+    }
+}
+
+/// Held by a call until its response body ends (or is dropped).
+struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    fn new(activity: &Arc<Activity>) -> InFlight {
+        activity.active.fetch_add(1, Ordering::AcqRel);
+        InFlight(activity.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Ok(mut last) = self.0.last.lock() {
+            *last = Instant::now();
+        }
+        self.0.active.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A response body that keeps its call in flight.
+pub struct Tracked {
+    inner: Body,
+    _call: InFlight,
+}
+
+impl http_body::Body for Tracked {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Accepts connections until `stop` says how long the last ones may take, serving each
+/// with `builder` and `handle`; returns once every connection closed or the grace ended.
+pub async fn serve<H, F>(
+    listener: TcpListener,
+    builder: http2::Builder<TokioExecutor>,
+    limits: Limits,
+    handle: H,
+    stop: tokio::sync::oneshot::Receiver<Duration>,
+) where
+    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
+    let (closing, closing_rx) = watch::channel(false);
+    // Every connection task holds a sender: the channel closes when the last one ends.
+    let (open, mut all_closed) = mpsc::channel::<()>(1);
+    let count = Arc::new(AtomicUsize::new(0));
+    tokio::pin!(stop);
+    let grace = loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else {
+                    // Out of file descriptors and the like: wait, do not spin.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                };
+                if limits.max_connections.is_some_and(|max| count.load(Ordering::Acquire) >= max) {
+                    drop(stream); // refused: the client sees the connection closed
+                    continue;
+                }
+                count.fetch_add(1, Ordering::AcqRel);
+                let connection = Connection {
+                    count: count.clone(),
+                    _open: open.clone(),
+                };
+                let task = connection.run(stream, builder.clone(), limits, handle.clone(), closing_rx.clone());
+                tokio::spawn(task);
+            }
+            grace = &mut stop => break grace.unwrap_or(Duration::ZERO),
+        }
+    };
+    drop(listener); // no new connections from here on
+    let _ = closing.send(true);
+    drop(open);
+    let _ = tokio::time::timeout(grace, all_closed.recv()).await;
+}
+
+/// One client connection's place in the count (released when its task ends).
+struct Connection {
+    count: Arc<AtomicUsize>,
+    _open: mpsc::Sender<()>,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Connection {
+    async fn run<H, F>(
+        self,
+        stream: TcpStream,
+        builder: http2::Builder<TokioExecutor>,
+        limits: Limits,
+        handle: H,
+        mut closing: watch::Receiver<bool>,
+    ) where
+        H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+        F: Future<Output = Response<Body>> + Send + 'static,
+    {
+        let _ = stream.set_nodelay(true);
+        let activity = Arc::new(Activity {
+            active: AtomicUsize::new(0),
+            last: Mutex::new(Instant::now()),
+        });
+        let calls = activity.clone();
+        let service = service_fn(move |request| {
+            let call = InFlight::new(&calls);
+            let response = handle(request);
+            async move {
+                let response = response.await;
+                Ok::<_, std::convert::Infallible>(
+                    response.map(|inner| Tracked { inner, _call: call }),
+                )
+            }
+        });
+        let connection = builder.serve_connection(TokioIo::new(stream), service);
+        tokio::pin!(connection);
+        let idle = limits.idle_timeout;
+        // One timer per connection (none per call): it wakes when the connection would
+        // have been idle for `idle`, and is pushed back while calls keep it busy.
+        let check = tokio::time::sleep(idle.unwrap_or(Duration::from_secs(86_400)));
+        tokio::pin!(check);
+        let mut shutting = *closing.borrow();
+        if shutting {
+            connection.as_mut().graceful_shutdown();
+        }
+        loop {
+            tokio::select! {
+                _ = connection.as_mut() => break,
+                changed = closing.changed(), if !shutting => {
+                    if changed.is_err() || *closing.borrow() {
+                        connection.as_mut().graceful_shutdown();
+                        shutting = true;
+                    }
+                }
+                () = &mut check, if idle.is_some() && !shutting => {
+                    let idle = idle.unwrap_or_default();
+                    let idle_for = activity.idle_for();
+                    if idle_for >= idle {
+                        connection.as_mut().graceful_shutdown(); // GOAWAY: the client reconnects
+                        shutting = true;
+                    } else {
+                        check.as_mut().reset(Instant::now() + (idle - idle_for));
+                    }
+                }
+            }
+        }
+        drop(self);
+    }
+}
