@@ -258,10 +258,8 @@ impl Route {
         for tried in prior {
             stats.observe_attempt(code, tried.queue, tried.backend);
         }
-        let Some(member) = attempted else {
-            return;
-        };
-        let lane = &self.members[member].stats;
+        // The plane's own per-backend counters: the backend tried last, else the first.
+        let lane = &self.members[attempted.unwrap_or(0)].stats;
         lane.count(code);
         lane.total.observe(phases.total);
         if let Some(backend) = phases.backend {
@@ -776,9 +774,11 @@ async fn native(
                     });
                     continue;
                 }
+                // The gateway refuses a bad message before any backend call: no entry.
+                let called = call.refusal.get().is_none();
                 let offset = backend_start - start;
                 call.current(desc);
-                return fail(status, Some(queue), Some((offset, took)));
+                return fail(status, Some(queue), called.then_some((offset, took)));
             }
         };
         let (mut parts, incoming) = response.into_parts();
