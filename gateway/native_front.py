@@ -14,8 +14,9 @@ then listens on a Unix socket of its own (the lane). The plane terminates no TLS
 keys, so with ``listen.tls`` or ``auth`` the Python plane keeps the port, and says why.
 A request pinned to a backend (``x-infergw-backend``) goes to the lane, which honours it.
 Triton's per-request queue/compute split (``tracing.triton_receiver``) is not joined for
-native routes yet. A backend that native routes and lane routes (``*``, a policy) share
-has two admission pools, the plane's and the gateway's, each of ``max_concurrency``.
+native routes yet. A backend that native routes and lane routes (``*``, a hedge, a pinned
+spill-over) share has two admission pools, the plane's and the gateway's, each of
+``max_concurrency``.
 """
 
 from __future__ import annotations
