@@ -3,16 +3,20 @@ Python gateway behind it as its lane (issue 13).
 
 ``data_plane: native`` in the config (or ``INFERGW_NATIVE=1``; ``INFERGW_NATIVE=0``
 always keeps the Python plane) puts the Rust plane (``native_plane.py``) on the configured
-gRPC port. A model whose route is one Triton backend with nothing the plane does not
-implement (retry, outlier ejection, autoscaling, TLS to Triton) is admitted and forwarded
-by the plane with the backend's limits; every other model, and every call that is not
-``ModelInfer``, goes as bytes to the Python gateway's gRPC frontend, which then listens
-on a Unix socket of its own (the lane). The plane terminates no TLS and checks no API
+gRPC port. A *native backend* is a Triton with nothing the plane does not implement
+(retry, outlier ejection, autoscaling, TLS to Triton). A model routed to one native
+backend, or by a ``weighted`` or ``fallback`` policy among native backends, or by a
+``spillover`` policy whose primary is native (overflow members native, or served by the
+lane through a pin, ``native_routes``), is admitted and forwarded by the plane with the
+backends' limits and the gateway's policy semantics; every other model, and every call
+that is not ``ModelInfer``, goes as bytes to the Python gateway's gRPC frontend, which
+then listens on a Unix socket of its own (the lane). The plane terminates no TLS and checks no API
 keys, so with ``listen.tls`` or ``auth`` the Python plane keeps the port, and says why.
 A request pinned to a backend (``x-infergw-backend``) goes to the lane, which honours it.
 Triton's per-request queue/compute split (``tracing.triton_receiver``) is not joined for
-native routes yet. A backend that native routes and lane routes (``*``, a policy) share
-has two admission pools, the plane's and the gateway's, each of ``max_concurrency``.
+native routes yet. A backend that native routes and lane routes (``*``, a hedge, a pinned
+spill-over) share has two admission pools, the plane's and the gateway's, each of
+``max_concurrency``.
 """
 
 from __future__ import annotations
@@ -29,8 +33,9 @@ from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, M
 from prometheus_client.registry import Collector
 
 from infergw.gateway import native_plane
-from infergw.gateway.core.config import BackendConfig, GatewayConfig, RouteConfig
-from infergw.gateway.core.metrics import BUCKETS, Series, cumulative_buckets
+from infergw.gateway.core.config import WILDCARD, BackendConfig, GatewayConfig, RouteConfig
+from infergw.gateway.core.metrics import BUCKETS, Decision, Series, cumulative_buckets
+from infergw.gateway.core.routing.config import FallbackConfig, SpilloverConfig, WeightedConfig
 from infergw.gateway.sites import default_max_connections
 from infergw.wire.protocols import Protocol
 
@@ -43,7 +48,7 @@ class NativeRoutes:
     """What the plane serves itself: its backends and the models routed to them."""
 
     backends: Mapping[str, native_plane.NativeBackend]
-    routes: Mapping[str, str]
+    routes: Mapping[str, str | native_plane.NativePolicy]
     max_message_bytes: int
     max_connections: int  # the gRPC port's listen limits, as the Python plane applies them
     idle_timeout_ms: float
@@ -63,11 +68,17 @@ def why_not(config: GatewayConfig) -> str | None:
 def native_routes(config: GatewayConfig) -> NativeRoutes:
     """The routes the plane can forward itself (possibly none: then it only passes calls
     to the lane)."""
-    backends = {b.name: b for b in config.backends if _native(b)}
-    routes = {r.model: r.primary for r in config.routes if _plain(r) and r.primary in backends}
-    used = set(routes.values())
+    native = {b.name for b in config.backends if _native(b)}
+    routes: dict[str, str | native_plane.NativePolicy] = {}
+    for route in config.routes:
+        served = _served(route, native, config)
+        if served is not None:
+            routes[route.model] = served
+    used = {
+        m for r in routes.values() for m in ((r,) if isinstance(r, str) else r.native_members())
+    }
     return NativeRoutes(
-        {name: _backend(cfg) for name, cfg in backends.items() if name in used},
+        {b.name: _backend(b) for b in config.backends if b.name in used},
         routes,
         config.limits.max_message_bytes,
         max_connections=config.listen.max_connections or default_max_connections(),
@@ -87,10 +98,51 @@ def _native(cfg: BackendConfig) -> bool:
     )
 
 
-def _plain(route: RouteConfig) -> bool:
-    """A route to one backend (no policy); ``*`` stays with the lane (the plane knows
-    only the names it is given)."""
-    return route.policy is None and route.model != "*"
+def _served(
+    route: RouteConfig, native: set[str], config: GatewayConfig
+) -> str | native_plane.NativePolicy | None:
+    """How the plane serves ``route``, or None (the lane's): ``*`` (the plane knows only
+    the names it is given), hedging, and any member it does not implement stay with the
+    lane, but a spill-over's overflow the lane may serve pinned (``_pinnable``)."""
+    policy = route.policy
+    if route.model == WILDCARD:
+        return None
+    if policy is None:
+        return route.primary if route.primary in native else None
+    if isinstance(policy, WeightedConfig):
+        weighted = [(name, w) for name, w in policy.weights.items() if w > 0]
+        if not all(name in native for name, _ in weighted):
+            return None
+        names, weights = zip(*weighted, strict=True)
+        return native_plane.NativePolicy("weighted", tuple(names), tuple(weights))
+    if isinstance(policy, FallbackConfig):
+        if not all(name in native for name in policy.order):
+            return None
+        return native_plane.NativePolicy("fallback", tuple(policy.order))
+    if isinstance(policy, SpilloverConfig):
+        lane = frozenset(name for name in policy.overflow if name not in native)
+        if policy.primary not in native or not all(_pinnable(n, route, config) for n in lane):
+            return None
+        return native_plane.NativePolicy(
+            "spillover",
+            (policy.primary, *policy.overflow),
+            max_queue_wait_ms=policy.max_queue_wait_ms,
+            lane=lane,
+        )
+    return None  # hedge: concurrent attempts and a latency budget, the lane's
+
+
+def _pinnable(name: str, route: RouteConfig, config: GatewayConfig) -> bool:
+    """Whether the lane honours a pin of ``route``'s requests to ``name``
+    (``Router.backend_name``), and the pin loses nothing: a pinned request goes to the
+    backend's stack past outlier ejection, so a backend with ``outlier`` stays unpinned."""
+    backend = next((b for b in config.backends if b.name == name), None)
+    return (
+        backend is not None
+        and backend.outlier is None
+        and config.allow_backend_pinning
+        and (not route.backends or name in route.backends)
+    )
 
 
 def _backend(cfg: BackendConfig) -> native_plane.NativeBackend:
@@ -172,24 +224,35 @@ class NativeFront:
 
     def series(self) -> Iterator[Series]:
         """The natively routed models' requests and phases, under the gateway's labels
-        (``GatewayMetrics.sources``): protocol ``grpc``, status by name."""
+        (``GatewayMetrics.sources``): the backend that answered (or was tried last;
+        ``none``), protocol ``grpc``, status by name."""
         stats = self.stats()
         if [float(b) for b in stats.get("bounds_s") or BUCKETS] != list(BUCKETS):
             raise RuntimeError("the native plane's histogram bounds are not the gateway's")
         for model, route in (stats.get("models") or {}).items():
-            for code, outcome in (route.get("outcomes") or {}).items():
-                labels = (
-                    str(model),
-                    str(route["backend"]),
-                    Protocol.GRPC.value,
-                    native_plane.status_name(int(code)),
-                )
-                phases = {
-                    phase: ([int(c) for c in h["counts"]], float(h["sum_s"]))
-                    for phase, h in outcome.items()
-                    if phase != "count"
-                }
-                yield Series(labels, int(outcome["count"]), phases)
+            for backend, outcomes in (route.get("backends") or {}).items():
+                for code, outcome in outcomes.items():
+                    labels = (
+                        str(model),
+                        str(backend),
+                        Protocol.GRPC.value,
+                        native_plane.status_name(int(code)),
+                    )
+                    phases = {
+                        phase: ([int(c) for c in h["counts"]], float(h["sum_s"]))
+                        for phase, h in outcome.items()
+                        if phase != "count"
+                    }
+                    yield Series(labels, int(outcome["count"]), phases)
+
+    def decisions(self) -> Iterator[Decision]:
+        """The route policies' attempts on the plane, for
+        ``infergw_route_decisions_total{route, backend, reason}`` (``GatewayMetrics``);
+        a request spilled to the lane is counted here only (the lane serves it pinned)."""
+        for model, route in (self.stats().get("models") or {}).items():
+            for backend, reasons in (route.get("decisions") or {}).items():
+                for reason, n in reasons.items():
+                    yield Decision((str(model), str(backend), str(reason)), int(n))
 
 
 class NativeCollector(Collector):

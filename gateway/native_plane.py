@@ -107,6 +107,39 @@ class NativeBackend:
 
 
 @dataclasses.dataclass(frozen=True)
+class NativePolicy:
+    """A route policy the plane serves among native backends (docs/native.md: Route
+    policies), with the gateway's semantics: ``weighted`` over ``members`` by ``weights``,
+    ``fallback`` in ``members``' order, ``spillover`` from ``members[0]`` (the primary) to
+    ``members[1:]`` in order, those in ``lane`` served by the python lane (pinned there)."""
+
+    kind: Literal["weighted", "fallback", "spillover"]
+    members: tuple[str, ...]
+    weights: tuple[int, ...] = ()
+    max_queue_wait_ms: float = 20.0
+    lane: frozenset[str] = frozenset()
+
+    def native_members(self) -> tuple[str, ...]:
+        return tuple(m for m in self.members if m not in self.lane)
+
+    def to_json(self) -> dict[str, Any]:
+        if self.kind == "weighted":
+            return {
+                "kind": "weighted",
+                "weights": [list(p) for p in zip(self.members, self.weights, strict=True)],
+            }
+        if self.kind == "fallback":
+            return {"kind": "fallback", "order": list(self.members)}
+        primary, *overflow = self.members
+        return {
+            "kind": "spillover",
+            "primary": primary,
+            "overflow": [{"lane" if m in self.lane else "native": m} for m in overflow],
+            "max_queue_wait_ms": self.max_queue_wait_ms,
+        }
+
+
+@dataclasses.dataclass(frozen=True)
 class NativeSidecar:
     """The plane as ``infergw sidecar``: every call forwarded as bytes to ``upstream``
     (``HOST:PORT`` or ``unix:/path``, h2c), ``grpc.health.v1`` answered from what
@@ -119,12 +152,12 @@ class NativeSidecar:
 @dataclasses.dataclass(frozen=True)
 class NativeConfig:
     """What the plane needs: where to listen, the python lane, native backends, and the
-    models routed to them (model name -> backend name)."""
+    models routed to them (model name -> backend name, or a policy among them)."""
 
     listen: str = "127.0.0.1:0"
     python_lane: str | None = None
     backends: Mapping[str, NativeBackend] = dataclasses.field(default_factory=dict)
-    routes: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    routes: Mapping[str, str | NativePolicy] = dataclasses.field(default_factory=dict)
     worker_threads: int = 1  # 1: one thread runs everything (cheapest per request)
     max_message_bytes: int = 64 * 1024 * 1024  # the gateway's limits.max_message_bytes
     trace_all: bool = False  # trace every request, not only those with a traceparent
@@ -137,7 +170,10 @@ class NativeConfig:
             "listen": self.listen,
             "python_lane": self.python_lane,
             "backends": {n: dataclasses.asdict(b) for n, b in self.backends.items()},
-            "routes": dict(self.routes),
+            "routes": {
+                model: route if isinstance(route, str) else route.to_json()
+                for model, route in self.routes.items()
+            },
             "worker_threads": self.worker_threads,
             "max_message_bytes": self.max_message_bytes,
             "trace_all": self.trace_all,

@@ -19,7 +19,8 @@ one gateway whichever plane answered.
 
 Routing (``routing/``) adds ``infergw_route_decisions_total{route, backend, reason}``
 (``GatewayMetrics`` is the routes' ``DecisionSink``; the route label is the config's
-route key, so it stays bounded) and ``infergw_backend_ejected{backend}`` (1 while
+route key, so it stays bounded; a source that is also a ``DecisionSource``, the native
+plane, adds its policies' decisions) and ``infergw_backend_ejected{backend}`` (1 while
 outlier detection keeps the backend out).
 """
 
@@ -28,7 +29,7 @@ from __future__ import annotations
 import itertools
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import NamedTuple, Protocol
+from typing import NamedTuple, Protocol, runtime_checkable
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -77,6 +78,20 @@ class Series(NamedTuple):
 
 class SeriesSource(Protocol):
     def series(self) -> Iterable[Series]: ...
+
+
+class Decision(NamedTuple):
+    """Routing decisions counted elsewhere: (route, backend, reason) and their count."""
+
+    labels: tuple[str, str, str]
+    n: int
+
+
+@runtime_checkable
+class DecisionSource(Protocol):
+    """A ``SeriesSource`` that also counts routing decisions (the native plane's policies)."""
+
+    def decisions(self) -> Iterable[Decision]: ...
 
 
 class GatewayMetrics(Collector):
@@ -147,7 +162,12 @@ class GatewayMetrics(Collector):
             "Attempts a route policy made, by why (primary, weighted, spill, fallback, hedge)",
             labels=("route", "backend", "reason"),
         )
-        for key, count in list(self._decisions.items()):
+        counted = dict(self._decisions)
+        for source in self.sources:
+            if isinstance(source, DecisionSource):
+                for key, count in source.decisions():
+                    counted[key] = counted.get(key, 0) + count
+        for key, count in counted.items():
             decisions.add_metric(list(key), count)
         yield decisions
         ejected = GaugeMetricFamily(

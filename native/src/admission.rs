@@ -61,6 +61,10 @@ impl Admission {
         }
     }
 
+    pub fn max_concurrency(&self) -> usize {
+        self.max_concurrency
+    }
+
     pub fn in_flight(&self) -> usize {
         self.max_concurrency - self.slots.available_permits()
     }

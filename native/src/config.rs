@@ -18,9 +18,10 @@ pub struct Config {
     pub python_lane: Option<String>,
     #[serde(default)]
     pub backends: BTreeMap<String, BackendConfig>,
-    /// Model name -> backend name, for `ModelInfer`.
+    /// Model name -> its route for `ModelInfer`: a backend name or a policy among
+    /// native backends.
     #[serde(default)]
-    pub routes: BTreeMap<String, String>,
+    pub routes: BTreeMap<String, RouteConfig>,
     /// The plane's threads: 1 (default) is one thread running every task, the cheapest per
     /// request on a small machine; more is tokio's multi-thread runtime.
     #[serde(default = "default_workers")]
@@ -58,6 +59,103 @@ pub struct SidecarConfig {
     /// The largest request message accepted (its declared length).
     #[serde(default = "default_sidecar_max_message_bytes")]
     pub max_message_bytes: u64,
+}
+
+/// A model's route: one native backend, or a policy (`gateway/core/routing/config.py`'s
+/// keys, narrowed to what the plane serves).
+#[derive(Debug, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum RouteConfig {
+    Backend(String),
+    Policy(PolicyConfig),
+}
+
+#[derive(Debug, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum PolicyConfig {
+    /// `[name, weight]` pairs in the config's order (the order breaks ties, as in Python).
+    Weighted {
+        weights: Vec<(String, u32)>,
+    },
+    Fallback {
+        order: Vec<String>,
+    },
+    Spillover {
+        primary: String,
+        overflow: Vec<OverflowConfig>,
+        max_queue_wait_ms: f64,
+    },
+}
+
+/// A spill-over member: a native backend, or one of the python lane's, reached by pinning
+/// it with `x-infergw-backend` (the lane then sends it to that backend's own stack).
+#[derive(Debug, Deserialize, PartialEq)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum OverflowConfig {
+    Native(String),
+    Lane(String),
+}
+
+impl RouteConfig {
+    /// The native backends the route names.
+    pub fn native_members(&self) -> Vec<&str> {
+        match self {
+            RouteConfig::Backend(b) => vec![b],
+            RouteConfig::Policy(PolicyConfig::Weighted { weights }) => {
+                weights.iter().map(|(n, _)| n.as_str()).collect()
+            }
+            RouteConfig::Policy(PolicyConfig::Fallback { order }) => {
+                order.iter().map(String::as_str).collect()
+            }
+            RouteConfig::Policy(PolicyConfig::Spillover {
+                primary, overflow, ..
+            }) => std::iter::once(primary.as_str())
+                .chain(overflow.iter().filter_map(|o| match o {
+                    OverflowConfig::Native(n) => Some(n.as_str()),
+                    OverflowConfig::Lane(_) => None,
+                }))
+                .collect(),
+        }
+    }
+
+    fn check(&self, model: &str, lane: bool) -> Result<(), String> {
+        let bad = |why: String| Err(format!("plane config: routes.{model}: {why}"));
+        let members = self.native_members();
+        if members.is_empty() {
+            return bad("no backends".into());
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        if let Some(twice) = members.iter().find(|m| !seen.insert(**m)) {
+            return bad(format!("backend '{twice}' is named more than once"));
+        }
+        match self {
+            RouteConfig::Policy(PolicyConfig::Weighted { weights })
+                if weights.iter().all(|(_, w)| *w == 0) =>
+            {
+                return bad("no backend has a weight > 0".into());
+            }
+            RouteConfig::Policy(PolicyConfig::Spillover {
+                overflow,
+                max_queue_wait_ms,
+                ..
+            }) => {
+                if overflow.is_empty() {
+                    return bad("spillover needs an overflow backend".into());
+                }
+                if !max_queue_wait_ms.is_finite() || *max_queue_wait_ms < 0.0 {
+                    return bad("max_queue_wait_ms must be >= 0".into());
+                }
+                let to_lane = overflow
+                    .iter()
+                    .any(|o| matches!(o, OverflowConfig::Lane(_)));
+                if to_lane && !lane {
+                    return bad("a lane overflow backend needs python_lane".into());
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
 }
 
 /// One native backend: a single h2c upstream with the gateway's admission settings
@@ -155,11 +253,14 @@ impl Config {
                 return Err("plane config: sidecar.max_message_bytes must be >= 1".into());
             }
         }
-        for (model, backend) in &self.routes {
-            if !self.backends.contains_key(backend) {
-                return Err(format!(
-                    "plane config: routes.{model} names backend '{backend}', which is not in backends"
-                ));
+        for (model, route) in &self.routes {
+            route.check(model, self.python_lane.is_some())?;
+            for backend in route.native_members() {
+                if !self.backends.contains_key(backend) {
+                    return Err(format!(
+                        "plane config: routes.{model} names backend '{backend}', which is not in backends"
+                    ));
+                }
             }
         }
         Ok(())
@@ -185,6 +286,37 @@ mod tests {
         assert!(Config::from_json("not json").is_err());
         let c = Config::from_json(r#"{"backends": {"t": {"address": "x:1", "timeout_ms": null}}}"#);
         assert_eq!(c.unwrap().backends["t"].timeout_ms, None);
+    }
+
+    #[test]
+    fn policy_routes() {
+        let c = Config::from_json(
+            r#"{"python_lane": "unix:/l", "backends": {"a": {"address": "x:1"}, "b": {"address": "x:2"}},
+                "routes": {"w": {"kind": "weighted", "weights": [["b", 1], ["a", 3]]},
+                           "f": {"kind": "fallback", "order": ["a", "b"]},
+                           "s": {"kind": "spillover", "primary": "a", "max_queue_wait_ms": 5,
+                                 "overflow": [{"native": "b"}, {"lane": "lambda"}]},
+                           "p": "a"}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.routes["w"].native_members(), ["b", "a"]);
+        assert_eq!(c.routes["s"].native_members(), ["a", "b"]);
+        assert_eq!(c.routes["p"], RouteConfig::Backend("a".into()));
+        let backends = r#""backends": {"a": {"address": "x:1"}, "b": {"address": "x:2"}}"#;
+        for bad in [
+            r#""routes": {"w": {"kind": "weighted", "weights": [["a", 0]]}}"#,
+            r#""routes": {"f": {"kind": "fallback", "order": ["a", "a"]}}"#,
+            r#""routes": {"f": {"kind": "fallback", "order": ["a", "nope"]}}"#,
+            r#""routes": {"f": {"kind": "hedge", "backends": ["a", "b"]}}"#,
+            r#""routes": {"f": {"kind": "fallback", "order": ["a"], "bogus": 1}}"#,
+            r#""routes": {"s": {"kind": "spillover", "primary": "a", "max_queue_wait_ms": 5, "overflow": [{"lane": "l"}]}}"#,
+            r#""routes": {"s": {"kind": "spillover", "primary": "a", "max_queue_wait_ms": -1, "overflow": [{"native": "b"}]}}"#,
+        ] {
+            assert!(
+                Config::from_json(&format!("{{{backends}, {bad}}}")).is_err(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -5,8 +5,8 @@
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -18,12 +18,13 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use crate::admission::{Admission, Slot};
-use crate::config::{millis, Config};
+use crate::config::{millis, Config, OverflowConfig, PolicyConfig, RouteConfig};
 use crate::deadline;
 use crate::grpc_status::{self, Status};
+use crate::policy::{self, LatencyWindow, Reason, Spill, Uniform};
 use crate::scan::{self, Scan};
 use crate::stats::{LaneStats, ModelStats, Phases};
-use crate::timing;
+use crate::timing::{self, Entries};
 use crate::trace::{self, Ids, SpanRecord, Tracer};
 use crate::upstream::{Body, BoxError, Upstream};
 use crate::validate::{self, Refusal};
@@ -42,34 +43,246 @@ pub struct Backend {
     pub admission: Admission,
     pub timeout: Option<Duration>,
     pub stats: LaneStats,
+    /// Service times of its successful calls: spill-over's queue-wait estimate.
+    pub service_times: LatencyWindow,
     desc_total: String,
     desc_backend: String,
 }
 
-/// A natively routed model: its backend and the gateway's metrics of its requests.
-pub struct Route {
-    pub model: Arc<str>,
-    pub backend: Arc<Backend>,
-    pub stats: ModelStats,
+/// How a route picks among its members (`Route::members`).
+pub enum Policy {
+    /// One backend: no decision to count.
+    Single,
+    /// Weights of the members, in the config's order.
+    Weighted { weights: Vec<u32>, uniform: Uniform },
+    /// The members in order.
+    Fallback,
+    /// Member 0 is the primary; `overflow` in the config's order.
+    Spillover {
+        max_wait_s: f64,
+        overflow: Vec<Overflow>,
+    },
 }
 
+pub enum Overflow {
+    /// The member at this index.
+    Native(usize),
+    /// A backend of the python lane (`Route::lane_members` index), pinned there.
+    Lane(usize),
+}
+
+/// A natively routed model: its backends, its policy, and the gateway's metrics of its
+/// requests (by the backend that answered, as the gateway labels them) and decisions.
+pub struct Route {
+    pub model: Arc<str>,
+    pub members: Vec<Arc<Backend>>,
+    pub policy: Policy,
+    /// Spill-over members served by the python lane (decision labels, pins).
+    pub lane_members: Vec<(Arc<str>, HeaderValue)>,
+    /// One per member, then one for requests no backend was tried for (`none`).
+    pub stats: Vec<ModelStats>,
+    /// Attempts by target (members, then lane members) and reason (`Reason as usize`).
+    pub decisions: Vec<[AtomicU64; 4]>,
+    /// The attempts of a single or fallback route, in order.
+    order: Vec<(usize, Reason)>,
+}
+
+/// The label the gateway gives a request no backend was tried for.
+pub const NO_BACKEND: &str = "none";
+
 impl Route {
-    /// Counts a request that ended with `code` in its backend's and its model's counters.
-    fn record(&self, code: u8, phases: &Phases) {
-        let lane = &self.backend.stats;
+    fn new(model: &str, config: &RouteConfig, backends: &HashMap<&str, Arc<Backend>>) -> Route {
+        let member = |name: &str| Arc::clone(&backends[name]);
+        let mut lane_members = Vec::new();
+        let (members, policy): (Vec<Arc<Backend>>, Policy) = match config {
+            RouteConfig::Backend(name) => (vec![member(name)], Policy::Single),
+            RouteConfig::Policy(PolicyConfig::Fallback { order }) => {
+                (order.iter().map(|n| member(n)).collect(), Policy::Fallback)
+            }
+            RouteConfig::Policy(PolicyConfig::Weighted { weights }) => {
+                // A member of weight 0 receives none (`Weighted` leaves it out).
+                let weighted: Vec<&(String, u32)> =
+                    weights.iter().filter(|(_, w)| *w > 0).collect();
+                (
+                    weighted.iter().map(|(n, _)| member(n)).collect(),
+                    Policy::Weighted {
+                        weights: weighted.iter().map(|(_, w)| *w).collect(),
+                        uniform: Uniform::seeded(),
+                    },
+                )
+            }
+            RouteConfig::Policy(PolicyConfig::Spillover {
+                primary,
+                overflow,
+                max_queue_wait_ms,
+            }) => {
+                let mut members = vec![member(primary)];
+                let overflow = overflow
+                    .iter()
+                    .map(|o| match o {
+                        OverflowConfig::Native(n) => {
+                            members.push(member(n));
+                            Overflow::Native(members.len() - 1)
+                        }
+                        OverflowConfig::Lane(n) => {
+                            let pin =
+                                HeaderValue::from_str(n).unwrap_or(HeaderValue::from_static(""));
+                            lane_members.push((Arc::from(n.as_str()), pin));
+                            Overflow::Lane(lane_members.len() - 1)
+                        }
+                    })
+                    .collect();
+                let max_wait_s = max_queue_wait_ms / 1000.0;
+                (
+                    members,
+                    Policy::Spillover {
+                        max_wait_s,
+                        overflow,
+                    },
+                )
+            }
+        };
+        let order = match policy {
+            Policy::Fallback => (0..members.len())
+                .map(|i| {
+                    (
+                        i,
+                        if i == 0 {
+                            Reason::Primary
+                        } else {
+                            Reason::Fallback
+                        },
+                    )
+                })
+                .collect(),
+            _ => vec![(0, Reason::Primary)],
+        };
+        Route {
+            model: model.into(),
+            stats: (0..=members.len()).map(|_| ModelStats::default()).collect(),
+            decisions: (0..members.len() + lane_members.len())
+                .map(|_| Default::default())
+                .collect(),
+            members,
+            policy,
+            lane_members,
+            order,
+        }
+    }
+
+    /// The backend label of `stats[i]`.
+    pub fn label(&self, i: usize) -> &str {
+        self.members.get(i).map_or(NO_BACKEND, |b| &b.name)
+    }
+
+    /// The label of a decision target (`decisions[i]`).
+    pub fn target(&self, i: usize) -> &str {
+        match self.members.get(i) {
+            Some(b) => &b.name,
+            None => &self.lane_members[i - self.members.len()].0,
+        }
+    }
+
+    fn decide(&self, target: usize, reason: Reason) {
+        if !matches!(self.policy, Policy::Single) {
+            self.decisions[target][reason as usize].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The attempts a request makes, in order, each only if the one before failed in a
+    /// way that moves on (`policy::moves_on`).
+    fn plan(&self, request_id: Option<&str>, deadline: Option<Instant>) -> Plan<'_> {
+        match &self.policy {
+            Policy::Single | Policy::Fallback => Plan::Members(&self.order),
+            Policy::Weighted { weights, uniform } => {
+                let pick = match request_id {
+                    Some(id) if !id.is_empty() => policy::rendezvous(
+                        id,
+                        self.members
+                            .iter()
+                            .map(|b| &*b.name)
+                            .zip(weights.iter().copied()),
+                    ),
+                    _ => policy::weighted_pick(weights, uniform.next()),
+                };
+                Plan::Owned([(pick, Reason::Weighted), (pick, Reason::Weighted)], 1)
+            }
+            Policy::Spillover {
+                max_wait_s,
+                overflow,
+            } => {
+                let primary = &self.members[0];
+                let admission = &primary.admission;
+                let wait = policy::expected_wait_s(
+                    admission.in_flight(),
+                    admission.queued(),
+                    admission.max_concurrency(),
+                    primary.service_times.mean(),
+                );
+                let left =
+                    deadline.map(|d| d.saturating_duration_since(Instant::now()).as_secs_f64());
+                let expected: Vec<Option<f64>> = overflow
+                    .iter()
+                    .map(|o| match o {
+                        Overflow::Native(i) => {
+                            Some(self.members[*i].service_times.mean().unwrap_or(0.0))
+                        }
+                        Overflow::Lane(_) => None,
+                    })
+                    .collect();
+                match policy::spill(wait, *max_wait_s, left, &expected) {
+                    Spill::Primary => Plan::Members(&self.order),
+                    Spill::Refuse(retry_after_s) => Plan::Refuse(Status {
+                        code: grpc_status::RESOURCE_EXHAUSTED,
+                        message: format!(
+                            "backend {} cannot start the request within its deadline and no overflow backend is expected to answer in time",
+                            validate::py_repr(&primary.name)
+                        ),
+                        retry_after_s: Some(retry_after_s.ceil().max(1.0) as u64),
+                    }),
+                    Spill::Overflow(i) => match overflow[i] {
+                        // A spilled request the member cannot serve goes back to the primary.
+                        Overflow::Native(m) => Plan::Owned([(m, Reason::Spill), (0, Reason::Fallback)], 2),
+                        Overflow::Lane(l) => Plan::Lane(l),
+                    },
+                }
+            }
+        }
+    }
+
+    /// Counts a request that ended with `code` (the gateway's series under the label of
+    /// the backend last tried, `attempted`, else `none`).
+    fn record(&self, code: u8, phases: &Phases, attempted: Option<usize>, prior: &[Tried]) {
+        let stats = &self.stats[attempted.unwrap_or(self.members.len())];
+        stats.record(code, phases);
+        for tried in prior {
+            stats.observe_attempt(code, tried.queue, tried.backend);
+        }
+        // The plane's own per-backend counters: the backend tried last, else the first.
+        let lane = &self.members[attempted.unwrap_or(0)].stats;
         lane.count(code);
         lane.total.observe(phases.total);
         if let Some(backend) = phases.backend {
             lane.backend.observe(backend);
         }
-        self.stats.record(code, phases);
     }
+}
 
-    fn trailer(&self, phases: &Phases, code: u8) -> Option<HeaderValue> {
-        let backend = &self.backend;
-        let ok = code == grpc_status::OK;
-        HeaderValue::from_str(&phases.trailer(&backend.desc_total, &backend.desc_backend, ok)).ok()
-    }
+/// What a request tries: members in order (each a fallback of the one before), a backend
+/// of the python lane, or nothing (refused at once).
+enum Plan<'a> {
+    Members(&'a [(usize, Reason)]),
+    Owned([(usize, Reason); 2], usize),
+    Lane(usize),
+    Refuse(Status),
+}
+
+/// An attempt that failed and moved on: its entries in the trailer and the phases.
+struct Tried {
+    member: usize,
+    desc: String,
+    queue: Option<Duration>,
+    backend: Option<Duration>,
 }
 
 impl Backend {
@@ -79,6 +292,34 @@ impl Backend {
             "backend {} is unavailable: {why}",
             validate::py_repr(&self.name)
         )
+    }
+
+    /// `backend=NAME;attempt=N[;reason=R]`, the `backend` entry's description.
+    fn desc(&self, attempt: usize, reason: Reason) -> Desc {
+        if attempt == 1 && !reason.in_timing() {
+            return Desc::First;
+        }
+        let mut desc = format!("backend={};attempt={attempt}", self.name);
+        if reason.in_timing() {
+            desc.push_str(";reason=");
+            desc.push_str(reason.as_str());
+        }
+        Desc::Own(desc)
+    }
+}
+
+/// An attempt's `backend` description: the backend's first-attempt one, or its own.
+enum Desc {
+    First,
+    Own(String),
+}
+
+impl Desc {
+    fn of<'a>(&'a self, backend: &'a Backend) -> &'a str {
+        match self {
+            Desc::First => &backend.desc_backend,
+            Desc::Own(s) => s,
+        }
     }
 }
 
@@ -99,13 +340,10 @@ pub struct Shared {
 
 impl Shared {
     pub fn new(config: &Config) -> Shared {
-        let mut index = HashMap::new();
         let backends: Vec<Arc<Backend>> = config
             .backends
             .iter()
-            .enumerate()
-            .map(|(i, (name, b))| {
-                index.insert(name.clone(), i);
+            .map(|(name, b)| {
                 Arc::new(Backend {
                     name: name.as_str().into(),
                     upstream: Upstream::new(&b.address),
@@ -117,22 +355,22 @@ impl Shared {
                     ),
                     timeout: b.timeout_ms.map(millis),
                     stats: LaneStats::default(),
+                    service_times: LatencyWindow::default(),
                     desc_total: format!("backend={name}"),
                     desc_backend: format!("backend={name};attempt=1"),
                 })
             })
             .collect();
+        let by_name: HashMap<&str, Arc<Backend>> = config
+            .backends
+            .keys()
+            .map(String::as_str)
+            .zip(backends.iter().cloned())
+            .collect();
         let routes = config
             .routes
             .iter()
-            .map(|(model, backend)| {
-                let route = Route {
-                    model: model.as_str().into(),
-                    backend: Arc::clone(&backends[index[backend]]),
-                    stats: ModelStats::default(),
-                };
-                (model.clone(), Arc::new(route))
-            })
+            .map(|(model, route)| (model.clone(), Arc::new(Route::new(model, route, &by_name))))
             .collect();
         let lane = config.python_lane.as_deref().map(|address| {
             Arc::new(Lane {
@@ -174,7 +412,13 @@ pub async fn handle(
         return Ok(infer(shared, request, start).await);
     }
     let (parts, body) = request.into_parts();
-    Ok(to_lane(&shared, Request::from_parts(parts, boxed(body)), start).await)
+    Ok(to_lane(
+        &shared,
+        Request::from_parts(parts, boxed(body)),
+        start,
+        false,
+    )
+    .await)
 }
 
 /// A ModelInfer call the plane may serve itself: it has routes, and the client did not pin
@@ -275,9 +519,45 @@ async fn infer(shared: Arc<Shared>, request: Request<Incoming>, start: Instant) 
                 .response(empty(), None);
             }
         }
-        return to_lane(&shared, Request::from_parts(parts, boxed(prefix)), start).await;
+        return to_lane(
+            &shared,
+            Request::from_parts(parts, boxed(prefix)),
+            start,
+            false,
+        )
+        .await;
     };
     native(&shared, &route, parts, prefix, start, scanning).await
+}
+
+/// Reads on until the request id is known (weighted routes hash it); "" if the body
+/// ends or fails first (the checks then judge the message).
+async fn read_request_id(prefix: &mut Prefixed) -> String {
+    loop {
+        if let Some(id) = policy::request_id(prefix.chunks.make_contiguous()) {
+            return id;
+        }
+        let Some(rest) = prefix.rest.as_mut() else {
+            return String::new();
+        };
+        match rest.frame().await {
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => prefix.chunks.push_back(data),
+                Err(frame) => {
+                    prefix.trailers = frame.into_trailers().ok();
+                    prefix.rest = None;
+                    prefix.ended = true;
+                }
+            },
+            None | Some(Err(_)) => {
+                prefix.ended = true;
+                if prefix.rest.as_ref().is_some_and(|r| !r.is_end_stream()) {
+                    return String::new(); // a body error: the checks or the backend report it
+                }
+                prefix.rest = None;
+            }
+        }
+    }
 }
 
 async fn native(
@@ -288,134 +568,273 @@ async fn native(
     start: Instant,
     scanning: Duration,
 ) -> Response<Body> {
-    let backend = &route.backend;
     let max_message_bytes = shared.max_message_bytes;
     let client_deadline = client_deadline(&parts.headers, start);
+    let request_id = match route.policy {
+        Policy::Weighted { .. } => Some(read_request_id(&mut prefix).await),
+        _ => None,
+    };
+    // The message's size from its gRPC prefix, then the gateway's checks: at once when
+    // the whole message is here (a tiny request, before admission), else as it streams
+    // to the backend (the last chunk goes on only once the message passed).
+    let declared = prefix.declared_len();
+    let mut checking = Duration::ZERO;
+    let verdict = if declared > max_message_bytes {
+        let message = format!(
+            "request message of {declared} bytes exceeds the limit of {max_message_bytes} bytes"
+        );
+        Err(Status::new(grpc_status::RESOURCE_EXHAUSTED, message))
+    } else if prefix.buffered_len() >= scan::PREFIX_LEN + declared {
+        let check_start = Instant::now();
+        let verdict = validate::check(prefix.chunks.make_contiguous(), scan::PREFIX_LEN, declared);
+        checking = check_start.elapsed();
+        verdict.map_err(|refusal| invalid(&refusal))
+    } else {
+        Ok(())
+    };
+    // Decided after the checks, as the gateway routes a request only once it is valid.
+    let plan = match verdict {
+        Ok(()) => route.plan(request_id.as_deref(), client_deadline),
+        Err(status) => Plan::Refuse(status),
+    };
+    if let Plan::Lane(l) = plan {
+        // Spilled to a backend of the python lane: pinned there, so the lane sends it to
+        // that backend's own stack (no policy: it neither spills it back nor counts a
+        // decision), and it counts the request itself (the plane counts the decision).
+        let (name, pin) = &route.lane_members[l];
+        route.decide(route.members.len() + l, Reason::Spill);
+        debug_assert!(!name.is_empty());
+        parts.headers.insert(PIN_HEADER, pin.clone());
+        // The lane checks the message itself, as for any request it serves.
+        return to_lane(
+            shared,
+            Request::from_parts(parts, boxed(prefix)),
+            start,
+            true,
+        )
+        .await;
+    }
     let trace = shared.tracer.begin(&mut parts.headers).map(|ids| Traced {
         ids,
         unix_start: trace::unix_now(),
         tracer: shared.tracer.clone(),
     });
     let call = Arc::new(Call::new(route.clone(), start, trace));
-    call.add(scanning);
+    call.add(scanning + checking);
     // Until the response body takes over the counting: a client gone while queued or
     // waiting for the backend's headers counts CANCELLED.
     let pending = Pending {
         call: &call,
         armed: AtomicBool::new(true),
     };
-    let fail = |status: Status, queue: Option<Duration>| {
+    let fail = |status: Status, queue: Option<Duration>, backend: Option<(Duration, Duration)>| {
         pending.armed.store(false, Ordering::Relaxed);
         let phases = Phases {
             decode: call.decode(),
             queue,
-            backend: None,
+            backend: backend.map(|b| b.1),
             total: start.elapsed(),
         };
-        call.end(status.code, &phases);
+        let value = call.end(status.code, &phases, backend.map(|b| b.0));
         let mut response = status.response(empty(), None);
-        if let Some(value) = route.trailer(&phases, status.code) {
+        if let Some(value) = value {
             response.headers_mut().append(timing::TRAILER, value);
         }
         response
     };
-    // The message's size from its gRPC prefix, then the gateway's checks: at once when
-    // the whole message is here (a tiny request, before admission), else as it streams
-    // to the backend (the last chunk goes on only once the message passed).
-    let declared = prefix.declared_len();
-    if declared > max_message_bytes {
-        let message = format!(
-            "request message of {declared} bytes exceeds the limit of {max_message_bytes} bytes"
-        );
-        return fail(Status::new(grpc_status::RESOURCE_EXHAUSTED, message), None);
-    }
+    let steps: &[(usize, Reason)] = match &plan {
+        Plan::Members(steps) => steps,
+        Plan::Owned(steps, n) => &steps[..*n],
+        Plan::Refuse(status) => return fail(status.clone(), None, None),
+        Plan::Lane(_) => unreachable!("sent to the lane above"),
+    };
     let body = if prefix.buffered_len() >= scan::PREFIX_LEN + declared {
-        let check_start = Instant::now();
-        let verdict = validate::check(prefix.chunks.make_contiguous(), scan::PREFIX_LEN, declared);
-        call.add(check_start.elapsed());
-        if let Err(refusal) = verdict {
-            return fail(invalid(&refusal), None);
-        }
         boxed(prefix)
     } else {
         boxed(Checking::new(prefix, declared, call.clone()))
     };
-    let slot = match backend.admission.acquire(client_deadline).await {
-        Ok(slot) => slot,
-        Err(status) => return fail(status, Some(start.elapsed())),
+    // A route that may try again keeps what it sent until a backend answers.
+    let (mut body, replay) = if steps.len() > 1 {
+        (None, Some(Replay::new(body)))
+    } else {
+        (Some(body), None)
     };
-    let backend_start = Instant::now();
-    let queue = backend_start - start;
-    backend.stats.queue.observe(queue);
-    let attempt_deadline = backend.timeout.and_then(|t| backend_start.checked_add(t));
-    let deadline = match (client_deadline, attempt_deadline) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    };
-    let mut headers = parts.headers;
-    if let Some(deadline) = deadline {
-        let remaining = deadline.saturating_duration_since(backend_start);
-        if remaining.is_zero() {
-            let status = Status::new(
-                grpc_status::DEADLINE_EXCEEDED,
-                "deadline exceeded before the backend call",
-            );
-            return fail(status, Some(queue));
+    let out_of_time = || client_deadline.is_some_and(|d| Instant::now() >= d);
+    let mut attempt = 0;
+    for (step, &(member, reason)) in steps.iter().enumerate() {
+        let last = step + 1 == steps.len();
+        let backend = &route.members[member];
+        let policy_route = !matches!(route.policy, Policy::Single);
+        route.decide(member, reason);
+        if policy_route {
+            call.attempted(member); // the gateway labels a route's attempt from its start
         }
-        if let Ok(value) = HeaderValue::from_str(&deadline::format(remaining)) {
-            headers.insert(deadline::HEADER, value);
+        attempt += 1;
+        let desc = backend.desc(attempt, reason);
+        let attempt_start = if step == 0 { start } else { Instant::now() };
+        let slot = match backend.admission.acquire(client_deadline).await {
+            Ok(slot) => slot,
+            Err(status) => {
+                let queue = attempt_start.elapsed();
+                let retry_after = status.retry_after_s.is_some();
+                if !last
+                    && policy::moves_on(status.code, retry_after, &status.message, out_of_time())
+                {
+                    call.tried(Tried {
+                        member,
+                        desc: String::new(),
+                        queue: Some(queue),
+                        backend: None,
+                    });
+                    continue;
+                }
+                return fail(status, Some(queue), None);
+            }
+        };
+        let backend_start = Instant::now();
+        let queue = backend_start - attempt_start;
+        backend.stats.queue.observe(queue);
+        let attempt_deadline = backend.timeout.and_then(|t| backend_start.checked_add(t));
+        let deadline = match (client_deadline, attempt_deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let mut headers = if last {
+            std::mem::take(&mut parts.headers)
+        } else {
+            parts.headers.clone()
+        };
+        if let Some(deadline) = deadline {
+            let remaining = deadline.saturating_duration_since(backend_start);
+            if remaining.is_zero() {
+                let status = Status::new(
+                    grpc_status::DEADLINE_EXCEEDED,
+                    "deadline exceeded before the backend call",
+                );
+                if !last && policy::moves_on(status.code, false, "", out_of_time()) {
+                    call.tried(Tried {
+                        member,
+                        desc: String::new(),
+                        queue: Some(queue),
+                        backend: None,
+                    });
+                    continue;
+                }
+                return fail(status, Some(queue), None);
+            }
+            if let Ok(value) = HeaderValue::from_str(&deadline::format(remaining)) {
+                headers.insert(deadline::HEADER, value);
+            }
         }
-    }
-    let upstream = &backend.upstream;
-    let request = match outgoing(&parts.method, &parts.uri, headers, upstream, body) {
-        Ok(request) => request,
-        Err(status) => return fail(status, Some(queue)),
-    };
-    let sent = async {
-        let mut sender = upstream.sender(deadline).await?;
-        sender
-            .ready()
-            .await
-            .map_err(|e| format!("upstream {}: {e}", upstream.address))?;
-        sender
-            .send_request(request)
-            .await
-            .map_err(|e| format!("upstream {}: {e}", upstream.address))
-    };
-    // No timer of our own here (one per request cost a wake-up of the runtime's driver,
-    // an eventfd write and an extra epoll_wait): the backend enforces the `grpc-timeout`
-    // passed on above and answers DEADLINE_EXCEEDED itself, as gRPC servers do, and the
-    // client gives up at its deadline, which resets the stream and so the backend call.
-    let response = match sent.await {
-        Ok(response) => response,
-        Err(message) => {
-            // A refused streamed message: its body stopped the upstream call.
-            let status = match call.refusal.get() {
-                Some(refusal) => invalid(refusal),
-                None => Status::new(grpc_status::UNAVAILABLE, backend.unavailable(&message)),
-            };
-            return fail(status, Some(queue));
+        call.attempted(member);
+        let this_body = match (&replay, body.take()) {
+            (Some(replay), _) => boxed(replay.attempt()),
+            (None, Some(body)) => body,
+            (None, None) => unreachable!("one attempt without a replay"),
+        };
+        let upstream = &backend.upstream;
+        let request = match outgoing(&parts.method, &parts.uri, headers, upstream, this_body) {
+            Ok(request) => request,
+            Err(status) => return fail(status, Some(queue), None),
+        };
+        let sent = async {
+            let mut sender = upstream.sender(deadline).await?;
+            sender
+                .ready()
+                .await
+                .map_err(|e| format!("upstream {}: {e}", upstream.address))?;
+            sender
+                .send_request(request)
+                .await
+                .map_err(|e| format!("upstream {}: {e}", upstream.address))
+        };
+        // No timer of our own here (one per request cost a wake-up of the runtime's driver,
+        // an eventfd write and an extra epoll_wait): the backend enforces the `grpc-timeout`
+        // passed on above and answers DEADLINE_EXCEEDED itself, as gRPC servers do, and the
+        // client gives up at its deadline, which resets the stream and so the backend call.
+        let response = match sent.await {
+            Ok(response) => response,
+            Err(message) => {
+                drop(slot);
+                let took = backend_start.elapsed();
+                // A refused streamed message: its body stopped the upstream call.
+                let status = match call.refusal.get() {
+                    Some(refusal) => invalid(refusal),
+                    None => Status::new(grpc_status::UNAVAILABLE, backend.unavailable(&message)),
+                };
+                let again = replay.as_ref().is_some_and(Replay::can_retry);
+                if !last && again && call.refusal.get().is_none() && !out_of_time() {
+                    backend.stats.count(status.code);
+                    backend.stats.backend.observe(took);
+                    call.tried(Tried {
+                        member,
+                        desc: desc.of(backend).to_owned(),
+                        queue: Some(queue),
+                        backend: Some(took),
+                    });
+                    continue;
+                }
+                // The gateway refuses a bad message before any backend call: no entry.
+                let called = call.refusal.get().is_none();
+                let offset = backend_start - start;
+                call.current(desc);
+                return fail(status, Some(queue), called.then_some((offset, took)));
+            }
+        };
+        let (mut parts, incoming) = response.into_parts();
+        let trailers_only =
+            grpc_status::code_of(&parts.headers).is_some() || incoming.is_end_stream();
+        if trailers_only && !last && replay.as_ref().is_some_and(Replay::can_retry) {
+            // The backend refused it before answering anything (Triton's errors are
+            // trailers-only): the next member may serve what the gateway moves on for.
+            let headers = &parts.headers;
+            let code = grpc_status::code_of(headers).unwrap_or(grpc_status::UNKNOWN);
+            let message = headers
+                .get("grpc-message")
+                .map(|v| String::from_utf8_lossy(v.as_bytes()));
+            let retry_after = headers.contains_key("retry-after");
+            if policy::moves_on(
+                code,
+                retry_after,
+                message.as_deref().unwrap_or(""),
+                out_of_time(),
+            ) {
+                let took = backend_start.elapsed();
+                backend.stats.count(code);
+                backend.stats.backend.observe(took);
+                drop(slot);
+                call.tried(Tried {
+                    member,
+                    desc: desc.of(backend).to_owned(),
+                    queue: Some(queue),
+                    backend: Some(took),
+                });
+                continue;
+            }
         }
-    };
-    let mut timed = Timed {
-        inner: None,
-        start,
-        backend_start,
-        queue,
-        owner: Owner::Route(call.clone()),
-        slot: Some(slot),
-        done: false,
-    };
-    let (mut parts, incoming) = response.into_parts();
-    if grpc_status::code_of(&parts.headers).is_some() || incoming.is_end_stream() {
-        // Trailers-only (an error from the backend): its headers are its trailers.
+        if let Some(replay) = &replay {
+            replay.commit();
+        }
+        call.current(desc);
+        let mut timed = Timed {
+            inner: None,
+            start,
+            backend_start,
+            queue,
+            owner: Owner::Route(call.clone()),
+            slot: Some(slot),
+            done: false,
+        };
         pending.armed.store(false, Ordering::Relaxed);
-        timed.finish(&mut parts.headers);
-        return Response::from_parts(parts, empty());
+        if trailers_only {
+            // Trailers-only (an error from the backend): its headers are its trailers.
+            timed.finish(&mut parts.headers);
+            return Response::from_parts(parts, empty());
+        }
+        timed.inner = Some(incoming);
+        return Response::from_parts(parts, boxed(timed));
     }
-    pending.armed.store(false, Ordering::Relaxed);
-    timed.inner = Some(incoming);
-    Response::from_parts(parts, boxed(timed))
+    unreachable!("a plan has at least one step and its last one answers")
 }
 
 /// The request to send upstream: the client's, with an absolute URI for the upstream.
@@ -441,7 +860,15 @@ fn outgoing(
     Ok(request)
 }
 
-async fn to_lane(shared: &Shared, request: Request<Body>, start: Instant) -> Response<Body> {
+/// Forwards a request to the python lane; `spilled`: a spill-over's, pinned to a backend
+/// of the lane, whose `server-timing` then names the reason as the gateway's spill-over
+/// would (`mark_spill`).
+async fn to_lane(
+    shared: &Shared,
+    request: Request<Body>,
+    start: Instant,
+    spilled: bool,
+) -> Response<Body> {
     let Some(lane) = &shared.lane else {
         let status = Status::new(
             12,
@@ -484,10 +911,13 @@ async fn to_lane(shared: &Shared, request: Request<Body>, start: Instant) -> Res
         Ok(response) => response,
         Err(message) => return fail(Status::new(grpc_status::UNAVAILABLE, message)),
     };
-    let (parts, incoming) = response.into_parts();
+    let (mut parts, incoming) = response.into_parts();
     if let Some(code) = grpc_status::code_of(&parts.headers) {
         lane.stats.count(code);
         lane.stats.total.observe(start.elapsed());
+        if spilled {
+            mark_spill(&mut parts.headers);
+        }
         return Response::from_parts(parts, empty());
     }
     let timed = Timed {
@@ -495,7 +925,7 @@ async fn to_lane(shared: &Shared, request: Request<Body>, start: Instant) -> Res
         start,
         backend_start: start,
         queue: Duration::ZERO,
-        owner: Owner::Lane(lane.clone()),
+        owner: Owner::Lane(lane.clone(), spilled),
         slot: None,
         done: false,
     };
@@ -538,14 +968,25 @@ fn invalid(refusal: &Refusal) -> Status {
 
 /// One native request, shared by its handler (which answers) and its bodies (one checks
 /// a streamed message, one ends the call): its route, what checking it found (the
-/// refusal, if any, and the time spent scanning and checking: the `decode` entry), and
-/// its trace.
+/// refusal, if any, and the time spent scanning and checking: the `decode` entry), the
+/// backend tried last and the attempts before it, and its trace.
 struct Call {
     route: Arc<Route>,
     start: Instant,
     refusal: OnceLock<Refusal>,
     decode_ns: AtomicU64,
     trace: Option<Traced>,
+    /// The member tried last (the gateway's backend label); `usize::MAX`: none yet.
+    attempted: AtomicUsize,
+    attempts: Mutex<Attempts>,
+}
+
+#[derive(Default)]
+struct Attempts {
+    /// Attempts that failed and moved on, in order.
+    prior: Vec<Tried>,
+    /// The `backend` description of the attempt that answers.
+    current: Option<Desc>,
 }
 
 /// A traced request's ids, its start in unix time, and where its record goes.
@@ -563,31 +1004,110 @@ impl Call {
             refusal: OnceLock::new(),
             decode_ns: AtomicU64::new(0),
             trace,
+            attempted: AtomicUsize::new(usize::MAX),
+            attempts: Mutex::default(),
         }
     }
 
-    /// The request ended with `code`: its counters, and its span record when traced.
-    fn end(&self, code: u8, phases: &Phases) {
-        self.route.record(code, phases);
+    fn attempted(&self, member: usize) {
+        self.attempted.store(member, Ordering::Relaxed);
+    }
+
+    fn member(&self) -> Option<usize> {
+        let m = self.attempted.load(Ordering::Relaxed);
+        (m != usize::MAX).then_some(m)
+    }
+
+    fn attempts(&self) -> std::sync::MutexGuard<'_, Attempts> {
+        self.attempts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn tried(&self, tried: Tried) {
+        self.attempts().prior.push(tried);
+    }
+
+    fn current(&self, desc: Desc) {
+        self.attempts().current = Some(desc);
+    }
+
+    /// The request ended with `code`: its counters, its span record when traced, and the
+    /// `server-timing` value of its trailers. `backend_at`: when the answering attempt's
+    /// call started, from the request's start.
+    fn end(&self, code: u8, phases: &Phases, backend_at: Option<Duration>) -> Option<HeaderValue> {
+        let member = self.member();
+        let attempts = self.attempts();
+        self.route.record(code, phases, member, &attempts.prior);
+        let value = self.trailer(phases, code, member, &attempts);
+        drop(attempts);
         let Some(traced) = &self.trace else {
-            return;
+            return value;
         };
         let unix = |d: Duration| (traced.unix_start + d).as_nanos() as u64;
-        // The backend call starts when the queue ends (`queue` is measured from the start).
-        let backend_ns = phases.backend.map(|backend| {
-            let queued = phases.queue.unwrap_or(Duration::ZERO);
-            (unix(queued), unix(queued + backend))
-        });
+        let backend_ns = phases
+            .backend
+            .zip(backend_at)
+            .map(|(backend, at)| (unix(at), unix(at + backend)));
+        let backend = match member {
+            Some(m) => self.route.members[m].name.clone(),
+            None => Arc::from(NO_BACKEND),
+        };
         traced.tracer.push(SpanRecord {
             ids: traced.ids,
             method: "".into(),
             model: self.route.model.clone(),
-            backend: self.route.backend.name.clone(),
+            backend,
             start_ns: unix(Duration::ZERO),
             backend_ns,
             end_ns: unix(phases.total),
             code,
         });
+        value
+    }
+
+    /// The gateway's entries: `decode`, each attempt's `queue` and `backend` in order,
+    /// `total` naming the backend that answered when OK.
+    fn trailer(
+        &self,
+        phases: &Phases,
+        code: u8,
+        member: Option<usize>,
+        attempts: &Attempts,
+    ) -> Option<HeaderValue> {
+        let ok = code == grpc_status::OK;
+        let members = &self.route.members;
+        let text = match member.map(|m| &members[m]) {
+            None => phases.trailer("", "", false),
+            Some(b)
+                if attempts.prior.is_empty() && !matches!(attempts.current, Some(Desc::Own(_))) =>
+            {
+                phases.trailer(&b.desc_total, &b.desc_backend, ok)
+            }
+            Some(b) => {
+                let mut entries = Entries::default();
+                entries.add("decode", phases.decode, "");
+                for tried in &attempts.prior {
+                    if let Some(queue) = tried.queue {
+                        entries.add("queue", queue, &members[tried.member].desc_total);
+                    }
+                    if let Some(backend) = tried.backend {
+                        entries.add("backend", backend, &tried.desc);
+                    }
+                }
+                if let Some(queue) = phases.queue {
+                    entries.add("queue", queue, &b.desc_total);
+                }
+                if let Some(backend) = phases.backend {
+                    let desc = attempts
+                        .current
+                        .as_ref()
+                        .map_or(b.desc_backend.as_str(), |d| d.of(b));
+                    entries.add("backend", backend, desc);
+                }
+                entries.add("total", phases.total, if ok { &b.desc_total } else { "" });
+                entries.finish()
+            }
+        };
+        HeaderValue::from_str(&text).ok()
     }
 
     fn add(&self, d: Duration) {
@@ -742,16 +1262,16 @@ impl Drop for Pending<'_> {
                 total: self.call.start.elapsed(),
                 ..Phases::default()
             };
-            self.call.end(grpc_status::CANCELLED, &phases);
+            self.call.end(grpc_status::CANCELLED, &phases, None);
         }
     }
 }
 
 /// Whose counters a response counts in: a native route (with its request's checks, for
-/// the `decode` entry) or the python lane.
+/// the `decode` entry) or the python lane (`true`: a request spill-over sent there).
 enum Owner {
     Route(Arc<Call>),
-    Lane(Arc<Lane>),
+    Lane(Arc<Lane>, bool),
 }
 
 /// The upstream's response body, passed through; at its trailers the request is over:
@@ -773,32 +1293,38 @@ impl Timed {
         self.done = true;
         self.slot = None;
         let code = grpc_status::code_of(trailers).unwrap_or(grpc_status::UNKNOWN);
-        if let Some((route, phases)) = self.record(code) {
-            if let Some(value) = route.trailer(&phases, code) {
-                trailers.append(timing::TRAILER, value);
-            }
+        if let Some(value) = self.record(code) {
+            trailers.append(timing::TRAILER, value);
+        }
+        if matches!(self.owner, Owner::Lane(_, true)) {
+            mark_spill(trailers);
         }
     }
 
-    /// Counts the request's end with `code`; for a native route, its route and phases.
-    fn record(&self, code: u8) -> Option<(&Route, Phases)> {
+    /// Counts the request's end with `code`; for a native route, its `server-timing`.
+    fn record(&self, code: u8) -> Option<HeaderValue> {
         let now = Instant::now();
         let total = now - self.start;
         match &self.owner {
-            Owner::Lane(lane) => {
+            Owner::Lane(lane, _) => {
                 lane.stats.count(code);
                 lane.stats.total.observe(total);
                 None
             }
             Owner::Route(call) => {
+                let backend = now - self.backend_start;
                 let phases = Phases {
                     decode: call.decode(),
                     queue: Some(self.queue),
-                    backend: Some(now - self.backend_start),
+                    backend: Some(backend),
                     total,
                 };
-                call.end(code, &phases);
-                Some((&call.route, phases))
+                if code == grpc_status::OK {
+                    if let Some(m) = call.member() {
+                        call.route.members[m].service_times.add(backend);
+                    }
+                }
+                call.end(code, &phases, Some(self.backend_start - self.start))
             }
         }
     }
@@ -852,6 +1378,230 @@ impl Drop for Timed {
     fn drop(&mut self) {
         if !self.done && self.inner.is_some() {
             self.record(grpc_status::CANCELLED);
+        }
+    }
+}
+
+/// Names the reason in a lane answer's `server-timing`, as the gateway's spill-over joins
+/// an attempt's entries (`routing/attempts._join`): its first `backend` entry gets
+/// `;reason=spill`, any later one (the backend's own retries) `;reason=retry`.
+fn mark_spill(headers: &mut HeaderMap) {
+    let Some(value) = headers.get(timing::TRAILER).and_then(|v| v.to_str().ok()) else {
+        return;
+    };
+    if let Ok(marked) = HeaderValue::from_str(&spill_reasons(value)) {
+        headers.insert(timing::TRAILER, marked);
+    }
+}
+
+fn spill_reasons(value: &str) -> String {
+    let mut tries = 0;
+    let entries: Vec<String> = value
+        .split(", ")
+        .map(|entry| {
+            if !entry.starts_with("backend;")
+                || !entry.ends_with("\"")
+                || !entry.contains("desc=\"")
+            {
+                return entry.to_owned();
+            }
+            let why = if tries == 0 { "spill" } else { "retry" };
+            tries += 1;
+            format!("{};reason={why}\"", &entry[..entry.len() - 1])
+        })
+        .collect();
+    entries.join(", ")
+}
+
+/// The request body of a route that may try another member: every chunk an attempt sent
+/// is kept (refcounted `Bytes`, nothing copied) until a backend answers (`commit`), so the
+/// next attempt resends the same bytes and then goes on with the rest of the client's body.
+struct Replay(Arc<Mutex<Replayed>>);
+
+struct Replayed {
+    source: Body,
+    /// The chunks read from `source` so far (emptied by `commit` as they are sent).
+    log: Vec<Bytes>,
+    trailers: Option<HeaderMap>,
+    ended: bool,
+    /// The source failed (the client's body, or a refused message): nothing to resend.
+    failed: bool,
+    keep: bool,
+    /// The attempt whose body this is; an earlier attempt's body is cut off.
+    generation: u64,
+    /// How many of `log` the live attempt has sent.
+    sent: usize,
+}
+
+impl Replay {
+    fn new(source: Body) -> Replay {
+        Replay(Arc::new(Mutex::new(Replayed {
+            source,
+            log: Vec::new(),
+            trailers: None,
+            ended: false,
+            failed: false,
+            keep: true,
+            generation: 0,
+            sent: 0,
+        })))
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, Replayed> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The body of the next attempt: from the first byte again.
+    fn attempt(&self) -> Attempt {
+        let mut state = self.state();
+        state.generation += 1;
+        state.sent = 0;
+        Attempt {
+            state: self.0.clone(),
+            generation: state.generation,
+            trailers_sent: false,
+        }
+    }
+
+    /// Whether a next attempt can send the whole request again.
+    fn can_retry(&self) -> bool {
+        let state = self.state();
+        state.keep && !state.failed
+    }
+
+    /// A backend answered: what is sent need not be kept any more.
+    fn commit(&self) {
+        let mut state = self.state();
+        state.keep = false;
+        let sent = state.sent;
+        state.log[..sent].iter_mut().for_each(|c| *c = Bytes::new());
+    }
+}
+
+/// One attempt's view of a `Replay`.
+struct Attempt {
+    state: Arc<Mutex<Replayed>>,
+    generation: u64,
+    trailers_sent: bool,
+}
+
+impl http_body::Body for Attempt {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let state = self.state.clone();
+        let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
+        if state.generation != self.generation {
+            return Poll::Ready(Some(Err("superseded by another attempt".into())));
+        }
+        if state.sent < state.log.len() {
+            let i = state.sent;
+            state.sent += 1;
+            let chunk = if state.keep {
+                state.log[i].clone()
+            } else {
+                std::mem::take(&mut state.log[i])
+            };
+            return Poll::Ready(Some(Ok(Frame::data(chunk))));
+        }
+        if state.failed {
+            return Poll::Ready(Some(Err("the request body failed".into())));
+        }
+        if state.ended {
+            if self.trailers_sent {
+                return Poll::Ready(None);
+            }
+            self.trailers_sent = true;
+            return Poll::Ready(state.trailers.clone().map(|t| Ok(Frame::trailers(t))));
+        }
+        match ready!(Pin::new(&mut state.source).poll_frame(cx)) {
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => {
+                    if state.keep {
+                        state.log.push(data.clone());
+                        state.sent += 1;
+                    }
+                    Poll::Ready(Some(Ok(Frame::data(data))))
+                }
+                Err(frame) => {
+                    state.ended = true;
+                    self.trailers_sent = true;
+                    state.trailers = frame.into_trailers().ok();
+                    Poll::Ready(state.trailers.clone().map(|t| Ok(Frame::trailers(t))))
+                }
+            },
+            Some(Err(e)) => {
+                state.failed = true;
+                Poll::Ready(Some(Err(e)))
+            }
+            None => {
+                state.ended = true;
+                self.trailers_sent = true;
+                Poll::Ready(None)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lane_answer_names_the_spill() {
+        let lane = r#"decode;dur=0.100, queue;dur=0.010;desc="backend=lambda", backend;dur=3.000;desc="backend=lambda;attempt=1", backend;dur=2.000;desc="backend=lambda;attempt=2", encode;dur=0.020, total;dur=5.500;desc="backend=lambda""#;
+        assert_eq!(
+            spill_reasons(lane),
+            r#"decode;dur=0.100, queue;dur=0.010;desc="backend=lambda", backend;dur=3.000;desc="backend=lambda;attempt=1;reason=spill", backend;dur=2.000;desc="backend=lambda;attempt=2;reason=retry", encode;dur=0.020, total;dur=5.500;desc="backend=lambda""#
+        );
+        assert_eq!(spill_reasons("total;dur=1.000"), "total;dur=1.000");
+    }
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+    }
+
+    async fn collect(body: Attempt) -> Result<Vec<u8>, BoxError> {
+        Ok(body.collect().await?.to_bytes().to_vec())
+    }
+
+    #[test]
+    fn a_replay_resends_what_an_attempt_sent_then_the_rest() {
+        rt().block_on(async {
+            let chunks = ["ab", "cd", "ef"].map(|c| Bytes::from_static(c.as_bytes()));
+            let replay = Replay::new(boxed(Chunks(chunks.into())));
+            // The first attempt sends two chunks, then fails.
+            let mut first = replay.attempt();
+            let a = first.frame().await.unwrap().unwrap().into_data().unwrap();
+            let b = first.frame().await.unwrap().unwrap().into_data().unwrap();
+            assert_eq!((&a[..], &b[..]), (&b"ab"[..], &b"cd"[..]));
+            assert!(replay.can_retry());
+            let second = replay.attempt();
+            // The first attempt's body is cut off once the next one starts.
+            assert!(first.frame().await.unwrap().is_err());
+            replay.commit(); // (before anything of the second was sent: all kept for it)
+            assert_eq!(collect(second).await.unwrap(), b"abcdef");
+            assert!(!replay.can_retry());
+        });
+    }
+
+    struct Chunks(VecDeque<Bytes>);
+
+    impl http_body::Body for Chunks {
+        type Data = Bytes;
+        type Error = BoxError;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            Poll::Ready(self.0.pop_front().map(|c| Ok(Frame::data(c))))
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod grpc_status;
 pub mod health;
 pub mod passthrough;
 pub mod plane;
+pub mod policy;
 mod python;
 pub mod scan;
 pub mod sidecar_stats;

@@ -10,10 +10,11 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use crate::config::Config;
-use crate::forward::Shared;
+use crate::forward::{Route, Shared};
 use crate::health::Health;
 use crate::passthrough::Sidecar;
 use crate::plane::{self, Running};
+use crate::policy::Reason;
 use crate::sidecar_stats::HistogramSnapshot;
 use crate::stats::{Histogram, LaneStats, ModelStats, BUCKETS_S};
 
@@ -154,9 +155,11 @@ impl Plane {
     /// "python_lane": lane | None}``; a lane is ``{"requests": {grpc code: n}, "total",
     /// "queue", "backend": {"counts": [...], "sum_s": s}}`` (histogram counts per bucket,
     /// the last one +Inf), and a backend adds ``address``, ``in_flight`` and ``queued``.
-    /// ``"models": {model: {"backend": name, "outcomes": {grpc code: {"count": n, phase:
-    /// histogram}}}}`` has the natively routed models' requests by status, with the phases
-    /// (``decode``, ``queue``, ``backend``, ``total``) their trailers named.
+    /// ``"models": {model: {"backends": {backend: {grpc code: {"count": n, phase:
+    /// histogram}}}, "decisions": {backend: {reason: n}}}}`` has the natively routed
+    /// models' requests by the backend that answered and status, with the phases
+    /// (``decode``, ``queue``, ``backend``, ``total``) their trailers named, and the route
+    /// policies' decisions.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let out = PyDict::new(py);
         out.set_item("bounds_s", BUCKETS_S.to_vec())?;
@@ -179,10 +182,7 @@ impl Plane {
                 backends.set_item(&*backend.name, d)?;
             }
             for (model, route) in &shared.routes {
-                let d = PyDict::new(py);
-                d.set_item("backend", &*route.backend.name)?;
-                d.set_item("outcomes", outcomes_dict(py, &route.stats)?)?;
-                models.set_item(model, d)?;
+                models.set_item(model, route_dict(py, route)?)?;
             }
             if let Some(l) = &shared.lane {
                 let d = lane_dict(py, &l.stats)?;
@@ -237,6 +237,36 @@ fn sidecar_dict<'py>(py: Python<'py>, side: &Sidecar) -> PyResult<Bound<'py, PyD
         rows.push(r);
     }
     d.set_item("inference", rows)?;
+    Ok(d)
+}
+
+/// ``{"backends": {label: outcomes}, "decisions": {backend: {reason: n}}}``: a route's
+/// requests by the backend that answered (or was tried last; ``none``: no backend was),
+/// and its policy's attempts by backend and reason (none for a single backend).
+fn route_dict<'py>(py: Python<'py>, route: &Route) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    let backends = PyDict::new(py);
+    for (i, stats) in route.stats.iter().enumerate() {
+        let outcomes = outcomes_dict(py, stats)?;
+        if !outcomes.is_empty() {
+            backends.set_item(route.label(i), outcomes)?;
+        }
+    }
+    d.set_item("backends", backends)?;
+    let decisions = PyDict::new(py);
+    for (i, counts) in route.decisions.iter().enumerate() {
+        let by_reason = PyDict::new(py);
+        for reason in Reason::ALL {
+            let n = counts[reason as usize].load(Ordering::Relaxed);
+            if n > 0 {
+                by_reason.set_item(reason.as_str(), n)?;
+            }
+        }
+        if !by_reason.is_empty() {
+            decisions.set_item(route.target(i), by_reason)?;
+        }
+    }
+    d.set_item("decisions", decisions)?;
     Ok(d)
 }
 

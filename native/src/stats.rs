@@ -121,6 +121,18 @@ impl ModelStats {
         outcome.total.observe(phases.total);
     }
 
+    /// The phases of an earlier attempt of a request that ended with `code` (a fallback's
+    /// first try): the gateway observes every `queue` and `backend` entry of a request.
+    pub fn observe_attempt(&self, code: u8, queue: Option<Duration>, backend: Option<Duration>) {
+        let outcome = &self.outcomes[usize::from(code).min(CODES - 1)];
+        if let Some(queue) = queue {
+            outcome.queue.observe(queue);
+        }
+        if let Some(backend) = backend {
+            outcome.backend.observe(backend);
+        }
+    }
+
     /// The statuses seen so far, with their outcomes.
     pub fn outcomes(&self) -> impl Iterator<Item = (usize, &Outcome)> {
         self.outcomes

@@ -11,6 +11,9 @@ from infergw.gateway import native_front, native_plane
 from infergw.gateway.core.config import parse_config
 
 TRITON = {"kind": "triton", "url": "127.0.0.1:8001", "max_concurrency": 4, "max_queue": 2}
+OTHER = {"kind": "triton", "url": "127.0.0.1:9"}
+LANE = {"kind": "runtime", "models": ["identity"]}  # a backend only the lane serves
+BACKENDS = {"triton": TRITON, "other": OTHER, "lam": LANE}
 
 
 def config(models: dict[str, Any], **extra: Any) -> Any:
@@ -32,14 +35,46 @@ def test_plain_triton_routes_are_native_and_carry_their_limits() -> None:
         ({**TRITON, "retry": {"max_retries": 1}}, {"m": "triton"}, {}),
         ({**TRITON, "outlier": {}}, {"m": "triton"}, {}),
         ({**TRITON, "tls": {"ca_file": "ca.pem"}}, {"m": "triton"}, {}),
-        (TRITON, {"m": {"policy": {"kind": "fallback", "order": ["triton", "other"]}}}, {}),
+        (
+            TRITON,
+            {"m": {"policy": {"kind": "hedge", "backends": ["triton", "other"], "delay_ms": 5}}},
+            {},
+        ),
+        (TRITON, {"m": {"policy": {"kind": "fallback", "order": ["triton", "lam"]}}}, {}),
+        (TRITON, {"m": {"policy": {"kind": "weighted", "weights": {"triton": 1, "lam": 1}}}}, {}),
+        (TRITON, {"*": {"policy": {"kind": "fallback", "order": ["triton", "other"]}}}, {}),
+        (
+            {**TRITON, "outlier": {}},
+            {"m": {"policy": {"kind": "fallback", "order": ["triton", "other"]}}},
+            {},
+        ),
+        (
+            TRITON,
+            {"m": {"policy": {"kind": "spillover", "primary": "lam", "overflow": ["triton"]}}},
+            {},
+        ),
     ],
-    ids=["retry", "outlier", "tls", "policy"],
+    ids=[
+        "retry",
+        "outlier",
+        "tls",
+        "hedge",
+        "fallback-to-lane",
+        "weighted-lane",
+        "wildcard",
+        "ejecting-member",
+        "lane-primary",
+    ],
 )
 def test_what_the_plane_does_not_implement_stays_with_the_lane(
     backend: dict[str, Any], models: dict[str, Any], extra: dict[str, Any]
 ) -> None:
-    backends = {"triton": backend, "other": {"kind": "triton", "url": "127.0.0.1:9"}, **extra}
+    backends = {
+        "triton": backend,
+        "other": {"kind": "triton", "url": "127.0.0.1:9"},
+        "lam": LANE,
+        **extra,
+    }
     assert native_front.native_routes(config(models, backends=backends)).routes == {}
 
 
@@ -77,7 +112,7 @@ def test_auto_is_native_only_when_the_plane_forwards_a_route_itself(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.delenv(native_plane.ENV, raising=False)
-    policy = {"policy": {"kind": "fallback", "order": ["triton", "other"]}}
+    policy = {"policy": {"kind": "hedge", "backends": ["triton", "other"], "delay_ms": 5}}
     other = {"triton": TRITON, "other": {"kind": "triton", "url": "127.0.0.1:9"}}
     served = native_front.NativeFront.of(config({"identity": "triton"}, data_plane="auto"))
     lane_only = config({"m": policy}, backends=other, data_plane="auto")
@@ -100,3 +135,102 @@ def test_tls_or_api_keys_keep_the_python_plane(tmp_path: Any) -> None:
     reason = native_front.why_not(guarded)
     assert reason is not None and ("auth" in reason or "not built" in reason)
     assert native_front.NativeFront.of(guarded.replace(data_plane="native")) is None
+
+
+def test_weighted_and_fallback_among_native_backends_are_native() -> None:
+    weighted = {"kind": "weighted", "weights": {"other": 1, "triton": 3, "lam": 0}}
+    fallback = {"kind": "fallback", "order": ["other", "triton"]}
+    models = {"w": {"policy": weighted}, "f": {"policy": fallback}}
+    routes = native_front.native_routes(config(models, backends=BACKENDS))
+    # A weight of 0 receives nothing, so a lane backend there does not matter.
+    assert routes.routes == {
+        "w": native_plane.NativePolicy("weighted", ("other", "triton"), (1, 3)),
+        "f": native_plane.NativePolicy("fallback", ("other", "triton")),
+    }
+    assert set(routes.backends) == {"other", "triton"}  # "lam" is the lane's
+    assert routes.routes["w"].to_json() == {
+        "kind": "weighted",
+        "weights": [["other", 1], ["triton", 3]],
+    }
+
+
+def spillover(*overflow: str, **route: Any) -> dict[str, Any]:
+    policy = {"kind": "spillover", "primary": "triton", "overflow": list(overflow)}
+    return {"m": {"policy": {**policy, "max_queue_wait_ms": 5}, **route}}
+
+
+def test_spillover_overflows_natively_or_to_the_lane_by_a_pin() -> None:
+    routes = native_front.native_routes(config(spillover("other", "lam"), backends=BACKENDS))
+    policy = routes.routes["m"]
+    assert policy == native_plane.NativePolicy(
+        "spillover", ("triton", "other", "lam"), max_queue_wait_ms=5, lane=frozenset({"lam"})
+    )
+    assert isinstance(policy, native_plane.NativePolicy)
+    assert policy.to_json() == {
+        "kind": "spillover",
+        "primary": "triton",
+        "overflow": [{"native": "other"}, {"lane": "lam"}],
+        "max_queue_wait_ms": 5,
+    }
+    assert set(routes.backends) == {"triton", "other"}
+    pinnable = config(spillover("lam", backends=["lam"]), backends=BACKENDS)
+    assert "m" in native_front.native_routes(pinnable).routes
+
+
+@pytest.mark.parametrize(
+    ("models", "extra"),
+    [
+        (spillover("lam"), {"allow_backend_pinning": False}),
+        (spillover("lam", backends=["other"]), {}),  # the route does not let "lam" be pinned
+        (spillover("lam"), {"backends": {**BACKENDS, "lam": {**LANE, "outlier": {}}}}),
+    ],
+    ids=["pinning-off", "not-pinnable", "lane-member-ejects"],
+)
+def test_a_spillover_the_lane_cannot_take_pinned_stays_with_the_lane(
+    models: dict[str, Any], extra: dict[str, Any]
+) -> None:
+    extra = {"backends": BACKENDS, **extra}
+    assert native_front.native_routes(config(models, **extra)).routes == {}
+
+
+class FakeFront(native_front.NativeFront):
+    def __init__(self, stats: dict[str, Any]) -> None:
+        self._stats = stats
+
+    def stats(self) -> dict[str, Any]:
+        return self._stats
+
+
+def test_the_planes_series_are_by_answering_backend_and_decisions_by_reason() -> None:
+    histogram = {"counts": [1] + [0] * 18, "sum_s": 0.0001}
+    stats = {
+        "bounds_s": list(native_front.BUCKETS),
+        "models": {
+            "m": {
+                "backends": {
+                    "triton": {0: {"count": 3, "total": histogram}},
+                    "none": {8: {"count": 1, "total": histogram}},
+                },
+                "decisions": {"triton": {"spill": 1, "fallback": 2}, "lam": {"spill": 4}},
+            }
+        },
+    }
+    front = FakeFront(stats)
+    series = {s.labels: s.requests for s in front.series()}
+    assert series == {
+        ("m", "triton", "grpc", "OK"): 3,
+        ("m", "none", "grpc", "RESOURCE_EXHAUSTED"): 1,
+    }
+    assert dict(front.decisions()) == {
+        ("m", "triton", "spill"): 1,
+        ("m", "triton", "fallback"): 2,
+        ("m", "lam", "spill"): 4,
+    }
+    from infergw.gateway.core.metrics import GatewayMetrics
+
+    metrics = GatewayMetrics()
+    metrics.record("m", "triton", "spill")
+    metrics.sources.append(front)
+    page = metrics.render().decode()
+    assert 'infergw_route_decisions_total{backend="triton",reason="spill",route="m"} 2.0' in page
+    assert 'infergw_route_decisions_total{backend="lam",reason="spill",route="m"} 4.0' in page
