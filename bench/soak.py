@@ -284,7 +284,7 @@ async def soak(args: argparse.Namespace, grpc_addr: str, http_addr: str, pid: in
 
 GATEWAY_CONF = {  # per --backend: the backends and the route of every model ({triton}: url)
     "triton": 'backends:\n  triton: {{kind: triton, url: "{triton}"}}\n'
-    'models:\n  "*": {{backend: triton}}\n',
+    'models:\n  identity: {{backend: triton}}\n  "*": {{backend: triton}}\n',
     "runtime": "backends:\n  local: {{kind: runtime, models: [identity], preload: true}}\n"
     'models:\n  "*": {{backend: local}}\n',
 }
@@ -300,6 +300,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--timeout-s", type=float, default=5.0, help="bound on every call")
     p.add_argument("--max-in-flight", type=int, default=256)
     p.add_argument("--backend", choices=sorted(GATEWAY_CONF), default="triton")
+    p.add_argument(
+        "--data-plane",
+        choices=("auto", "python", "native"),
+        default="auto",
+        help="who owns the started gateway's gRPC port (auto: the Rust plane, identity "
+        "being routed to Triton by name)",
+    )
     p.add_argument("--grpc", help="soak this gateway's gRPC address instead of starting one")
     p.add_argument("--http", help="... and its REST address")
     p.add_argument("--pid", type=int, help="... and its pid, for RSS/FD samples")
@@ -326,7 +333,7 @@ def run(args: argparse.Namespace, groups: list[int]) -> dict[str, Any]:
             triton_grpc = triton.start().grpc
             groups.append(triton.pid or 0)
         backend = GATEWAY_CONF[args.backend].format(triton=triton_grpc)
-        config = "listen: {host: 127.0.0.1}\n" + backend
+        config = f"listen: {{host: 127.0.0.1}}\ndata_plane: {args.data_plane}\n" + backend
         gateway = servers.GatewayProcess(registry=groups, config=config)
         stack.callback(gateway.stop)
         grpc_addr = gateway.start()

@@ -1,22 +1,22 @@
 """The gRPC port on the native data plane: which routes it forwards itself, and the
 Python gateway behind it as its lane (issue 13).
 
-``data_plane: native`` in the config (or ``INFERGW_NATIVE=1``; ``INFERGW_NATIVE=0``
-always keeps the Python plane) puts the Rust plane (``native_plane.py``) on the configured
-gRPC port. A *native backend* is a Triton with nothing the plane does not implement
-(retry, outlier ejection, autoscaling, TLS to Triton). A model routed to one native
-backend, or by a ``weighted`` or ``fallback`` policy among native backends, or by a
-``spillover`` policy whose primary is native (overflow members native, or served by the
-lane through a pin, ``native_routes``), is admitted and forwarded by the plane with the
-backends' limits and the gateway's policy semantics; every other model, and every call
-that is not ``ModelInfer``, goes as bytes to the Python gateway's gRPC frontend, which
-then listens on a Unix socket of its own (the lane). The plane terminates no TLS and checks no API
-keys, so with ``listen.tls`` or ``auth`` the Python plane keeps the port, and says why.
-A request pinned to a backend (``x-infergw-backend``) goes to the lane, which honours it.
-Triton's per-request queue/compute split (``tracing.triton_receiver``) is not joined for
-native routes yet. A backend that native routes and lane routes (``*``, a hedge, a pinned
-spill-over) share has two admission pools, the plane's and the gateway's, each of
-``max_concurrency``.
+``data_plane`` in the config (``auto``, the default: when the plane forwards some route
+itself; ``native``; ``python``; ``INFERGW_NATIVE=0``/``=1`` overrides) puts the Rust plane
+(``native_plane.py``) on the configured gRPC port. A *native backend* is a Triton with
+nothing the plane does not implement (retry, outlier ejection, autoscaling, TLS to
+Triton). A model routed to one native backend, or by a ``weighted`` or ``fallback``
+policy among native backends, or by a ``spillover`` policy whose primary is native
+(overflow members native, or served by the lane through a pin, ``native_routes``), is
+admitted and forwarded by the plane with the backends' limits and the gateway's policy
+semantics; every other model, and every call that is not ``ModelInfer``, goes as bytes to
+the Python gateway's gRPC frontend, which then listens on a Unix socket of its own (the
+lane). The plane terminates no TLS and checks no API keys, so with ``listen.tls`` or
+``auth`` the Python plane keeps the port, and says why. A request pinned to a backend
+(``x-infergw-backend``) goes to the lane, which honours it. The plane's counts,
+decisions and spans join the gateway's (``series``, ``decisions``, ``native_traces.py``).
+A backend that native routes and lane routes (``*``, a hedge, a pinned spill-over) share
+has two admission pools, the plane's and the gateway's, each of ``max_concurrency``.
 """
 
 from __future__ import annotations
@@ -168,13 +168,14 @@ class NativeFront:
     def of(cls, config: GatewayConfig) -> NativeFront | None:
         """The front the config asks for and allows, or None (the Python plane, said once
         in the log). ``auto`` is native when the plane forwards some route itself."""
-        if native_plane.requested(config.data_plane) == "python":
+        wanted = native_plane.requested(config.data_plane)
+        if wanted == "python":
             return None
         routes = native_routes(config)
         obstacle = why_not(config)
-        if obstacle is None and not routes.routes and config.data_plane == "auto":
+        if obstacle is None and not routes.routes and wanted == "auto":
             obstacle = "no route it forwards itself (auto: the lane would only add a hop)"
-        if not native_plane.use_native(config.data_plane, obstacle, "gateway"):
+        if not native_plane.use_native(wanted, obstacle, "gateway"):
             return None
         log.info("data plane: native; forwarded natively: %s", sorted(routes.routes) or "none")
         return cls(routes)

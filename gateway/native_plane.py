@@ -2,12 +2,14 @@
 from Python.
 
 The plane listens for gRPC over h2c on its own threads (tokio + hyper; the GIL is never
-taken on the request path). ``ModelInfer`` for a model with a native route is admitted
-(concurrency limit + bounded queue + queue timeout, the semantics of the gateway's
-``Admission``), forwarded as bytes to that route's backend with the remaining deadline,
-and answered with the gateway's ``server-timing`` trailer (``queue``, ``backend``,
-``total``). Everything else is forwarded as bytes to the *python lane* (the Python
-gateway's gRPC address, ``HOST:PORT`` or ``unix:/path``) and its answer passes through.
+taken on the request path). ``ModelInfer`` for a model with a native route is checked as
+the gateway checks it, admitted (concurrency limit + bounded queue + queue timeout, the
+semantics of the gateway's ``Admission``), forwarded as bytes to that route's backend (or
+by its policy) with the remaining deadline, and answered with the gateway's
+``server-timing`` trailer (``decode``, ``queue``, ``backend``, ``total``). Everything else
+is forwarded as bytes to the *python lane* (the Python gateway's gRPC address,
+``HOST:PORT`` or ``unix:/path``) and its answer passes through. With ``sidecar`` set the
+plane is ``infergw sidecar``'s gRPC port instead (every call to one upstream).
 
     with NativePlane(NativeConfig(python_lane=gw_grpc,
                                   backends={"triton": NativeBackend("127.0.0.1:8001")},
@@ -30,7 +32,7 @@ from types import ModuleType, TracebackType
 from typing import Any, Literal
 
 log = logging.getLogger(__name__)
-ENV = "INFERGW_NATIVE"  # "0": never use the native plane (today's Python data plane)
+ENV = "INFERGW_NATIVE"  # "0": the Python data plane, "1": the native one, whatever the config
 MODULE = "infergw._native"
 # gRPC status codes' names by number (the gRPC spec's table).
 _STATUS_NAMES = (

@@ -234,3 +234,13 @@ def test_the_planes_series_are_by_answering_backend_and_decisions_by_reason() ->
     page = metrics.render().decode()
     assert 'infergw_route_decisions_total{backend="triton",reason="spill",route="m"} 2.0' in page
     assert 'infergw_route_decisions_total{backend="lam",reason="spill",route="m"} 4.0' in page
+
+
+@pytest.mark.skipif(not native_plane.available(), reason="infergw._native is not built")
+def test_infergw_native_1_forces_the_plane_even_without_a_native_route(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(native_plane.ENV, "1")
+    front = native_front.NativeFront.of(config({"*": "triton"}))  # auto, no named route
+    assert front is not None and front.routes.routes == {}
+    front.stop(0)
