@@ -151,7 +151,9 @@ class NativeTraces:
         """Export and announce every record so far; how many there were."""
         records, dropped = self.plane.take_spans()
         if dropped > self.dropped:
-            log.warning("native plane: %d span records dropped (not drained in time)", dropped)
+            log.warning(
+                "native plane: %d span records dropped so far (not drained in time)", dropped
+            )
             self.dropped = dropped
         sdk = self._sdk_tracer()
         for raw in records:
@@ -211,7 +213,15 @@ class NativeTraces:
 
 
 def _export(tracer: trace.Tracer, ids: _ReplayIds, record: SpanRecord, protocol: str) -> None:
-    """The SERVER and CLIENT spans of one record, with its ids and times."""
+    """The SERVER and CLIENT spans of one record, with its ids and times. No id is left
+    queued, whatever happens: the gateway's own spans on this thread take the SDK's."""
+    try:
+        _spans(tracer, ids, record, protocol)
+    finally:
+        ids.replay()
+
+
+def _spans(tracer: trace.Tracer, ids: _ReplayIds, record: SpanRecord, protocol: str) -> None:
     trace_id = int(record.trace_id, 16)
     flags = trace.TraceFlags(record.flags & 0xFF)
     if record.parent_id is not None:
@@ -243,7 +253,6 @@ def _export(tracer: trace.Tracer, ids: _ReplayIds, record: SpanRecord, protocol:
         if failed:
             _mark(client, record.status)
         client.end(end_time=record.backend_end_ns)
-    ids.replay()
     if failed:
         _mark(server, record.status)
     server.end(end_time=record.end_ns)

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
+from infergw.gateway import native_traces
 from infergw.gateway.native_traces import NativeTraces
 
 TRACE = "0af7651916cd43dd8448eb211c80319c"
@@ -88,3 +90,21 @@ def test_without_an_sdk_only_the_splits_hear_of_attempts_that_reached_triton() -
     ]
     assert traces.trace_all()  # splits are wanted: the plane traces every request
     assert not NativeTraces(Plane(), None, traced_backends=bool).trace_all()
+
+
+def test_a_span_that_fails_midway_leaves_no_id_for_the_gateways_own_spans() -> None:
+    class Failing:
+        def start_span(self, *args: Any, **kwargs: Any) -> Any:
+            raise RuntimeError("exporter broke")
+
+    class Ids:
+        def generate_span_id(self) -> int:
+            return 7
+
+        def generate_trace_id(self) -> int:
+            return 8
+
+    ids = native_traces._ReplayIds(Ids())
+    with pytest.raises(RuntimeError):
+        native_traces._export(Failing(), ids, native_traces.SpanRecord.of(RECORD), "grpc")  # type: ignore[arg-type]
+    assert (ids.generate_span_id(), ids.generate_trace_id()) == (7, 8)  # nothing left queued
