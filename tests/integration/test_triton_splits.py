@@ -103,9 +103,10 @@ def test_per_request_compute_sums_to_tritons_compute_infer(
     splits = [s for attempts in document["splits"].values() for s in attempts]
     known = [s for s in splits if s["compute_infer_ms"] is not None]
     # Triton exports no spans at all for some traced requests (5-18% measured here, as
-    # many direct as through the gateway, spread evenly): those are unknown. The rest
-    # must add up to Triton's own total for them.
-    assert len(known) >= 0.85 * requests, document["pending"]
+    # many direct as through the gateway, spread evenly; 22% once on a loaded CI
+    # machine, on the Python plane): those are unknown. The rest must add up to Triton's
+    # own total for them.
+    assert len(known) >= 0.7 * requests, document["pending"]
     per_request_ms = sum(s["compute_infer_ms"] for s in known)
     total_ms = (after[1] - before[1]) / 1e6
     assert per_request_ms == pytest.approx(total_ms * len(known) / requests, rel=0.10)
