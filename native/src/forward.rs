@@ -285,6 +285,18 @@ struct Tried {
     backend: Option<Duration>,
 }
 
+impl Tried {
+    /// An attempt that moved on after its queue, before any backend call: no entry.
+    fn queued(member: usize, queue: Duration) -> Tried {
+        Tried {
+            member,
+            desc: String::new(),
+            queue: Some(queue),
+            backend: None,
+        }
+    }
+}
+
 impl Backend {
     /// The gateway's words for a backend it cannot reach (`wire/status.error_from_rpc`).
     fn unavailable(&self, why: &str) -> String {
@@ -680,12 +692,7 @@ async fn native(
                 if !last
                     && policy::moves_on(status.code, retry_after, &status.message, out_of_time())
                 {
-                    call.tried(Tried {
-                        member,
-                        desc: String::new(),
-                        queue: Some(queue),
-                        backend: None,
-                    });
+                    call.tried(Tried::queued(member, queue));
                     continue;
                 }
                 return fail(status, Some(queue), None);
@@ -712,12 +719,7 @@ async fn native(
                     "deadline exceeded before the backend call",
                 );
                 if !last && policy::moves_on(status.code, false, "", out_of_time()) {
-                    call.tried(Tried {
-                        member,
-                        desc: String::new(),
-                        queue: Some(queue),
-                        backend: None,
-                    });
+                    call.tried(Tried::queued(member, queue));
                     continue;
                 }
                 return fail(status, Some(queue), None);
@@ -752,6 +754,18 @@ async fn native(
         // an eventfd write and an extra epoll_wait): the backend enforces the `grpc-timeout`
         // passed on above and answers DEADLINE_EXCEEDED itself, as gRPC servers do, and the
         // client gives up at its deadline, which resets the stream and so the backend call.
+        // An attempt the backend saw that failed in a way that moves on: counted, and its
+        // trailer entry kept for the next member's.
+        let moved_on = |code: u8, took: Duration| {
+            backend.stats.count(code);
+            backend.stats.backend.observe(took);
+            call.tried(Tried {
+                member,
+                desc: desc.of(backend).to_owned(),
+                queue: Some(queue),
+                backend: Some(took),
+            });
+        };
         let response = match sent.await {
             Ok(response) => response,
             Err(message) => {
@@ -764,14 +778,7 @@ async fn native(
                 };
                 let again = replay.as_ref().is_some_and(Replay::can_retry);
                 if !last && again && call.refusal.get().is_none() && !out_of_time() {
-                    backend.stats.count(status.code);
-                    backend.stats.backend.observe(took);
-                    call.tried(Tried {
-                        member,
-                        desc: desc.of(backend).to_owned(),
-                        queue: Some(queue),
-                        backend: Some(took),
-                    });
+                    moved_on(status.code, took);
                     continue;
                 }
                 // The gateway refuses a bad message before any backend call: no entry.
@@ -799,16 +806,8 @@ async fn native(
                 message.as_deref().unwrap_or(""),
                 out_of_time(),
             ) {
-                let took = backend_start.elapsed();
-                backend.stats.count(code);
-                backend.stats.backend.observe(took);
                 drop(slot);
-                call.tried(Tried {
-                    member,
-                    desc: desc.of(backend).to_owned(),
-                    queue: Some(queue),
-                    backend: Some(took),
-                });
+                moved_on(code, backend_start.elapsed());
                 continue;
             }
         }

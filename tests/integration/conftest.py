@@ -8,10 +8,12 @@ Every server is stopped at the end, also when a test fails.
 from __future__ import annotations
 
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from infergw.deploy.local.stack import local_config
 from infergw.deploy.triton.launcher import TritonEndpoints, TritonServer
@@ -77,6 +79,18 @@ def wait_until(
             raise AssertionError(f"not reached within {timeout_s:g} s: {what}")
         time.sleep(interval_s)
     return time.monotonic()
+
+
+def scrape(metrics: str, name: str, *labels: str) -> dict[tuple[str, ...], float]:
+    """The samples called ``name`` on a metrics page (``HOST:PORT``), by ``labels``' values."""
+    with urllib.request.urlopen(f"http://{metrics}/metrics", timeout=10) as reply:
+        text = reply.read().decode()
+    return {
+        tuple(sample.labels[label] for label in labels): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name
+    }
 
 
 def wait_for_native_tracing(stats: Callable[[], dict[str, Any]] | None) -> None:

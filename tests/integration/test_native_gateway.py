@@ -12,12 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tritonclient.grpc as tgrpc
-from prometheus_client.parser import text_string_to_metric_families
 
 from infergw.deploy.triton.launcher import TritonEndpoints
 from infergw.gateway.core.config import GatewayConfig, parse_config
 from infergw.wire.server_timing import parse_server_timing
-from tests.integration.conftest import GatewayThread
+from tests.integration.conftest import GatewayThread, scrape
 
 pytest.importorskip("infergw._native")
 pytestmark = pytest.mark.integration
@@ -41,20 +40,6 @@ def native_gateway(triton: TritonEndpoints) -> Iterator[GatewayThread]:
         yield gw
     finally:
         gw.close()
-
-
-def scrape(metrics: str, name: str, *labels: str) -> dict[tuple[str, ...], float]:
-    """The samples called ``name`` on the metrics page, by the values of ``labels``."""
-    import urllib.request
-
-    with urllib.request.urlopen(f"http://{metrics}/metrics", timeout=10) as reply:
-        text = reply.read().decode()
-    return {
-        tuple(sample.labels[label] for label in labels): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == name
-    }
 
 
 def native_requests(metrics: str) -> dict[tuple[str, ...], float]:

@@ -14,7 +14,6 @@ import re
 import socket
 import threading
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -22,7 +21,6 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from infergw.deploy.triton.launcher import TritonEndpoints
 from infergw.gateway.core.config import parse_config
@@ -30,7 +28,7 @@ from infergw.gateway.core.routing.weighted import _score
 from infergw.gateway.native_plane import NativeBackend, NativeConfig, NativePlane, NativePolicy
 from infergw.proto import grpc_service_pb2 as pb
 from infergw.wire import grpc_channel
-from tests.integration.conftest import GatewayThread
+from tests.integration.conftest import GatewayThread, scrape
 
 pytest.importorskip("infergw._native", reason="the native extension is not built")
 pytestmark = pytest.mark.integration
@@ -299,17 +297,6 @@ def test_spillover_to_the_lane_pins_the_overflow_backend_and_counts_once(
             assert counted["lam"] == {"spill": len(to_lane)}
             # The plane's series count only what it served: the lane counts its own.
             assert ok_by_backend(running) == {"triton": 330 - len(to_lane)}
-
-
-def scrape(metrics: str, name: str, *labels: str) -> dict[tuple[str, ...], float]:
-    with urllib.request.urlopen(f"http://{metrics}/metrics", timeout=10) as reply:
-        text = reply.read().decode()
-    return {
-        tuple(sample.labels[label] for label in labels): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == name
-    }
 
 
 def gateway(
