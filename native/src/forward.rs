@@ -26,7 +26,7 @@ use crate::scan::{self, Scan};
 use crate::stats::{LaneStats, ModelStats, Phases};
 use crate::timing::{self, Entries};
 use crate::trace::{self, Ids, SpanRecord, Tracer};
-use crate::upstream::{Body, BoxError, Upstream};
+use crate::upstream::{Body, BoxError, Reply, SendError, Upstream};
 use crate::validate::{self, Refusal};
 
 pub const MODEL_INFER: &str = "/inference.GRPCInferenceService/ModelInfer";
@@ -740,15 +740,10 @@ async fn native(
             Err(status) => return fail(status, Some(queue), None),
         };
         let sent = async {
-            let mut sender = upstream.sender(deadline).await?;
-            sender
-                .ready()
-                .await
-                .map_err(|e| format!("upstream {}: {e}", upstream.address))?;
-            sender
-                .send_request(request)
-                .await
-                .map_err(|e| format!("upstream {}: {e}", upstream.address))
+            upstream.send(request, deadline).await.map_err(|e| match e {
+                SendError::Connect(message) => message,
+                SendError::Call(e) => format!("upstream {}: {e}", upstream.address),
+            })
         };
         // No timer of our own here (one per request cost a wake-up of the runtime's driver,
         // an eventfd write and an extra epoll_wait): the backend enforces the `grpc-timeout`
@@ -895,18 +890,11 @@ async fn to_lane(
         Ok(request) => request,
         Err(status) => return fail(status),
     };
-    let sent = async {
-        let mut sender = lane.upstream.sender(deadline).await?;
-        sender
-            .ready()
-            .await
-            .map_err(|e| format!("python lane: {e}"))?;
-        sender
-            .send_request(request)
-            .await
-            .map_err(|e| format!("python lane: {e}"))
-    };
-    let response = match sent.await {
+    let sent = lane.upstream.send(request, deadline).await;
+    let response = match sent.map_err(|e| match e {
+        SendError::Connect(message) => message,
+        SendError::Call(e) => format!("python lane: {e}"),
+    }) {
         Ok(response) => response,
         Err(message) => return fail(Status::new(grpc_status::UNAVAILABLE, message)),
     };
@@ -1278,7 +1266,7 @@ enum Owner {
 /// appended. Dropped before its end (client gone), it counts CANCELLED, and dropping the
 /// upstream body resets the upstream stream: the backend sees the cancel.
 struct Timed {
-    inner: Option<Incoming>,
+    inner: Option<Reply>,
     start: Instant,
     backend_start: Instant,
     queue: Duration,

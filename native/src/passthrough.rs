@@ -33,7 +33,7 @@ use crate::health::{self, Health};
 use crate::sidecar_stats::{Outcome, SidecarStats};
 use crate::timing::{self, Entries};
 use crate::trace::{self, Ids, SpanRecord, Tracer};
-use crate::upstream::{Body, BoxError, Upstream};
+use crate::upstream::{Body, BoxError, Reply, SendError, Upstream};
 
 /// Connection-specific headers (RFC 9113 8.2.2) and `host` are never forwarded, and
 /// `grpc-timeout` is replaced by what remains of the deadline. The Python sidecar's
@@ -159,18 +159,6 @@ async fn forward(side: Arc<Sidecar>, request: Request<Incoming>, start: Instant)
         call,
     };
     let upstream = &side.upstream;
-    let mut sender = match upstream.sender(deadline).await {
-        Ok(sender) => sender,
-        Err(e) => {
-            let prefix = format!("upstream {} unreachable: ", upstream.address);
-            let why = e.strip_prefix(&prefix).unwrap_or(&e);
-            let message = format!(
-                "infergw sidecar: upstream {} is unreachable: {why}",
-                upstream.address
-            );
-            return rpc.fail(Status::new(grpc_status::UNAVAILABLE, message));
-        }
-    };
     let backend_start = Instant::now();
     rpc.backend_start = Some(backend_start);
     if let Some(deadline) = deadline {
@@ -203,16 +191,22 @@ async fn forward(side: Arc<Sidecar>, request: Request<Incoming>, start: Instant)
     *outgoing.method_mut() = parts.method;
     *outgoing.uri_mut() = uri;
     *outgoing.headers_mut() = headers;
-    let sent = async {
-        sender.ready().await?;
-        sender.send_request(outgoing).await
-    };
-    let response = match sent.await {
-        Ok(response) => response,
-        Err(e) => {
-            let status = rpc.lost(&e);
-            return rpc.fail(status);
+    let status = match upstream.send(outgoing, deadline).await {
+        Ok(response) => Ok(response),
+        Err(SendError::Connect(e)) => {
+            let prefix = format!("upstream {} unreachable: ", upstream.address);
+            let why = e.strip_prefix(&prefix).unwrap_or(&e);
+            let message = format!(
+                "infergw sidecar: upstream {} is unreachable: {why}",
+                upstream.address
+            );
+            Err(Status::new(grpc_status::UNAVAILABLE, message))
         }
+        Err(SendError::Call(e)) => Err(rpc.lost(&e)),
+    };
+    let response = match status {
+        Ok(response) => response,
+        Err(status) => return rpc.fail(status),
     };
     let (mut parts, incoming) = response.into_parts();
     if grpc_status::code_of(&parts.headers).is_some() || incoming.is_end_stream() {
@@ -405,7 +399,7 @@ impl http_body::Body for Checked {
 /// the upstream breaks off (or the request side refused a message), the client gets
 /// trailers with the sidecar's status instead of a reset stream.
 struct Relay {
-    inner: Incoming,
+    inner: Reply,
     rpc: Rpc,
 }
 

@@ -6,6 +6,7 @@ tritonclient."""
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,10 +23,16 @@ pytest.importorskip("infergw._native")
 pytestmark = pytest.mark.integration
 
 
-def native_config(triton: TritonEndpoints) -> GatewayConfig:
+def native_config(triton: TritonEndpoints, idle_timeout_s: float = 75) -> GatewayConfig:
     return parse_config(
         {
-            "listen": {"host": "127.0.0.1", "grpc_port": 0, "http_port": 0, "metrics_port": 0},
+            "listen": {
+                "host": "127.0.0.1",
+                "grpc_port": 0,
+                "http_port": 0,
+                "metrics_port": 0,
+                "idle_timeout_s": idle_timeout_s,
+            },
             "backends": {"triton": {"kind": "triton", "url": triton.grpc, "max_queue": 0}},
             "models": {"identity": "triton", "*": "triton"},  # "*": the lane's
             "data_plane": "native",
@@ -150,3 +157,25 @@ def test_the_python_plane_is_kept_when_switched_off_and_stopping_leaves_nothing(
     assert not lane.parent.exists()  # the lane's socket and its folder are gone
     with pytest.raises(OSError), socket.create_connection((host, int(port)), timeout=2):
         pass  # nothing listens on the gRPC port any more
+
+
+def test_calls_go_on_after_idle_connections_were_sent_goaway(triton: TritonEndpoints) -> None:
+    # Idle past `idle_timeout_s`, the python lane's gRPC server sends the plane GOAWAY (and
+    # the plane its client): the next calls must go on new connections on both hops. (The
+    # plane also replaces a connection whose GOAWAY came with the socket left open, which
+    # h2 keeps while a sender lives; grpc's idle GOAWAY here closes the socket, so this
+    # test reaches that path only through the connection's end.)
+    gw = GatewayThread(native_config(triton, idle_timeout_s=1))
+    client = tgrpc.InferenceServerClient(gw.grpc)
+    try:
+        for _ in range(2):
+            infer(client, "identity_int64", "INT64")  # the lane's
+            infer(client, "identity", "FP32")  # native
+            time.sleep(3)  # past the idle timeout on both hops (grpc's timer is coarse)
+        infer(client, "identity_int64", "INT64")
+        lane = native_requests(gw.metrics)
+        assert lane.get(("python_lane", "0"), 0) >= 3, lane
+        assert all(status == "0" for _, status in lane), lane
+    finally:
+        client.close()
+        gw.close()
