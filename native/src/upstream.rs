@@ -98,24 +98,23 @@ impl Upstream {
     ) -> Result<Response<Reply>, SendError> {
         let (parts, mut body) = request.into_parts();
         let ends = body.is_end_stream();
-        let mut head = Some(Request::from_parts(parts, ()));
-        let (response, mut stream) = loop {
+        let mut sender = loop {
             let (connection, fresh) = self.connection(deadline).await?;
-            let opened = async {
-                let mut sender = connection.sender.clone().ready().await?;
-                let head = head.take().expect("a request head for each try");
-                sender.send_request(head, ends)
-            };
-            match opened.await {
-                Ok(opened) => break opened,
+            match connection.sender.clone().ready().await {
+                Ok(sender) => break sender,
                 Err(e) => {
+                    // A connection-level error: nothing of this request was sent.
                     connection.closed.store(true, Ordering::Release);
-                    if fresh || head.is_none() {
+                    if fresh {
                         return Err(SendError::Call(e));
                     }
                 }
             }
         };
+        // An error here is this request's own (its headers, say): the connection stays.
+        let (response, mut stream) = sender
+            .send_request(Request::from_parts(parts, ()), ends)
+            .map_err(SendError::Call)?;
         if !ends && !send_ready_frames(&mut body, &mut stream) {
             tokio::spawn(pipe(body, stream));
         }
