@@ -132,52 +132,41 @@ impl Admission {
 mod tests {
     use super::*;
 
-    fn rt() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .unwrap()
+    #[tokio::test]
+    async fn full_queue_is_resource_exhausted_with_retry_after() {
+        let a = Admission::new("triton", 1, 0, Duration::from_millis(200));
+        let held = a.acquire(None).await.unwrap();
+        let err = a.acquire(None).await.err().unwrap();
+        assert_eq!(err.code, RESOURCE_EXHAUSTED);
+        assert_eq!(err.retry_after_s, Some(1));
+        assert_eq!(a.in_flight(), 1);
+        drop(held);
+        assert_eq!(a.in_flight(), 0);
+        assert!(a.acquire(None).await.is_ok());
     }
 
-    #[test]
-    fn full_queue_is_resource_exhausted_with_retry_after() {
-        rt().block_on(async {
-            let a = Admission::new("triton", 1, 0, Duration::from_millis(200));
-            let held = a.acquire(None).await.unwrap();
-            let err = a.acquire(None).await.err().unwrap();
-            assert_eq!(err.code, RESOURCE_EXHAUSTED);
-            assert_eq!(err.retry_after_s, Some(1));
-            assert_eq!(a.in_flight(), 1);
-            drop(held);
-            assert_eq!(a.in_flight(), 0);
-            assert!(a.acquire(None).await.is_ok());
-        });
-    }
-
-    #[test]
-    fn queued_waiters_get_the_slot_in_order_or_time_out() {
-        rt().block_on(async {
-            let a = Arc::new(Admission::new("b", 1, 2, Duration::from_millis(50)));
-            let held = a.acquire(None).await.unwrap();
-            let a2 = a.clone();
-            let waiter = tokio::spawn(async move { a2.acquire(None).await.map(|_| ()) });
-            tokio::task::yield_now().await;
-            assert_eq!(a.queued(), 1);
-            drop(held);
-            assert!(waiter.await.unwrap().is_ok());
-            assert_eq!(a.queued(), 0);
-            // Now a wait that times out: QueueFull with retry-after = max(1 s, 50 ms).
-            let held = a.acquire(None).await.unwrap();
-            let err = a.acquire(None).await.err().unwrap();
-            assert_eq!((err.code, err.retry_after_s), (RESOURCE_EXHAUSTED, Some(1)));
-            // A deadline shorter than the queue timeout: DEADLINE_EXCEEDED.
-            let deadline = Instant::now() + Duration::from_millis(5);
-            let err = a.acquire(Some(deadline)).await.err().unwrap();
-            assert_eq!(err.code, DEADLINE_EXCEEDED);
-            assert_eq!(a.queued(), 0);
-            drop(held);
-            assert_eq!(a.in_flight(), 0);
-        });
+    #[tokio::test]
+    async fn queued_waiters_get_the_slot_in_order_or_time_out() {
+        let a = Arc::new(Admission::new("b", 1, 2, Duration::from_millis(50)));
+        let held = a.acquire(None).await.unwrap();
+        let a2 = a.clone();
+        let waiter = tokio::spawn(async move { a2.acquire(None).await.map(|_| ()) });
+        tokio::task::yield_now().await;
+        assert_eq!(a.queued(), 1);
+        drop(held);
+        assert!(waiter.await.unwrap().is_ok());
+        assert_eq!(a.queued(), 0);
+        // Now a wait that times out: QueueFull with retry-after = max(1 s, 50 ms).
+        let held = a.acquire(None).await.unwrap();
+        let err = a.acquire(None).await.err().unwrap();
+        assert_eq!((err.code, err.retry_after_s), (RESOURCE_EXHAUSTED, Some(1)));
+        // A deadline shorter than the queue timeout: DEADLINE_EXCEEDED.
+        let deadline = Instant::now() + Duration::from_millis(5);
+        let err = a.acquire(Some(deadline)).await.err().unwrap();
+        assert_eq!(err.code, DEADLINE_EXCEEDED);
+        assert_eq!(a.queued(), 0);
+        drop(held);
+        assert_eq!(a.in_flight(), 0);
     }
 
     #[test]
@@ -186,19 +175,17 @@ mod tests {
         assert_eq!(a.queue_full(String::new()).retry_after_s, Some(3));
     }
 
-    #[test]
-    fn a_dropped_waiter_leaves_no_trace() {
-        rt().block_on(async {
-            let a = Arc::new(Admission::new("b", 1, 1, Duration::from_secs(5)));
-            let held = a.acquire(None).await.unwrap();
-            let a2 = a.clone();
-            let waiter = tokio::spawn(async move { a2.acquire(None).await.map(|_| ()) });
-            tokio::task::yield_now().await;
-            waiter.abort();
-            let _ = waiter.await;
-            assert_eq!(a.queued(), 0);
-            drop(held);
-            assert_eq!(a.in_flight(), 0);
-        });
+    #[tokio::test]
+    async fn a_dropped_waiter_leaves_no_trace() {
+        let a = Arc::new(Admission::new("b", 1, 1, Duration::from_secs(5)));
+        let held = a.acquire(None).await.unwrap();
+        let a2 = a.clone();
+        let waiter = tokio::spawn(async move { a2.acquire(None).await.map(|_| ()) });
+        tokio::task::yield_now().await;
+        waiter.abort();
+        let _ = waiter.await;
+        assert_eq!(a.queued(), 0);
+        drop(held);
+        assert_eq!(a.in_flight(), 0);
     }
 }

@@ -1548,34 +1548,26 @@ mod tests {
         assert_eq!(spill_reasons("total;dur=1.000"), "total;dur=1.000");
     }
 
-    fn rt() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap()
-    }
-
     async fn collect(body: Attempt) -> Result<Vec<u8>, BoxError> {
         Ok(body.collect().await?.to_bytes().to_vec())
     }
 
-    #[test]
-    fn a_replay_resends_what_an_attempt_sent_then_the_rest() {
-        rt().block_on(async {
-            let chunks = ["ab", "cd", "ef"].map(|c| Bytes::from_static(c.as_bytes()));
-            let replay = Replay::new(boxed(Chunks(chunks.into())));
-            // The first attempt sends two chunks, then fails.
-            let mut first = replay.attempt();
-            let a = first.frame().await.unwrap().unwrap().into_data().unwrap();
-            let b = first.frame().await.unwrap().unwrap().into_data().unwrap();
-            assert_eq!((&a[..], &b[..]), (&b"ab"[..], &b"cd"[..]));
-            assert!(replay.can_retry());
-            let second = replay.attempt();
-            // The first attempt's body is cut off once the next one starts.
-            assert!(first.frame().await.unwrap().is_err());
-            replay.commit(); // (before anything of the second was sent: all kept for it)
-            assert_eq!(collect(second).await.unwrap(), b"abcdef");
-            assert!(!replay.can_retry());
-        });
+    #[tokio::test]
+    async fn a_replay_resends_what_an_attempt_sent_then_the_rest() {
+        let chunks = ["ab", "cd", "ef"].map(|c| Bytes::from_static(c.as_bytes()));
+        let replay = Replay::new(boxed(Chunks(chunks.into())));
+        // The first attempt sends two chunks, then fails.
+        let mut first = replay.attempt();
+        let a = first.frame().await.unwrap().unwrap().into_data().unwrap();
+        let b = first.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!((&a[..], &b[..]), (&b"ab"[..], &b"cd"[..]));
+        assert!(replay.can_retry());
+        let second = replay.attempt();
+        // The first attempt's body is cut off once the next one starts.
+        assert!(first.frame().await.unwrap().is_err());
+        replay.commit(); // (before anything of the second was sent: all kept for it)
+        assert_eq!(collect(second).await.unwrap(), b"abcdef");
+        assert!(!replay.can_retry());
     }
 
     struct Chunks(VecDeque<Bytes>);

@@ -202,8 +202,8 @@ fn send_ready_frames(body: &mut Body, stream: &mut SendStream<Bytes>) -> bool {
                     Ok(f) => f.data_ref().map_or(0, Bytes::len),
                     Err(_) => 0,
                 });
-                if let Some(over) = send_frame(frame, body.is_end_stream(), stream) {
-                    return over;
+                if send_frame(frame, body.is_end_stream(), stream) {
+                    return true;
                 }
             }
         }
@@ -211,12 +211,13 @@ fn send_ready_frames(body: &mut Body, stream: &mut SendStream<Bytes>) -> bool {
     false
 }
 
-/// Sends one polled frame; `Some(true)` when the body is over.
+/// Sends one polled frame; `true` when the body is over (sent whole, failed and the
+/// stream reset, or the stream already gone).
 fn send_frame(
     frame: Option<Result<Frame<Bytes>, BoxError>>,
     last: bool,
     stream: &mut SendStream<Bytes>,
-) -> Option<bool> {
+) -> bool {
     let sent = match frame {
         Some(Ok(frame)) => match frame.into_data() {
             Ok(data) => stream.send_data(data, last).map(|()| last),
@@ -231,11 +232,7 @@ fn send_frame(
             Ok(true)
         }
     };
-    match sent {
-        Ok(true) => Some(true),
-        Ok(false) => None,
-        Err(_) => Some(true), // the stream is gone (reset by the upstream)
-    }
+    sent.unwrap_or(true) // an error: the stream is gone (reset by the upstream)
 }
 
 /// The rest of a request body, sent as it arrives and as fast as the upstream's window
@@ -264,7 +261,7 @@ async fn pipe(mut body: Body, mut stream: SendStream<Bytes>) {
         let Some(frame) = frame.await else {
             return; // the upstream reset the stream: nothing more to send
         };
-        if send_frame(frame, body.is_end_stream(), &mut stream).is_some() {
+        if send_frame(frame, body.is_end_stream(), &mut stream) {
             return;
         }
     }
@@ -398,63 +395,132 @@ mod tests {
         Ok((collected.to_bytes().to_vec(), ended))
     }
 
-    fn rt() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
+    #[tokio::test]
+    async fn a_body_in_hand_and_the_replys_trailers_go_through() {
+        let (seen, _) = mpsc::unbounded_channel();
+        let upstream = echo_server(seen).await;
+        let body = Full::new(Bytes::from_static(b"hello")).map_err(|n| match n {});
+        let got = reply_of(&upstream, body.boxed_unsync()).await.unwrap();
+        assert_eq!(got, (b"hello".to_vec(), "end".to_owned()));
+        // The connection is shared: a second call goes on the same one.
+        let body = Full::new(Bytes::from_static(b"again")).map_err(|n| match n {});
+        assert_eq!(
+            reply_of(&upstream, body.boxed_unsync()).await.unwrap().0,
+            b"again"
+        );
     }
 
-    #[test]
-    fn a_body_in_hand_and_the_replys_trailers_go_through() {
-        rt().block_on(async {
-            let (seen, _) = mpsc::unbounded_channel();
-            let upstream = echo_server(seen).await;
-            let body = Full::new(Bytes::from_static(b"hello")).map_err(|n| match n {});
-            let got = reply_of(&upstream, body.boxed_unsync()).await.unwrap();
-            assert_eq!(got, (b"hello".to_vec(), "end".to_owned()));
-            // The connection is shared: a second call goes on the same one.
-            let body = Full::new(Bytes::from_static(b"again")).map_err(|n| match n {});
-            assert_eq!(
-                reply_of(&upstream, body.boxed_unsync()).await.unwrap().0,
-                b"again"
-            );
+    #[tokio::test]
+    async fn a_body_still_arriving_is_piped_whole_with_its_trailers() {
+        let (seen, _) = mpsc::unbounded_channel();
+        let upstream = echo_server(seen).await;
+        let (mut tx, body) = Channel::<Bytes, BoxError>::new(1);
+        tokio::spawn(async move {
+            for chunk in ["ab", "cd", "ef"] {
+                tokio::time::sleep(Duration::from_millis(5)).await; // each one later
+                tx.send_data(Bytes::from_static(chunk.as_bytes()))
+                    .await
+                    .unwrap();
+            }
+            tx.send_trailers(HeaderMap::new()).await.unwrap();
         });
+        let got = reply_of(&upstream, body.boxed_unsync()).await.unwrap();
+        assert_eq!(got, (b"abcdef".to_vec(), "trailers".to_owned()));
     }
 
-    #[test]
-    fn a_body_still_arriving_is_piped_whole_with_its_trailers() {
-        rt().block_on(async {
-            let (seen, _) = mpsc::unbounded_channel();
-            let upstream = echo_server(seen).await;
-            let (mut tx, body) = Channel::<Bytes, BoxError>::new(1);
-            tokio::spawn(async move {
-                for chunk in ["ab", "cd", "ef"] {
-                    tokio::time::sleep(Duration::from_millis(5)).await; // each one later
-                    tx.send_data(Bytes::from_static(chunk.as_bytes()))
-                        .await
-                        .unwrap();
+    #[tokio::test]
+    async fn a_failing_body_resets_the_upstream_stream() {
+        let (seen, mut seen_rx) = mpsc::unbounded_channel();
+        let upstream = echo_server(seen).await;
+        let (mut tx, body) = Channel::<Bytes, BoxError>::new(1);
+        tokio::spawn(async move {
+            tx.send_data(Bytes::from_static(b"ab")).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            tx.abort("the client went away".into());
+        });
+        assert!(reply_of(&upstream, body.boxed_unsync()).await.is_err());
+        assert_eq!(seen_rx.recv().await, Some("error"));
+    }
+
+    /// A real h2c server whose first connection, once its first call arrives, says GOAWAY
+    /// and holds that call open until `release`: the connection stays open with GOAWAY
+    /// said, as an upstream draining gracefully leaves it. Later connections answer at
+    /// once. `connections` counts those accepted.
+    async fn draining_server(
+        release: Arc<tokio::sync::Notify>,
+    ) -> (Upstream, Arc<std::sync::atomic::AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let upstream = Upstream::new(&listener.local_addr().unwrap().to_string());
+        let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let accepted = connections.clone();
+        tokio::spawn(async move {
+            loop {
+                let (io, _) = listener.accept().await.unwrap();
+                let first = accepted.fetch_add(1, Ordering::SeqCst) == 0;
+                let (called, release) = (Arc::new(tokio::sync::Notify::new()), release.clone());
+                let on_call = called.clone();
+                let answer =
+                    hyper::service::service_fn(move |_: Request<hyper::body::Incoming>| {
+                        let (on_call, release) = (on_call.clone(), release.clone());
+                        async move {
+                            if first {
+                                on_call.notify_one();
+                                release.notified().await;
+                            }
+                            let reply = Full::new(Bytes::from_static(b"ok"));
+                            Ok::<_, Infallible>(Response::new(reply))
+                        }
+                    });
+                tokio::spawn(async move {
+                    let conn = server::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(io), answer);
+                    tokio::pin!(conn);
+                    tokio::select! {
+                        _ = conn.as_mut() => return,
+                        _ = called.notified(), if first => conn.as_mut().graceful_shutdown(),
+                    }
+                    let _ = conn.await;
+                });
+            }
+        });
+        (upstream, connections)
+    }
+
+    #[tokio::test]
+    async fn a_call_after_the_upstreams_goaway_goes_on_a_new_connection() {
+        let release = Arc::new(tokio::sync::Notify::new());
+        let (upstream, connections) = draining_server(release.clone()).await;
+        let upstream = Arc::new(upstream);
+        let held = {
+            let upstream = upstream.clone();
+            let body = Full::new(Bytes::from_static(b"held")).map_err(|n| match n {});
+            tokio::spawn(async move { reply_of(&upstream, body.boxed_unsync()).await })
+        };
+        // Wait (bounded) until the client has seen the GOAWAY on the open connection.
+        let seen = async {
+            loop {
+                let open = upstream.conn.lock().await.clone();
+                if let Some(open) = open {
+                    if open.sender.ready().await.is_err() {
+                        return;
+                    }
                 }
-                tx.send_trailers(HeaderMap::new()).await.unwrap();
-            });
-            let got = reply_of(&upstream, body.boxed_unsync()).await.unwrap();
-            assert_eq!(got, (b"abcdef".to_vec(), "trailers".to_owned()));
-        });
-    }
-
-    #[test]
-    fn a_failing_body_resets_the_upstream_stream() {
-        rt().block_on(async {
-            let (seen, mut seen_rx) = mpsc::unbounded_channel();
-            let upstream = echo_server(seen).await;
-            let (mut tx, body) = Channel::<Bytes, BoxError>::new(1);
-            tokio::spawn(async move {
-                tx.send_data(Bytes::from_static(b"ab")).await.unwrap();
-                tokio::time::sleep(Duration::from_millis(5)).await;
-                tx.abort("the client went away".into());
-            });
-            assert!(reply_of(&upstream, body.boxed_unsync()).await.is_err());
-            assert_eq!(seen_rx.recv().await, Some("error"));
-        });
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), seen)
+            .await
+            .expect("the client never saw the GOAWAY");
+        let body = Full::new(Bytes::from_static(b"next")).map_err(|n| match n {});
+        let next = tokio::time::timeout(
+            Duration::from_secs(5),
+            reply_of(&upstream, body.boxed_unsync()),
+        )
+        .await
+        .expect("a call after GOAWAY hung");
+        assert_eq!(next.unwrap().0, b"ok");
+        assert_eq!(connections.load(Ordering::SeqCst), 2);
+        release.notify_one();
+        assert_eq!(held.await.unwrap().unwrap().0, b"ok"); // the held call still ends well
     }
 }
