@@ -31,7 +31,7 @@ PYTHON_PLANE_TESTS := $(addprefix tests/integration/test_, grpc_gateway.py obser
 	fuzz_grpc.py clients.py tfserving.py decoupled.py)
 
 test: install lint
-	cd native && $(CARGO) test -q --release --locked
+	cd native && $(CARGO) test -q --profile unit --locked
 	$(PY) -m pytest -q -p no:cacheprovider
 	INFERGW_NATIVE=0 $(PY) -m pytest -q -p no:cacheprovider $(PYTHON_PLANE_TESTS)
 
@@ -59,7 +59,7 @@ lint: install
 	cd $(VIEW) && ../../$(VENV)/bin/mypy --config-file ../../pyproject.toml -p infergw
 	cd $(VIEW) && PYTHONPATH=. ../../$(VENV)/bin/lint-imports --config ../../pyproject.toml
 	cd native && $(CARGO) fmt --check
-	cd native && $(CARGO) clippy -q --release --all-targets --locked -- -D warnings
+	cd native && $(CARGO) clippy -q --profile unit --all-targets --locked -- -D warnings
 
 clean:
 	rm -rf $(VENV) build *.egg-info proto/*_pb2.py* proto/*/*_pb2.py* native/target native/python/*.so
