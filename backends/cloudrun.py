@@ -30,7 +30,6 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
-from urllib.parse import urlsplit
 
 import grpc
 
@@ -121,20 +120,6 @@ def _log_background_failure(task: asyncio.Task[str]) -> None:
         log.warning("background ID token refresh failed: %s", type(task.exception()).__name__)
 
 
-def parse_url(url: str) -> tuple[str, bool, str]:
-    """``url`` -> (gRPC target, TLS?, default audience)."""
-    if "://" not in url:
-        url = "h2c://" + url
-    parts = urlsplit(url)
-    if parts.scheme not in ("https", "h2c") or not parts.hostname or parts.path.strip("/"):
-        raise ValueError("expected https://HOST (Cloud Run) or h2c://HOST:PORT / HOST:PORT")
-    if parts.scheme == "https":
-        return f"{parts.hostname}:{parts.port or 443}", True, f"https://{parts.netloc}"
-    if parts.port is None:
-        raise ValueError("an h2c URL needs a port")
-    return parts.netloc, False, ""
-
-
 class CloudRunBackend(OipGrpcBackend):
     reads_trailers = True  # the container's server-timing trailer carries compute/coldstart
     scales_to_zero = True
@@ -147,7 +132,7 @@ class CloudRunBackend(OipGrpcBackend):
         audience: str | None = None,
         tokens: IdTokenCache | None = None,
     ) -> None:
-        target, self.tls, default_audience = parse_url(url)
+        target, self.tls, default_audience = grpc_channel.parse_target_url(url)
         super().__init__(name, url)
         self.target = target
         if tokens is None and self.tls:

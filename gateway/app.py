@@ -141,9 +141,16 @@ class Gateway(AsyncService):
 
     def _start_native(self, front: native_front.NativeFront, listen: str) -> int:
         """The plane on ``listen`` (its port), its metrics on the gateway's, its traced
-        requests drained into the SDK and the Triton splits."""
+        requests drained into the SDK and the Triton splits, its serverless backends'
+        answers into the warm-state estimator and keep-warm."""
         triton = {b.name for b in self.config.backends if b.kind in TRACED_KINDS}
-        traces = NativeTraces(front, self.splits, traced_backends=triton.__contains__)
+
+        def feed_warmth() -> int:
+            return front.feed_warmth(self.router.keep_warm.observe)
+
+        traces = NativeTraces(
+            front, self.splits, traced_backends=triton.__contains__, also=(feed_warmth,)
+        )
         port = front.start(listen, trace_all=traces.trace_all())
         self.metrics.registry.register(front.collector())
         self.metrics.sources.append(front)

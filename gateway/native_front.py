@@ -3,20 +3,24 @@ Python gateway behind it as its lane (issue 13).
 
 ``data_plane`` in the config (``auto``, the default: when the plane forwards some route
 itself; ``native``; ``python``; ``INFERGW_NATIVE=0``/``=1`` overrides) puts the Rust plane
-(``native_plane.py``) on the configured gRPC port. A *native backend* is a Triton with
-nothing the plane does not implement (retry, outlier ejection, autoscaling, TLS to
-Triton). A model routed to one native backend, or by a ``weighted`` or ``fallback``
-policy among native backends, or by a ``spillover`` policy whose primary is native
-(overflow members native, or served by the lane through a pin, ``native_routes``), is
-admitted and forwarded by the plane with the backends' limits and the gateway's policy
-semantics; every other model, and every call that is not ``ModelInfer``, goes as bytes to
-the Python gateway's gRPC frontend, which then listens on a Unix socket of its own (the
-lane). The plane terminates no TLS and checks no API keys, so with ``listen.tls`` or
-``auth`` the Python plane keeps the port, and says why. A request pinned to a backend
-(``x-infergw-backend``) goes to the lane, which honours it. The plane's counts,
-decisions and spans join the gateway's (``series``, ``decisions``, ``native_traces.py``).
-A backend that native routes and lane routes (``*``, a hedge, a pinned spill-over) share
-has two admission pools, the plane's and the gateway's, each of ``max_concurrency``.
+(``native_plane.py``) on the configured gRPC port. A *native backend* is a Triton (h2c, or
+TLS with its ``tls`` options, mutual too) or a Cloud Run service over h2c, with nothing
+the plane does not implement (retry, outlier ejection, autoscaling; an ``https`` Cloud Run
+URL, which needs Google ID tokens, stays with the lane). A Cloud Run route's trailer and
+metrics get the container's ``coldstart``/``backend_queue``/``compute`` as on the Python
+plane, and its answers feed the warm-state estimator and keep-warm (``feed_warmth``). A
+model routed to one native backend, or by a ``weighted`` or ``fallback`` policy among
+native backends, or by a ``spillover`` policy whose primary is native (overflow members
+native, or served by the lane through a pin, ``native_routes``), is admitted and forwarded
+by the plane with the backends' limits and the gateway's policy semantics; every other
+model, and every call that is not ``ModelInfer``, goes as bytes to the Python gateway's
+gRPC frontend, which then listens on a Unix socket of its own (the lane). The plane
+terminates no TLS and checks no API keys, so with ``listen.tls`` or ``auth`` the Python
+plane keeps the port, and says why. A request pinned to a backend (``x-infergw-backend``)
+goes to the lane, which honours it. The plane's counts, decisions and spans join the
+gateway's (``series``, ``decisions``, ``native_traces.py``). A backend that native routes
+and lane routes (``*``, a hedge, a pinned spill-over) share has two admission pools, the
+plane's and the gateway's, each of ``max_concurrency``.
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ import dataclasses
 import logging
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -36,11 +41,51 @@ from infergw.gateway import native_plane
 from infergw.gateway.core.config import WILDCARD, BackendConfig, GatewayConfig, RouteConfig
 from infergw.gateway.core.metrics import BUCKETS, Decision, Series, cumulative_buckets
 from infergw.gateway.core.routing.config import FallbackConfig, SpilloverConfig, WeightedConfig
+from infergw.gateway.core.warmth import Observation
 from infergw.gateway.sites import default_max_connections
+from infergw.wire import grpc_channel
 from infergw.wire.protocols import Protocol
 
 log = logging.getLogger(__name__)
-NATIVE_KINDS = ("triton",)
+
+
+Upstream = tuple[str, native_plane.NativeTls | None]  # address, TLS (None: h2c)
+
+
+@dataclasses.dataclass(frozen=True)
+class NativeKind:
+    """A backend kind the plane forwards to: the upstream its options name (None: these
+    options need what the plane lacks), and whether it is ``serverless`` (reports its own
+    phases, scales to zero: ``NativeBackend.serverless``)."""
+
+    upstream: Callable[[Mapping[str, Any]], Upstream | None]
+    serverless: bool = False
+
+
+def _triton_upstream(options: Mapping[str, Any]) -> Upstream:
+    tls = options.get("tls")  # checked by TritonBackend.from_config (ClientTls)
+    if not isinstance(tls, Mapping):
+        return str(options["url"]), None
+    fields = {f.name for f in dataclasses.fields(native_plane.NativeTls)}
+    return str(options["url"]), native_plane.NativeTls(
+        **{k: str(v) for k, v in tls.items() if k in fields and v is not None}
+    )
+
+
+def _cloudrun_upstream(options: Mapping[str, Any]) -> Upstream | None:
+    """h2c only: an ``https`` service also wants a Google ID token on every call, which
+    only the Python backend fetches."""
+    try:
+        target, tls, _ = grpc_channel.parse_target_url(str(options["url"]))
+    except ValueError:
+        return None  # the backend's own config check says why
+    return None if tls else (target, None)
+
+
+NATIVE_KINDS = {
+    "triton": NativeKind(_triton_upstream),
+    "cloudrun": NativeKind(_cloudrun_upstream, serverless=True),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,11 +132,12 @@ def native_routes(config: GatewayConfig) -> NativeRoutes:
 
 
 def _native(cfg: BackendConfig) -> bool:
-    """A backend the plane implements: a Triton over h2c with only admission and a
-    timeout (no retry, outlier ejection, autoscaling)."""
+    """A backend the plane implements: a kind of ``NATIVE_KINDS`` over h2c with only
+    admission and a timeout (no retry, outlier ejection, autoscaling)."""
+    kind = NATIVE_KINDS.get(cfg.kind)
     return (
-        cfg.kind in NATIVE_KINDS
-        and cfg.options.get("tls") is None
+        kind is not None
+        and kind.upstream(cfg.options) is not None
         and cfg.retry is None
         and cfg.outlier is None
         and cfg.autoscale is None
@@ -146,12 +192,18 @@ def _pinnable(name: str, route: RouteConfig, config: GatewayConfig) -> bool:
 
 
 def _backend(cfg: BackendConfig) -> native_plane.NativeBackend:
+    kind = NATIVE_KINDS[cfg.kind]
+    upstream = kind.upstream(cfg.options)
+    assert upstream is not None  # only native backends (``_native``) get here
+    address, tls = upstream
     return native_plane.NativeBackend(
-        address=str(cfg.options["url"]),
+        address=address,
+        tls=tls,
         max_concurrency=cfg.max_concurrency,
         max_queue=cfg.max_queue,
         queue_timeout_ms=cfg.queue_timeout_ms,
         timeout_ms=cfg.timeout_ms,
+        serverless=kind.serverless,
     )
 
 
@@ -219,6 +271,22 @@ class NativeFront:
     def set_trace_all(self, all: bool) -> None:
         if self._plane is not None:
             self._plane.set_trace_all(all)
+
+    def feed_warmth(self, observe: Callable[[str, Observation], None]) -> int:
+        """Hands the serverless backends' answers since the last call to ``observe``
+        (``KeepWarmSet.observe``: the estimator and keep-warm see every answer, as
+        ``ObservedWarmth`` shows them the Python plane's); how many there were."""
+        if self._plane is None:
+            return 0
+        answers, dropped = self._plane.take_observations()
+        if dropped:
+            log.warning("native plane: %d serverless answers dropped (drained late)", dropped)
+        now = time.monotonic()
+        for a in answers:
+            cold = a.coldstart_s is not None and a.coldstart_s > 0
+            at = now - a.age_s
+            observe(a.backend, Observation(at, cold, a.coldstart_s, a.backend_s, a.compute_s))
+        return len(answers)
 
     def collector(self) -> NativeCollector:
         return NativeCollector(self)

@@ -29,7 +29,7 @@ import logging
 import os
 from collections.abc import Mapping
 from types import ModuleType, TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 log = logging.getLogger(__name__)
 ENV = "INFERGW_NATIVE"  # "0": the Python data plane, "1": the native one, whatever the config
@@ -97,15 +97,44 @@ def available() -> bool:
 
 
 @dataclasses.dataclass(frozen=True)
+class NativeTls:
+    """TLS to a backend, as ``backends/triton.py``'s ``ClientTls``: the CA file that signs
+    the server (None: the system's roots), a client certificate and key (mutual TLS), and
+    the name its certificate must carry (None: the address's host). ALPN ``h2``."""
+
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    server_name: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
 class NativeBackend:
-    """One native backend: a single h2c upstream (``HOST:PORT`` or ``unix:/path``) with the
-    admission settings of ``gateway/core/config.py``'s ``BackendConfig`` (same defaults)."""
+    """One native backend: a single upstream (``HOST:PORT`` or ``unix:/path``; h2c, or TLS
+    as ``tls`` says) with the
+    admission settings of ``gateway/core/config.py``'s ``BackendConfig`` (same defaults).
+    ``serverless``: it scales to zero and reports ``coldstart``/``backend_queue``/``compute``
+    in its ``server-timing`` trailer (Cloud Run's container); those join the plane's
+    trailer and metrics, and its answers are kept for ``NativePlane.take_observations``."""
 
     address: str
     max_concurrency: int = 64
     max_queue: int = 256
     queue_timeout_ms: float = 5000.0
     timeout_ms: float | None = 30000.0  # None: the client's deadline only
+    serverless: bool = False
+    tls: NativeTls | None = None  # None: h2c
+
+
+class NativeAnswer(NamedTuple):
+    """A serverless backend's successful answer on the plane: ``age_s`` seconds before it
+    was taken, its round trip, and the cold start and compute time it reported."""
+
+    backend: str
+    age_s: float
+    backend_s: float
+    coldstart_s: float | None
+    compute_s: float | None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -235,6 +264,12 @@ class NativePlane:
         dropped since the start (``gateway/native_traces.py`` reads them)."""
         records, dropped = self._plane.take_spans()
         return list(records), int(dropped)
+
+    def take_observations(self) -> tuple[list[NativeAnswer], int]:
+        """The serverless backends' answers since the last call, oldest first, and how
+        many were dropped since the last call (the warm-state estimator reads them)."""
+        rows, dropped = self._plane.take_observations()
+        return [NativeAnswer(*row) for row in rows], int(dropped)
 
     def set_trace_all(self, all: bool) -> None:
         """Trace every request (True) or only those carrying a valid ``traceparent``."""

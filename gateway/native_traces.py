@@ -131,7 +131,9 @@ class _ReplayIds:
 
 
 class NativeTraces:
-    """Drains the plane's span records into the SDK and the Triton splits."""
+    """Drains the plane's span records into the SDK and the Triton splits, and on the same
+    tick the plane's other queues (``also``: the serverless answers for the warm-state
+    estimator, ``NativeFront.feed_warmth``)."""
 
     def __init__(
         self,
@@ -139,11 +141,13 @@ class NativeTraces:
         splits: Expectations | None,
         traced_backends: Callable[[str], bool],
         protocol: str = "grpc",
+        also: Sequence[Callable[[], object]] = (),
     ) -> None:
         self.plane = plane
         self.splits = splits
         self.traced_backends = traced_backends  # backends whose spans the splits join
         self.protocol = protocol
+        self.also = tuple(also)
         self.dropped = 0
         self._tracer: tuple[object, trace.Tracer, _ReplayIds] | None = None
 
@@ -203,6 +207,7 @@ class NativeTraces:
                 self.drain()
             except Exception:  # a bad record must not end the draining
                 log.exception("native plane: draining span records failed")
+            self._drain_also()
             await asyncio.sleep(interval_s)
 
     async def stop(self, task: asyncio.Task[None]) -> None:
@@ -210,6 +215,14 @@ class NativeTraces:
         with contextlib.suppress(asyncio.CancelledError):
             await task
         self.drain()
+        self._drain_also()
+
+    def _drain_also(self) -> None:
+        for drain in self.also:
+            try:
+                drain()
+            except Exception:
+                log.exception("native plane: draining %s failed", getattr(drain, "__name__", drain))
 
 
 def _export(tracer: trace.Tracer, ids: _ReplayIds, record: SpanRecord, protocol: str) -> None:

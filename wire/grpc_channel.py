@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import TypeAlias
+from urllib.parse import urlsplit
 
 import grpc
 import grpc.aio
@@ -38,6 +39,7 @@ __all__ = [
     "channel_options",
     "limited_server_options",
     "message_limits",
+    "parse_target_url",
     "server_options",
     "sync_channel",
     "tls_credentials",
@@ -168,3 +170,19 @@ def limited_server_options(limit_bytes: int, options: Sequence[Option] = ()) -> 
         max_send_bytes=UNLIMITED,
         options=(("grpc.so_reuseport", 0), *options),
     )
+
+
+def parse_target_url(url: str) -> tuple[str, bool, str]:
+    """A service URL -> (gRPC target, TLS?, default ID-token audience): ``https://HOST``
+    (Cloud Run: TLS on 443, the URL its tokens name), ``h2c://HOST:PORT`` or ``HOST:PORT``
+    (plaintext HTTP/2). ValueError for anything else."""
+    if "://" not in url:
+        url = "h2c://" + url
+    parts = urlsplit(url)
+    if parts.scheme not in ("https", "h2c") or not parts.hostname or parts.path.strip("/"):
+        raise ValueError("expected https://HOST (Cloud Run) or h2c://HOST:PORT / HOST:PORT")
+    if parts.scheme == "https":
+        return f"{parts.hostname}:{parts.port or 443}", True, f"https://{parts.netloc}"
+    if parts.port is None:
+        raise ValueError("an h2c URL needs a port")
+    return parts.netloc, False, ""

@@ -174,6 +174,31 @@ pub struct BackendConfig {
     /// The per-request backend deadline (the client's, if shorter); null: the client's only.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: Option<f64>,
+    /// A backend that scales to zero and reports its own phases (Cloud Run's container):
+    /// its trailer's `coldstart`, `backend_queue` and `compute` join the plane's, and its
+    /// answers are queued for the gateway's warm-state estimator (`observed.rs`).
+    #[serde(default)]
+    pub serverless: bool,
+    /// TLS to the upstream (`tls.rs`); None: h2c.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+}
+
+/// A backend's TLS, as the Python backend's `tls` (`backends/triton.py` `ClientTls`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM file of the CA(s) the server's certificate must chain to; None: the system's.
+    #[serde(default)]
+    pub ca_file: Option<String>,
+    /// PEM files of the client's certificate and key (mutual TLS), both or neither.
+    #[serde(default)]
+    pub cert_file: Option<String>,
+    #[serde(default)]
+    pub key_file: Option<String>,
+    /// The name the server's certificate must carry; None: the address's host.
+    #[serde(default)]
+    pub server_name: Option<String>,
 }
 
 fn default_listen() -> String {

@@ -21,9 +21,10 @@ use crate::admission::{Admission, Slot};
 use crate::config::{millis, Config, OverflowConfig, PolicyConfig, RouteConfig};
 use crate::deadline;
 use crate::grpc_status::{self, Status};
+use crate::observed::{Observations, Observed};
 use crate::policy::{self, LatencyWindow, Reason, Spill, Uniform};
 use crate::scan::{self, Scan};
-use crate::stats::{LaneStats, ModelStats, Phases};
+use crate::stats::{LaneStats, ModelStats, Phases, Reported};
 use crate::timing::{self, Entries};
 use crate::trace::{self, Ids, SpanRecord, Tracer};
 use crate::upstream::{Body, BoxError, Reply, SendError, Upstream};
@@ -45,6 +46,8 @@ pub struct Backend {
     pub stats: LaneStats,
     /// Service times of its successful calls: spill-over's queue-wait estimate.
     pub service_times: LatencyWindow,
+    /// A serverless backend's answers, for the warm-state estimator (else None).
+    pub observed: Option<Observations>,
     desc_total: String,
     desc_backend: String,
 }
@@ -351,14 +354,19 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(config: &Config) -> Shared {
+    /// The error names a backend whose TLS files cannot be used.
+    pub fn new(config: &Config) -> Result<Shared, String> {
         let backends: Vec<Arc<Backend>> = config
             .backends
             .iter()
             .map(|(name, b)| {
-                Arc::new(Backend {
+                Ok(Arc::new(Backend {
                     name: name.as_str().into(),
-                    upstream: Upstream::new(&b.address),
+                    upstream: match &b.tls {
+                        Some(tls) => Upstream::with_tls(&b.address, tls)
+                            .map_err(|e| format!("backends.{name}.{e}"))?,
+                        None => Upstream::new(&b.address),
+                    },
                     admission: Admission::new(
                         name,
                         b.max_concurrency,
@@ -368,11 +376,12 @@ impl Shared {
                     timeout: b.timeout_ms.map(millis),
                     stats: LaneStats::default(),
                     service_times: LatencyWindow::default(),
+                    observed: b.serverless.then(Observations::default),
                     desc_total: format!("backend={name}"),
                     desc_backend: format!("backend={name};attempt=1"),
-                })
+                }))
             })
-            .collect();
+            .collect::<Result<_, String>>()?;
         let by_name: HashMap<&str, Arc<Backend>> = config
             .backends
             .keys()
@@ -390,13 +399,13 @@ impl Shared {
                 stats: LaneStats::default(),
             })
         });
-        Shared {
+        Ok(Shared {
             backends,
             routes,
             lane,
             max_message_bytes: config.max_message_bytes,
             tracer: Arc::new(Tracer::new(config.trace_all, config.max_span_records)),
-        }
+        })
     }
 }
 
@@ -646,6 +655,7 @@ async fn native(
             queue,
             backend: backend.map(|b| b.1),
             total: start.elapsed(),
+            reported: Reported::default(),
         };
         let value = call.end(status.code, &phases, backend.map(|b| b.0));
         let mut response = status.response(empty(), None);
@@ -1083,6 +1093,7 @@ impl Call {
                 if let Some(queue) = phases.queue {
                     entries.add("queue", queue, &b.desc_total);
                 }
+                entries.reported(&phases.reported);
                 if let Some(backend) = phases.backend {
                     let desc = attempts
                         .current
@@ -1280,7 +1291,8 @@ impl Timed {
         self.done = true;
         self.slot = None;
         let code = grpc_status::code_of(trailers).unwrap_or(grpc_status::UNKNOWN);
-        if let Some(value) = self.record(code) {
+        let reported = self.reported(trailers);
+        if let Some(value) = self.record(code, reported) {
             trailers.append(timing::TRAILER, value);
         }
         if matches!(self.owner, Owner::Lane(_, true)) {
@@ -1288,8 +1300,26 @@ impl Timed {
         }
     }
 
+    /// What a serverless backend reported in its `server-timing` trailer, taken out of
+    /// `trailers`: the client gets those phases in the plane's own entry, as the gateway
+    /// gives them (`CloudRunBackend`). Any other upstream's trailers pass through as sent.
+    fn reported(&self, trailers: &mut HeaderMap) -> Reported {
+        let Owner::Route(call) = &self.owner else {
+            return Reported::default();
+        };
+        let serverless = call
+            .member()
+            .is_some_and(|m| call.route.members[m].observed.is_some());
+        if !serverless {
+            return Reported::default();
+        }
+        let values: Vec<HeaderValue> = trailers.get_all(timing::TRAILER).iter().cloned().collect();
+        trailers.remove(timing::TRAILER); // every value of it
+        timing::reported(values.iter().map(HeaderValue::as_bytes))
+    }
+
     /// Counts the request's end with `code`; for a native route, its `server-timing`.
-    fn record(&self, code: u8) -> Option<HeaderValue> {
+    fn record(&self, code: u8, reported: Reported) -> Option<HeaderValue> {
         let now = Instant::now();
         let total = now - self.start;
         match &self.owner {
@@ -1305,10 +1335,19 @@ impl Timed {
                     queue: Some(self.queue),
                     backend: Some(backend),
                     total,
+                    reported,
                 };
                 if code == grpc_status::OK {
                     if let Some(m) = call.member() {
-                        call.route.members[m].service_times.add(backend);
+                        let member = &call.route.members[m];
+                        member.service_times.add(backend);
+                        if let Some(observed) = &member.observed {
+                            observed.push(Observed {
+                                at: now,
+                                backend,
+                                reported,
+                            });
+                        }
                     }
                 }
                 call.end(code, &phases, Some(self.backend_start - self.start))
@@ -1344,7 +1383,7 @@ impl http_body::Body for Timed {
                 // The upstream broke mid-response: the client gets the stream reset.
                 this.done = true;
                 this.slot = None;
-                this.record(grpc_status::UNAVAILABLE);
+                this.record(grpc_status::UNAVAILABLE, Reported::default());
                 Poll::Ready(Some(Err(e.into())))
             }
             None => {
@@ -1364,7 +1403,7 @@ impl http_body::Body for Timed {
 impl Drop for Timed {
     fn drop(&mut self) {
         if !self.done && self.inner.is_some() {
-            self.record(grpc_status::CANCELLED);
+            self.record(grpc_status::CANCELLED, Reported::default());
         }
     }
 }

@@ -44,7 +44,7 @@ enum Handler {
 /// no request pays for waking another thread. More workers: tokio's multi-thread runtime.
 /// `health` holds the statuses a sidecar answers `grpc.health.v1` with.
 pub fn start(config: &Config, health: Arc<Health>) -> Result<Running, String> {
-    let shared = Arc::new(Shared::new(config));
+    let shared = Arc::new(Shared::new(config).map_err(|e| format!("plane config: {e}"))?);
     let sidecar = config
         .sidecar
         .as_ref()

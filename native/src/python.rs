@@ -17,6 +17,7 @@ use crate::plane::{self, Running};
 use crate::policy::Reason;
 use crate::sidecar_stats::HistogramSnapshot;
 use crate::stats::{Histogram, LaneStats, ModelStats, BUCKETS_S};
+use crate::timing;
 
 /// What a start's counters live in: the gateway's lanes, and the sidecar's.
 type Counters = (Arc<Shared>, Option<Arc<Sidecar>>);
@@ -151,6 +152,37 @@ impl Plane {
         )
     }
 
+    /// The answers of serverless backends since the last call, oldest first:
+    /// ``(backend, age_s, backend_s, coldstart_s | None, compute_s | None)``, ``age_s``
+    /// seconds before this call; and how many were dropped since the last call because
+    /// Python did not drain them in time.
+    fn take_observations(&self) -> (Vec<Observation>, u64) {
+        let Some((shared, _)) = self.last.lock().unwrap_or_else(|e| e.into_inner()).clone() else {
+            return (Vec::new(), 0);
+        };
+        let now = tokio::time::Instant::now();
+        let (mut taken, mut dropped) = (Vec::new(), 0);
+        for backend in &shared.backends {
+            let Some(observed) = &backend.observed else {
+                continue;
+            };
+            let (answers, lost) = observed.take();
+            dropped += lost;
+            let secs = |d: Duration| d.as_secs_f64();
+            taken.extend(answers.into_iter().map(|o| {
+                (
+                    backend.name.to_string(),
+                    secs(now.saturating_duration_since(o.at)),
+                    secs(o.backend),
+                    o.reported.coldstart().map(secs),
+                    o.reported.compute().map(secs),
+                )
+            }));
+        }
+        taken.sort_by(|a, b| b.1.total_cmp(&a.1)); // the oldest (largest age) first
+        (taken, dropped)
+    }
+
     /// Counters since the last start: ``{"bounds_s": [...], "backends": {name: lane},
     /// "python_lane": lane | None}``; a lane is ``{"requests": {grpc code: n}, "total",
     /// "queue", "backend": {"counts": [...], "sum_s": s}}`` (histogram counts per bucket,
@@ -200,6 +232,9 @@ impl Plane {
 }
 
 /// A span record for Python: ids, names, times, status (see `take_spans`).
+/// `Plane.take_observations`' rows: backend, age, round trip, coldstart, compute (s).
+type Observation = (String, f64, f64, Option<f64>, Option<f64>);
+
 type SpanTuple = (
     (String, Option<String>, String, String, u8),
     (String, String, String),
@@ -282,7 +317,8 @@ fn outcomes_dict<'py>(py: Python<'py>, stats: &ModelStats) -> PyResult<Bound<'py
             ("backend", &outcome.backend),
             ("total", &outcome.total),
         ];
-        for (phase, histogram) in phases {
+        let reported = timing::REPORTED.into_iter().zip(&outcome.reported);
+        for (phase, histogram) in phases.into_iter().chain(reported) {
             if histogram.snapshot().0.iter().any(|&n| n > 0) {
                 d.set_item(phase, histogram_dict(py, histogram)?)?;
             }

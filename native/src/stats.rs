@@ -80,6 +80,23 @@ pub struct Phases {
     pub queue: Option<Duration>,
     pub backend: Option<Duration>,
     pub total: Duration,
+    /// What the answering backend reported of itself.
+    pub reported: Reported,
+}
+
+/// The phases a backend reported in its own `server-timing` trailer (`coldstart`,
+/// `backend_queue`, `compute`: `timing::REPORTED`'s order), each if it did.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct Reported(pub [Option<Duration>; 3]);
+
+impl Reported {
+    pub fn coldstart(&self) -> Option<Duration> {
+        self.0[0]
+    }
+
+    pub fn compute(&self) -> Option<Duration> {
+        self.0[2]
+    }
 }
 
 /// The requests of one model that ended with one status, and their phases: a series of
@@ -91,6 +108,8 @@ pub struct Outcome {
     pub queue: Histogram,
     pub backend: Histogram,
     pub total: Histogram,
+    /// `coldstart`, `backend_queue`, `compute`, as the backends reported them.
+    pub reported: [Histogram; 3],
 }
 
 /// A natively routed model's requests by final gRPC status (a fixed array: recording is
@@ -119,6 +138,11 @@ impl ModelStats {
             outcome.backend.observe(backend);
         }
         outcome.total.observe(phases.total);
+        for (histogram, dur) in outcome.reported.iter().zip(phases.reported.0) {
+            if let Some(dur) = dur {
+                histogram.observe(dur);
+            }
+        }
     }
 
     /// The phases of an earlier attempt of a request that ended with `code` (a fallback's
@@ -168,6 +192,7 @@ mod tests {
             queue: Some(ms(1)),
             backend: Some(ms(2)),
             total: ms(3),
+            reported: Reported([None, None, Some(ms(1))]), // compute only
         };
         m.record(0, &full);
         m.record(0, &full);
@@ -179,13 +204,22 @@ mod tests {
             },
         );
         m.record(200, &full); // out of range: the last code
-        let seen: Vec<(usize, u64, u64)> = m
+        let seen: Vec<(usize, u64, u64, [u64; 3])> = m
             .outcomes()
             .map(|(code, o)| {
-                let queued: u64 = o.queue.snapshot().0.iter().sum();
-                (code, o.count.load(Ordering::Relaxed), queued)
+                let n = |h: &Histogram| h.snapshot().0.iter().sum::<u64>();
+                let reported = [0, 1, 2].map(|i| n(&o.reported[i]));
+                (code, o.count.load(Ordering::Relaxed), n(&o.queue), reported)
             })
             .collect();
-        assert_eq!(seen, vec![(0, 2, 2), (3, 1, 0), (CODES - 1, 1, 1)]);
+        let compute = [0, 0, 1];
+        assert_eq!(
+            seen,
+            vec![
+                (0, 2, 2, [0, 0, 2]),
+                (3, 1, 0, [0; 3]),
+                (CODES - 1, 1, 1, compute)
+            ]
+        );
     }
 }

@@ -9,10 +9,61 @@
 use std::fmt::Write;
 use std::time::Duration;
 
-use crate::stats::Phases;
+use crate::stats::{Phases, Reported};
 
 /// The trailing metadata key.
 pub const TRAILER: &str = "server-timing";
+
+/// The phases a backend may report of itself (`vocab/timing.py` `BACKEND_REPORTED`), in
+/// `Reported`'s order.
+pub const REPORTED: [&str; 3] = ["coldstart", "backend_queue", "compute"];
+
+/// The backend-reported phases in `server-timing` values (a Cloud Run container's
+/// trailer): of each name the last entry with a duration. Other entries, and malformed
+/// ones, are skipped, as `wire/server_timing.py` skips them.
+pub fn reported<'a>(values: impl IntoIterator<Item = &'a [u8]>) -> Reported {
+    let mut reported = Reported::default();
+    for value in values {
+        let Ok(value) = std::str::from_utf8(value) else {
+            continue;
+        };
+        for item in split_outside_quotes(value, ',') {
+            let mut params = split_outside_quotes(item, ';');
+            let name = params.next().unwrap_or("").trim();
+            let Some(slot) = REPORTED.iter().position(|n| n.eq_ignore_ascii_case(name)) else {
+                continue;
+            };
+            let dur = params.find_map(|param| {
+                let (key, value) = param.split_once('=')?;
+                let ms: f64 = key
+                    .trim()
+                    .eq_ignore_ascii_case("dur")
+                    .then_some(value.trim())?
+                    .parse()
+                    .ok()?;
+                (ms.is_finite() && ms >= 0.0).then(|| Duration::from_secs_f64(ms / 1000.0))
+            });
+            if let Some(dur) = dur {
+                reported.0[slot] = Some(dur);
+            }
+        }
+    }
+    reported
+}
+
+/// `text` split at `sep` where it is not inside a quoted string.
+fn split_outside_quotes(text: &str, sep: char) -> impl Iterator<Item = &str> {
+    let (mut quoted, mut escaped) = (false, false);
+    text.split(move |c: char| {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            _ => return c == sep && !quoted,
+        }
+        false
+    })
+}
 
 /// Server-Timing entries, formatted as the Python gateway formats them.
 #[derive(Default)]
@@ -47,11 +98,25 @@ impl Phases {
         if let Some(queue) = self.queue {
             entries.add("queue", queue, desc_total);
         }
+        entries.reported(&self.reported);
         if let Some(backend) = self.backend {
             entries.add("backend", backend, desc_backend);
         }
         entries.add("total", self.total, if ok { desc_total } else { "" });
         entries.finish()
+    }
+}
+
+impl Entries {
+    /// The phases the backend reported, where the gateway puts them: after the attempt's
+    /// `queue`, before its `backend`.
+    pub fn reported(&mut self, reported: &Reported) -> &mut Self {
+        for (name, dur) in REPORTED.iter().zip(reported.0) {
+            if let Some(dur) = dur {
+                self.add(name, dur, "");
+            }
+        }
+        self
     }
 }
 
@@ -97,6 +162,32 @@ mod tests {
         assert_eq!(
             e.finish(),
             r#"total;dur=1.234;desc="backend=triton", queue;dur=0.001;desc="backend=triton", backend;dur=1.000;desc="backend=triton;attempt=1", x;dur=0.000, y;dur=0.000;desc=tok, z;dur=0.000;desc="a\"b\\c""#
+        );
+    }
+
+    #[test]
+    fn the_backends_own_phases_are_read_from_its_trailer() {
+        let ms = |n: f64| Some(Duration::from_secs_f64(n / 1000.0));
+        let values: [&[u8]; 2] = [
+            br#"coldstart;dur=470, total;dur=9;desc="a, b;dur=1", compute;desc="x;y";dur=1.5"#,
+            b"Compute;dur=2.25, backend_queue;dur=-1, backend_queue;dur=nan, queue;dur=3",
+        ];
+        // The last `compute` wins; a negative or NaN duration and other names are skipped;
+        // commas and semicolons inside a quoted desc split nothing.
+        assert_eq!(reported(values).0, [ms(470.0), None, ms(2.25)]);
+        assert_eq!(
+            reported([b"\xff;dur=1".as_slice(), b"compute"]).0,
+            [None; 3]
+        );
+        let phases = Phases {
+            queue: Some(Duration::ZERO),
+            backend: Some(Duration::from_millis(5)),
+            reported: Reported([ms(470.0), None, ms(2.25)]),
+            ..Phases::default()
+        };
+        assert_eq!(
+            phases.trailer("backend=run", "backend=run;attempt=1", true),
+            r#"decode;dur=0.000, queue;dur=0.000;desc="backend=run", coldstart;dur=470.000, compute;dur=2.250, backend;dur=5.000;desc="backend=run;attempt=1", total;dur=0.000;desc="backend=run""#
         );
     }
 }

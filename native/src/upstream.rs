@@ -26,6 +26,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
+use crate::config::TlsConfig;
+use crate::tls::Tls;
+
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type Body = UnsyncBoxBody<Bytes, BoxError>;
 
@@ -49,6 +52,8 @@ pub struct Upstream {
     addr: Addr,
     /// The `:authority` sent upstream.
     pub authority: String,
+    /// TLS over the TCP connection (`tls.rs`); None: h2c.
+    tls: Option<Tls>,
     conn: Mutex<Option<Connection>>,
 }
 
@@ -70,6 +75,7 @@ struct Connection {
 }
 
 impl Upstream {
+    /// h2c to `address`.
     pub fn new(address: &str) -> Upstream {
         let (addr, authority) = match address.strip_prefix("unix:") {
             Some(path) => (Addr::Unix(PathBuf::from(path)), "localhost".to_owned()),
@@ -79,8 +85,22 @@ impl Upstream {
             address: address.to_owned(),
             addr,
             authority,
+            tls: None,
             conn: Mutex::new(None),
         }
+    }
+
+    /// HTTP/2 over TLS to `address` (`HOST:PORT`) as `config` says; the error names a
+    /// file that cannot be read, or a bad name.
+    pub fn with_tls(address: &str, config: &TlsConfig) -> Result<Upstream, String> {
+        let Some((host, _)) = address.rsplit_once(':') else {
+            return Err(format!("tls needs a HOST:PORT address, not {address:?}"));
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        Ok(Upstream {
+            tls: Some(Tls::new(config, host)?),
+            ..Upstream::new(address)
+        })
     }
 
     /// Sends `request` and waits for the response's headers. The headers and the body
@@ -156,7 +176,15 @@ impl Upstream {
                 }
                 .map_err(unreachable)?;
                 let _ = stream.set_nodelay(true);
-                self.handshake(stream).await
+                match &self.tls {
+                    Some(tls) => {
+                        let stream = tls.connect(stream).await.map_err(|e| {
+                            format!("TLS handshake with {} failed: {e}", self.address)
+                        })?;
+                        self.handshake(stream).await
+                    }
+                    None => self.handshake(stream).await,
+                }
             }
             Addr::Unix(path) => {
                 let stream = tokio::net::UnixStream::connect(path)

@@ -12,6 +12,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -20,6 +21,7 @@ from infergw.deploy.triton.launcher import TritonEndpoints, TritonServer
 from infergw.gateway.app import Gateway
 from infergw.gateway.core.config import GatewayConfig
 from infergw.gateway.lifecycle import ThreadedService
+from infergw.proto import grpc_service_pb2 as pb
 
 pytestmark = pytest.mark.integration
 
@@ -79,6 +81,16 @@ def wait_until(
             raise AssertionError(f"not reached within {timeout_s:g} s: {what}")
         time.sleep(interval_s)
     return time.monotonic()
+
+
+def model_infer(channel: grpc.Channel) -> grpc.UnaryUnaryMultiCallable:
+    """``ModelInfer`` on ``channel`` as a plain grpcio client calls it: the status and the
+    trailers in reach (tritonclient shows neither)."""
+    return channel.unary_unary(
+        "/inference.GRPCInferenceService/ModelInfer",
+        request_serializer=pb.ModelInferRequest.SerializeToString,
+        response_deserializer=pb.ModelInferResponse.FromString,
+    )
 
 
 def scrape(metrics: str, name: str, *labels: str) -> dict[tuple[str, ...], float]:

@@ -18,7 +18,7 @@ import pytest
 import pytest_asyncio
 import tritonclient.grpc as tritongrpc
 
-from infergw.backends.cloudrun import CloudRunBackend, IdTokenCache, parse_url
+from infergw.backends.cloudrun import CloudRunBackend, IdTokenCache
 from infergw.deploy.local.cloudrun_standin import CloudRunStandIn, scale_to_zero
 from infergw.gateway.core.context import RequestContext
 from infergw.models.registry import load_model
@@ -27,6 +27,7 @@ from infergw.vocab.datatypes import serialize_bytes, tensor_to_numpy
 from infergw.vocab.errors import DeadlineExceeded, Unavailable
 from infergw.vocab.types import InferRequest, InferResponse, Tensor
 from infergw.wire import oip_proto
+from infergw.wire.grpc_channel import parse_target_url as parse_url
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 

@@ -17,7 +17,7 @@ import tritonclient.grpc as tgrpc
 from infergw.deploy.triton.launcher import TritonEndpoints
 from infergw.gateway.core.config import GatewayConfig, parse_config
 from infergw.wire.server_timing import parse_server_timing
-from tests.integration.conftest import GatewayThread, scrape
+from tests.integration.conftest import GatewayThread, model_infer, scrape
 
 pytest.importorskip("infergw._native")
 pytestmark = pytest.mark.integration
@@ -117,12 +117,7 @@ def test_the_native_trailer_names_the_backend_and_the_lanes_pass_through(
         request.inputs.add(name="input", datatype=dtype, shape=[1, 4])
         request.raw_input_contents.append(raw)
         with grpc.insecure_channel(native_gateway.grpc) as channel:
-            rpc = channel.unary_unary(
-                "/inference.GRPCInferenceService/ModelInfer",
-                request_serializer=pb.ModelInferRequest.SerializeToString,
-                response_deserializer=pb.ModelInferResponse.FromString,
-            )
-            _, info = rpc.with_call(request, timeout=10)
+            _, info = model_infer(channel).with_call(request, timeout=10)
         trailer = dict(info.trailing_metadata())["server-timing"]
         return {e.name: e for e in parse_server_timing(trailer)}
 
@@ -164,7 +159,8 @@ def test_calls_go_on_after_idle_connections_were_sent_goaway(triton: TritonEndpo
     # the plane its client): the next calls must go on new connections on both hops. (The
     # plane also replaces a connection whose GOAWAY came with the socket left open, which
     # h2 keeps while a sender lives; grpc's idle GOAWAY here closes the socket, so this
-    # test reaches that path only through the connection's end.)
+    # test reaches that path only through the connection's end: upstream.rs's tests hold
+    # a socket open after GOAWAY.)
     gw = GatewayThread(native_config(triton, idle_timeout_s=1))
     client = tgrpc.InferenceServerClient(gw.grpc)
     try:

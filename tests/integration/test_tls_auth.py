@@ -28,6 +28,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from tritonclient.utils import InferenceServerException
 
 from infergw.deploy.triton.launcher import TritonEndpoints, TritonServer
+from infergw.gateway import native_plane
 from infergw.gateway.core.config import AuthConfig, TlsConfig, parse_config
 from infergw.gateway.sidecar.app import SidecarConfig
 from infergw.wire import grpc_channel
@@ -401,9 +402,12 @@ def tls_triton(pki: dict[str, Any]) -> Iterator[TritonEndpoints]:
         yield triton.endpoints
 
 
+@pytest.mark.parametrize("data_plane", ["python", "native"])
 def test_gateway_to_triton_over_mutual_tls(
-    tls_triton: TritonEndpoints, pki: dict[str, Any]
+    tls_triton: TritonEndpoints, pki: dict[str, Any], data_plane: str
 ) -> None:
+    if data_plane == "native" and not native_plane.available():
+        pytest.skip("the native plane is not built or INFERGW_NATIVE=0")
     client: Issued = pki["client"]
     tls = {
         "ca_file": pki["ca"].cert_file,
@@ -418,11 +422,16 @@ def test_gateway_to_triton_over_mutual_tls(
                 "plain": {"kind": "triton", "url": tls_triton.grpc},
             },
             "models": {"identity": "secure", "*": "plain"},
+            "data_plane": data_plane,
         }
     )
     gw = GatewayThread(config)
     c = grpcclient.InferenceServerClient(gw.grpc)
     try:
+        native = gw.gateway._native
+        assert (native is not None and "identity" in native.routes.routes) == (
+            data_plane == "native"
+        )
         got = c.infer("identity", _inputs_grpc(DATA)).as_numpy("output")
         np.testing.assert_array_equal(got, DATA)
         with pytest.raises(InferenceServerException) as raised:  # plaintext to a TLS port

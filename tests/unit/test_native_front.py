@@ -29,12 +29,34 @@ def test_plain_triton_routes_are_native_and_carry_their_limits() -> None:
     )
 
 
+def test_a_triton_over_tls_is_native_with_its_files() -> None:
+    tls = {"ca_file": "ca.pem", "cert_file": "c.pem", "key_file": "c.key", "server_name": "t"}
+    backends = {"triton": {**TRITON, "tls": tls}}
+    routes = native_front.native_routes(config({"identity": "triton"}, backends=backends))
+    assert routes.routes == {"identity": "triton"}
+    assert routes.backends["triton"].tls == native_plane.NativeTls("ca.pem", "c.pem", "c.key", "t")
+    only_ca = {"triton": {**TRITON, "tls": {"ca_file": "ca.pem"}}}
+    routes = native_front.native_routes(config({"identity": "triton"}, backends=only_ca))
+    assert routes.backends["triton"].tls == native_plane.NativeTls(ca_file="ca.pem")
+
+
+@pytest.mark.parametrize("url", ["h2c://127.0.0.1:8080", "127.0.0.1:8080"])
+def test_a_cloud_run_route_over_h2c_is_native_and_serverless(url: str) -> None:
+    backends = {"run": {"kind": "cloudrun", "url": url, "max_concurrency": 8}}
+    routes = native_front.native_routes(config({"identity": "run"}, backends=backends))
+    assert routes.routes == {"identity": "run"}
+    assert routes.backends["run"] == native_plane.NativeBackend(
+        "127.0.0.1:8080", max_concurrency=8, serverless=True
+    )
+
+
 @pytest.mark.parametrize(
     ("backend", "models", "extra"),
     [
         ({**TRITON, "retry": {"max_retries": 1}}, {"m": "triton"}, {}),
         ({**TRITON, "outlier": {}}, {"m": "triton"}, {}),
-        ({**TRITON, "tls": {"ca_file": "ca.pem"}}, {"m": "triton"}, {}),
+        ({"kind": "cloudrun", "url": "https://svc-abc.a.run.app"}, {"m": "triton"}, {}),
+        ({"kind": "cloudrun", "url": "h2c://no-port"}, {"m": "triton"}, {}),
         (
             TRITON,
             {"m": {"policy": {"kind": "hedge", "backends": ["triton", "other"], "delay_ms": 5}}},
@@ -57,7 +79,8 @@ def test_plain_triton_routes_are_native_and_carry_their_limits() -> None:
     ids=[
         "retry",
         "outlier",
-        "tls",
+        "cloudrun-https",
+        "cloudrun-bad-url",
         "hedge",
         "fallback-to-lane",
         "weighted-lane",

@@ -9,15 +9,19 @@ from types import ModuleType
 import pytest
 
 from infergw.gateway import native_plane
-from infergw.gateway.native_plane import NativeBackend, NativeConfig, NativePlane
+from infergw.gateway.native_plane import NativeBackend, NativeConfig, NativePlane, NativeTls
 
 
 def test_config_json_is_what_the_plane_reads() -> None:
     config = NativeConfig(
         python_lane="unix:/run/infergw/lane.sock",
-        backends={"triton": NativeBackend("127.0.0.1:8001", max_concurrency=4, timeout_ms=None)},
+        backends={
+            "triton": NativeBackend("127.0.0.1:8001", max_concurrency=4, timeout_ms=None),
+            "run": NativeBackend("127.0.0.1:8080", serverless=True, tls=NativeTls("ca.pem")),
+        },
         routes={"identity": "triton"},
     )
+    defaults = {"max_queue": 256, "queue_timeout_ms": 5000.0}
     assert json.loads(config.to_json()) == {
         "listen": "127.0.0.1:0",
         "python_lane": "unix:/run/infergw/lane.sock",
@@ -25,10 +29,24 @@ def test_config_json_is_what_the_plane_reads() -> None:
             "triton": {
                 "address": "127.0.0.1:8001",
                 "max_concurrency": 4,
-                "max_queue": 256,
-                "queue_timeout_ms": 5000.0,
+                **defaults,
                 "timeout_ms": None,
-            }
+                "serverless": False,
+                "tls": None,
+            },
+            "run": {
+                "address": "127.0.0.1:8080",
+                "max_concurrency": 64,
+                **defaults,
+                "timeout_ms": 30000.0,
+                "serverless": True,
+                "tls": {
+                    "ca_file": "ca.pem",
+                    "cert_file": None,
+                    "key_file": None,
+                    "server_name": None,
+                },
+            },
         },
         "routes": {"identity": "triton"},
         "worker_threads": 1,
