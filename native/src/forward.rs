@@ -900,7 +900,13 @@ async fn to_lane(
         Ok(request) => request,
         Err(status) => return fail(status),
     };
+    let waiting = LaneWait {
+        lane,
+        start,
+        armed: true,
+    };
     let sent = lane.upstream.send(request, deadline).await;
+    waiting.disarm();
     let response = match sent.map_err(|e| match e {
         SendError::Connect(message) => message,
         SendError::Call(e) => format!("python lane: {e}"),
@@ -927,6 +933,29 @@ async fn to_lane(
         done: false,
     };
     Response::from_parts(parts, boxed(timed))
+}
+
+/// Counts a lane request CANCELLED if its handler is dropped (the client left) before the
+/// lane's response headers came; from them on, `Timed` or the trailers-only answer counts.
+struct LaneWait<'a> {
+    lane: &'a Lane,
+    start: Instant,
+    armed: bool,
+}
+
+impl LaneWait<'_> {
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for LaneWait<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.lane.stats.count(grpc_status::CANCELLED);
+            self.lane.stats.total.observe(self.start.elapsed());
+        }
+    }
 }
 
 /// The request body sent upstream: the chunks read to find the model name, then the rest

@@ -276,6 +276,22 @@ def test_upstream_sees_the_cancel_when_the_client_goes_away(
         assert plane.stats()["backends"]["slow"]["requests"] == {1: 1}
 
 
+def test_a_client_gone_before_the_lanes_answer_is_counted_cancelled(
+    triton: TritonEndpoints, upstream: tuple[Upstream, str]
+) -> None:
+    fake, address = upstream  # here the python lane
+    with plane_for(triton, address) as plane:
+        with grpc.insecure_channel(plane.address) as channel:
+            future = channel.unary_unary(INFER).future(
+                infer_request("not-native"), timeout=30, metadata=(("x-sleep-ms", "20000"),)
+            )
+            assert fake.started.wait(10)
+            future.cancel()
+        assert fake.cancelled.wait(10), "the lane never saw the cancel"
+        counted = lambda: plane.stats()["python_lane"]["requests"] == {1: 1}  # noqa: E731
+        wait_until(counted, "the lane's call counted CANCELLED")
+
+
 def test_upstream_down_is_unavailable(triton: TritonEndpoints) -> None:
     down = NativeBackend(f"127.0.0.1:{closed_port()}")
     with plane_for(triton, f"127.0.0.1:{closed_port()}", down=down) as plane:
