@@ -132,8 +132,8 @@ def native_routes(config: GatewayConfig) -> NativeRoutes:
 
 
 def _native(cfg: BackendConfig) -> bool:
-    """A backend the plane implements: a kind of ``NATIVE_KINDS`` over h2c with only
-    admission and a timeout (no retry, outlier ejection, autoscaling)."""
+    """A backend the plane implements: a kind of ``NATIVE_KINDS`` whose options it can
+    serve, with only admission and a timeout (no retry, outlier ejection, autoscaling)."""
     kind = NATIVE_KINDS.get(cfg.kind)
     return (
         kind is not None
