@@ -19,8 +19,10 @@ pub const TRAILER: &str = "server-timing";
 pub const REPORTED: [&str; 3] = ["coldstart", "backend_queue", "compute"];
 
 /// The backend-reported phases in `server-timing` values (a Cloud Run container's
-/// trailer): of each name the last entry with a duration. Other entries, and malformed
-/// ones, are skipped, as `wire/server_timing.py` skips them.
+/// trailer): of each name (case-sensitive, as `wire/server_timing.py` compares them) the
+/// last entry with a duration. Other names and malformed items are skipped; so is an
+/// entry whose `dur` is missing, unparsable, negative or not finite, which the Python
+/// parser would report as 0: the plane never reports a phase it was not told.
 pub fn reported<'a>(values: impl IntoIterator<Item = &'a [u8]>) -> Reported {
     let mut reported = Reported::default();
     for value in values {
@@ -30,7 +32,7 @@ pub fn reported<'a>(values: impl IntoIterator<Item = &'a [u8]>) -> Reported {
         for item in split_outside_quotes(value, ',') {
             let mut params = split_outside_quotes(item, ';');
             let name = params.next().unwrap_or("").trim();
-            let Some(slot) = REPORTED.iter().position(|n| n.eq_ignore_ascii_case(name)) else {
+            let Some(slot) = REPORTED.iter().position(|n| *n == name) else {
                 continue;
             };
             let dur = params.find_map(|param| {
@@ -38,7 +40,7 @@ pub fn reported<'a>(values: impl IntoIterator<Item = &'a [u8]>) -> Reported {
                 let ms: f64 = key
                     .trim()
                     .eq_ignore_ascii_case("dur")
-                    .then_some(value.trim())?
+                    .then_some(value.trim().trim_matches('"'))?
                     .parse()
                     .ok()?;
                 (ms.is_finite() && ms >= 0.0).then(|| Duration::from_secs_f64(ms / 1000.0))
@@ -170,10 +172,11 @@ mod tests {
         let ms = |n: f64| Some(Duration::from_secs_f64(n / 1000.0));
         let values: [&[u8]; 2] = [
             br#"coldstart;dur=470, total;dur=9;desc="a, b;dur=1", compute;desc="x;y";dur=1.5"#,
-            b"Compute;dur=2.25, backend_queue;dur=-1, backend_queue;dur=nan, queue;dur=3",
+            br#"compute;dur="2.25", Compute;dur=9, backend_queue;dur=-1, backend_queue;dur=nan, backend_queue, queue;dur=3"#,
         ];
-        // The last `compute` wins; a negative or NaN duration and other names are skipped;
-        // commas and semicolons inside a quoted desc split nothing.
+        // The last `compute` wins (a quoted duration too); another case, a negative, NaN
+        // or missing duration and other names are skipped; commas and semicolons inside a
+        // quoted desc split nothing.
         assert_eq!(reported(values).0, [ms(470.0), None, ms(2.25)]);
         assert_eq!(
             reported([b"\xff;dur=1".as_slice(), b"compute"]).0,
