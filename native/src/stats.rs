@@ -212,13 +212,12 @@ mod tests {
                 (code, o.count.load(Ordering::Relaxed), n(&o.queue), reported)
             })
             .collect();
-        let compute = [0, 0, 1];
         assert_eq!(
             seen,
             vec![
                 (0, 2, 2, [0, 0, 2]),
                 (3, 1, 0, [0; 3]),
-                (CODES - 1, 1, 1, compute)
+                (CODES - 1, 1, 1, [0, 0, 1])
             ]
         );
     }

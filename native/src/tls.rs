@@ -16,7 +16,6 @@ use tokio_rustls::TlsConnector;
 use crate::config::TlsConfig;
 
 /// How to open TLS to one upstream.
-#[derive(Clone)]
 pub struct Tls {
     connector: TlsConnector,
     server_name: ServerName<'static>,

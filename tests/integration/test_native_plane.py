@@ -260,18 +260,24 @@ def test_deadline_is_passed_on_and_enforced(
         assert fake.calls[-1]["remaining"] <= 0.31
 
 
+def cancel_once_started(plane: NativePlane, fake: Upstream, model: str) -> None:
+    """A slow call of ``model`` through ``plane``, cancelled by its client once ``fake``
+    (a backend or the lane) has it; returns when ``fake`` saw the cancel."""
+    with grpc.insecure_channel(plane.address) as channel:
+        future = channel.unary_unary(INFER).future(
+            infer_request(model), timeout=30, metadata=(("x-sleep-ms", "20000"),)
+        )
+        assert fake.started.wait(10)
+        future.cancel()
+    assert fake.cancelled.wait(10), "the upstream never saw the cancel"
+
+
 def test_upstream_sees_the_cancel_when_the_client_goes_away(
     triton: TritonEndpoints, upstream: tuple[Upstream, str]
 ) -> None:
     fake, address = upstream
     with plane_for(triton, None, slow=NativeBackend(address)) as plane:
-        with grpc.insecure_channel(plane.address) as channel:
-            future = channel.unary_unary(INFER).future(
-                infer_request("slow"), timeout=30, metadata=(("x-sleep-ms", "20000"),)
-            )
-            assert fake.started.wait(10)
-            future.cancel()
-        assert fake.cancelled.wait(10), "the upstream never saw the cancel"
+        cancel_once_started(plane, fake, "slow")
         wait_until(lambda: plane.stats()["backends"]["slow"]["in_flight"] == 0, "slot freed")
         assert plane.stats()["backends"]["slow"]["requests"] == {1: 1}
 
@@ -281,13 +287,7 @@ def test_a_client_gone_before_the_lanes_answer_is_counted_cancelled(
 ) -> None:
     fake, address = upstream  # here the python lane
     with plane_for(triton, address) as plane:
-        with grpc.insecure_channel(plane.address) as channel:
-            future = channel.unary_unary(INFER).future(
-                infer_request("not-native"), timeout=30, metadata=(("x-sleep-ms", "20000"),)
-            )
-            assert fake.started.wait(10)
-            future.cancel()
-        assert fake.cancelled.wait(10), "the lane never saw the cancel"
+        cancel_once_started(plane, fake, "not-native")
         counted = lambda: plane.stats()["python_lane"]["requests"] == {1: 1}  # noqa: E731
         wait_until(counted, "the lane's call counted CANCELLED")
 
