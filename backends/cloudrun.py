@@ -34,6 +34,7 @@ from typing import Any
 import grpc
 
 from infergw.backends.oip_grpc import Metadata, OipGrpcBackend
+from infergw.gateway.core.backend import CallCredential
 from infergw.gateway.core.context import RequestContext
 from infergw.vocab.errors import InvalidArgument, Unavailable
 from infergw.vocab.timing import BACKEND_REPORTED
@@ -91,6 +92,11 @@ class IdTokenCache:
 
     def __repr__(self) -> str:  # never show the token
         return f"IdTokenCache(audience={self.audience!r})"
+
+    @property
+    def expires_at(self) -> float:
+        """When the token ``get`` returns expires (unix time; 0 before the first)."""
+        return self._expiry
 
     async def get(self) -> str:
         left = self._expiry - self._clock()
@@ -175,14 +181,27 @@ class CloudRunBackend(OipGrpcBackend):
         headers = await super()._metadata(ctx)
         if self._tokens is None:
             return headers
+        credential = await self.call_credential()
+        return (*(headers or ()), (credential.header, credential.value))
+
+    async def call_credential(self) -> CallCredential:
+        """``authorization: Bearer`` with the ID token (``CredentialedBackend``: the native
+        plane sends the calls of an ``https`` service with it), good until 30 s before it
+        expires. The client's error names the audience; the log, the failure's type only
+        (google-auth's messages are not the client's to read)."""
+        if self._tokens is None:
+            raise Unavailable(f"backend {self.name!r}: an h2c service takes no ID token")
         try:
             token = await self._tokens.get()
         except Exception as exc:
+            log.warning("backend %r: no Google ID token: %s", self.name, type(exc).__name__)
             raise Unavailable(
                 f"backend {self.name!r}: no Google ID token for audience "
-                f"{self._tokens.audience!r}: {type(exc).__name__}: {exc}"
+                f"{self._tokens.audience!r} (the gateway's log says why)"
             ) from exc
-        return (*(headers or ()), ("authorization", f"Bearer {token}"))
+        return CallCredential(
+            "authorization", f"Bearer {token}", self._tokens.expires_at - MIN_VALIDITY_S
+        )
 
     def _on_trailers(self, trailers: grpc.aio.Metadata | None, ctx: RequestContext) -> None:
         value = server_timing_from_metadata(trailers)

@@ -84,6 +84,7 @@ class Gateway(AsyncService):
         self._grpc: GrpcFrontend | None = None
         self._native: native_front.NativeFront | None = None  # the Rust plane on the gRPC port
         self._native_traces: tuple[NativeTraces, asyncio.Task[None]] | None = None
+        self._credentials: asyncio.Task[None] | None = None  # CredentialKeeper.run
         self._sites: list[AppSite] = []
         self._tls: ServerTls | None = None
         self._serving = False  # started: stopping drains
@@ -118,7 +119,10 @@ class Gateway(AsyncService):
             else:  # the plane owns the port; Python serves its lane on a Unix socket
                 self._grpc.add_port(front.lane, None)
                 await self._grpc.start()
+                keeper = native_front.CredentialKeeper.of(front, self.router.unwrapped)
+                ok = await keeper.first()  # before the plane serves its backends' calls
                 port = self._start_native(front, f"{listen.host}:{listen.grpc_port}")
+                self._credentials = asyncio.create_task(keeper.run(ok))
             self.addresses["grpc"] = f"{display_host(listen.host)}:{port}"
             guard = [auth.rest_middleware()] if auth is not None else []
             rest = create_rest_app(self.service, guard)
@@ -212,6 +216,10 @@ class Gateway(AsyncService):
             await _unwind(CUT_UNWIND_S)
             raise
         finally:
+            keeper, self._credentials = self._credentials, None
+            if keeper is not None:
+                keeper.cancel()
+                await asyncio.gather(keeper, return_exceptions=True)
             traces, self._native_traces = self._native_traces, None
             if traces is not None:  # the last records, once the plane has stopped
                 await traces[0].stop(traces[1])

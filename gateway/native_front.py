@@ -4,9 +4,9 @@ Python gateway behind it as its lane (issue 13).
 ``data_plane`` in the config (``auto``, the default: when the plane forwards some route
 itself; ``native``; ``python``; ``INFERGW_NATIVE=0``/``=1`` overrides) puts the Rust plane
 (``native_plane.py``) on the configured gRPC port. A *native backend* is a Triton (h2c, or
-TLS with its ``tls`` options, mutual too) or a Cloud Run service over h2c, with nothing
-the plane does not implement (retry, outlier ejection, autoscaling; an ``https`` Cloud Run
-URL, which needs Google ID tokens, stays with the lane). A Cloud Run route's trailer and
+TLS with its ``tls`` options, mutual too) or a Cloud Run service (h2c, or ``https`` with
+the Google ID token Python fetches and ``CredentialKeeper`` hands the plane), with nothing
+the plane does not implement (retry, outlier ejection, autoscaling). A Cloud Run route's trailer and
 metrics get the container's ``coldstart``/``backend_queue``/``compute`` as on the Python
 plane, and its answers feed the warm-state estimator and keep-warm (``feed_warmth``). A
 model routed to one native backend, or by a ``weighted`` or ``fallback`` policy among
@@ -25,6 +25,7 @@ plane's and the gateway's, each of ``max_concurrency``.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import shutil
@@ -38,6 +39,7 @@ from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, M
 from prometheus_client.registry import Collector
 
 from infergw.gateway import native_plane
+from infergw.gateway.core.backend import CallCredential, CredentialedBackend
 from infergw.gateway.core.config import WILDCARD, BackendConfig, GatewayConfig, RouteConfig
 from infergw.gateway.core.metrics import BUCKETS, Decision, Series, cumulative_buckets
 from infergw.gateway.core.routing.config import FallbackConfig, SpilloverConfig, WeightedConfig
@@ -48,8 +50,19 @@ from infergw.wire.protocols import Protocol
 
 log = logging.getLogger(__name__)
 
+CREDENTIAL_EVERY_S = 30.0  # ID tokens live an hour and are refreshed 5 minutes early
+CREDENTIAL_RETRY_S = 2.0
+CREDENTIAL_FIRST_TIMEOUT_S = 10.0
 
-Upstream = tuple[str, native_plane.NativeTls | None]  # address, TLS (None: h2c)
+
+@dataclasses.dataclass(frozen=True)
+class Upstream:
+    """Where the plane sends a backend's calls, how (``tls`` None: h2c), and the header of
+    the credential each carries (``CredentialKeeper`` keeps it fresh), if any."""
+
+    address: str
+    tls: native_plane.NativeTls | None = None
+    credential_header: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,21 +78,26 @@ class NativeKind:
 def _triton_upstream(options: Mapping[str, Any]) -> Upstream:
     tls = options.get("tls")  # checked by TritonBackend.from_config (ClientTls)
     if not isinstance(tls, Mapping):
-        return str(options["url"]), None
+        return Upstream(str(options["url"]))
     fields = {f.name for f in dataclasses.fields(native_plane.NativeTls)}
-    return str(options["url"]), native_plane.NativeTls(
-        **{k: str(v) for k, v in tls.items() if k in fields and v is not None}
+    return Upstream(
+        str(options["url"]),
+        native_plane.NativeTls(
+            **{k: str(v) for k, v in tls.items() if k in fields and v is not None}
+        ),
     )
 
 
 def _cloudrun_upstream(options: Mapping[str, Any]) -> Upstream | None:
-    """h2c only: an ``https`` service also wants a Google ID token on every call, which
-    only the Python backend fetches."""
+    """h2c, or TLS with the system's roots and a Google ID token on every call (``https``:
+    the Python backend fetches it, ``CredentialKeeper`` hands it to the plane)."""
     try:
         target, tls, _ = grpc_channel.parse_target_url(str(options["url"]))
     except ValueError:
         return None  # the backend's own config check says why
-    return None if tls else (target, None)
+    if not tls:
+        return Upstream(target)
+    return Upstream(target, native_plane.NativeTls(), credential_header="authorization")
 
 
 NATIVE_KINDS = {
@@ -195,10 +213,10 @@ def _backend(cfg: BackendConfig) -> native_plane.NativeBackend:
     kind = NATIVE_KINDS[cfg.kind]
     upstream = kind.upstream(cfg.options)
     assert upstream is not None  # only native backends (``_native``) get here
-    address, tls = upstream
     return native_plane.NativeBackend(
-        address=address,
-        tls=tls,
+        address=upstream.address,
+        tls=upstream.tls,
+        credential_header=upstream.credential_header,
         max_concurrency=cfg.max_concurrency,
         max_queue=cfg.max_queue,
         queue_timeout_ms=cfg.queue_timeout_ms,
@@ -215,6 +233,18 @@ class NativeFront:
         self._dir = Path(tempfile.mkdtemp(prefix="infergw-lane-"))
         self.lane_path = self._dir / "grpc.sock"
         self._plane: native_plane.NativePlane | None = None
+        self._credentials: dict[str, CallCredential] = {}  # the newest, for a (re)start
+
+    @property
+    def credentialed(self) -> frozenset[str]:
+        """The native backends whose calls carry a credential (``CredentialKeeper``)."""
+        return frozenset(n for n, b in self.routes.backends.items() if b.credential_header)
+
+    def set_credential(self, backend: str, credential: CallCredential) -> None:
+        """What ``backend``'s calls carry from now (and from the start, if not started)."""
+        self._credentials[backend] = credential
+        if self._plane is not None:
+            self._plane.set_credential(backend, credential.value, credential.good_until)
 
     @classmethod
     def of(cls, config: GatewayConfig) -> NativeFront | None:
@@ -249,6 +279,8 @@ class NativeFront:
             idle_timeout_ms=self.routes.idle_timeout_ms,
         )
         plane = native_plane.NativePlane(config)
+        for backend, credential in self._credentials.items():
+            plane.set_credential(backend, credential.value, credential.good_until)
         port = plane.start()
         self._plane = plane
         return port
@@ -322,6 +354,77 @@ class NativeFront:
             for backend, reasons in (route.get("decisions") or {}).items():
                 for reason, n in reasons.items():
                     yield Decision((str(model), str(backend), str(reason)), int(n))
+
+
+class CredentialKeeper:
+    """The plane's call credentials kept fresh (an ``https`` Cloud Run's ID tokens): every
+    ``every_s`` each backend is asked for its current one (it refreshes it before it
+    expires, ``CredentialedBackend``), ``retry_s`` after a failure; the plane sends the
+    last one it got until that one's ``good_until``. A failure is logged by the backend,
+    and here by its type only."""
+
+    def __init__(
+        self,
+        backends: Mapping[str, CredentialedBackend],
+        push: Callable[[str, CallCredential], None],
+        *,
+        every_s: float = CREDENTIAL_EVERY_S,
+        retry_s: float = CREDENTIAL_RETRY_S,
+        first_timeout_s: float = CREDENTIAL_FIRST_TIMEOUT_S,
+    ) -> None:
+        self.backends = dict(backends)
+        self.push = push
+        self.every_s = every_s
+        self.retry_s = retry_s
+        self.first_timeout_s = first_timeout_s
+
+    @classmethod
+    def of(
+        cls, front: NativeFront, backends: Mapping[str, object], **timing: float
+    ) -> CredentialKeeper:
+        """For ``front``'s credentialed backends, found in ``backends`` (the router's, without
+        their policies); TypeError for one that has no credential to give."""
+        found: dict[str, CredentialedBackend] = {}
+        for name in sorted(front.credentialed):
+            backend = backends.get(name)
+            if not isinstance(backend, CredentialedBackend):
+                raise TypeError(f"backend {name!r} hands out no call credential")
+            found[name] = backend
+        return cls(found, front.set_credential, **timing)
+
+    async def refresh(self) -> bool:
+        """One round, every backend at once; whether each gave its credential."""
+        got = await asyncio.gather(*(self._refresh(n, b) for n, b in self.backends.items()))
+        return all(got)
+
+    async def first(self) -> bool:
+        """The first round, for at most ``first_timeout_s`` (the plane answers UNAVAILABLE
+        for a backend until its first credential comes)."""
+        try:
+            return await asyncio.wait_for(self.refresh(), self.first_timeout_s)
+        except TimeoutError:
+            log.warning("native plane: no call credential within %g s", self.first_timeout_s)
+            return False
+
+    async def run(self, ok: bool = True) -> None:
+        """Until cancelled; ``ok``: whether the last round gave every credential. After
+        failures the wait doubles from ``retry_s`` up to ``every_s``."""
+        failures = 0 if ok else 1
+        while self.backends:
+            wait = self.retry_s * 2 ** (failures - 1) if failures else self.every_s
+            await asyncio.sleep(min(wait, self.every_s))
+            failures = 0 if await self.refresh() else failures + 1
+
+    async def _refresh(self, name: str, backend: CredentialedBackend) -> bool:
+        try:
+            credential = await backend.call_credential()
+        except Exception as exc:  # the plane keeps the last one until its time runs out
+            log.warning(
+                "native plane: backend %r: no fresh credential: %s", name, type(exc).__name__
+            )
+            return False
+        self.push(name, credential)
+        return True
 
 
 class NativeCollector(Collector):

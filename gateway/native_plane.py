@@ -115,7 +115,9 @@ class NativeBackend:
     admission settings of ``gateway/core/config.py``'s ``BackendConfig`` (same defaults).
     ``serverless``: it scales to zero and reports ``coldstart``/``backend_queue``/``compute``
     in its ``server-timing`` trailer (Cloud Run's container); those join the plane's
-    trailer and metrics, and its answers are kept for ``NativePlane.take_observations``."""
+    trailer and metrics, and its answers are kept for ``NativePlane.take_observations``.
+    ``credential_header``: every call carries the credential ``NativePlane.set_credential``
+    keeps (Cloud Run's ``authorization`` ID token); without one the call is UNAVAILABLE."""
 
     address: str
     max_concurrency: int = 64
@@ -124,6 +126,7 @@ class NativeBackend:
     timeout_ms: float | None = 30000.0  # None: the client's deadline only
     serverless: bool = False
     tls: NativeTls | None = None  # None: h2c
+    credential_header: str | None = None
 
 
 class NativeAnswer(NamedTuple):
@@ -270,6 +273,13 @@ class NativePlane:
         many were dropped since the last call (the warm-state estimator reads them)."""
         rows, dropped = self._plane.take_observations()
         return [NativeAnswer(*row) for row in rows], int(dropped)
+
+    def set_credential(self, backend: str, value: str | None, good_until: float = 0.0) -> None:
+        """Every later call to ``backend`` carries ``value`` (in its ``credential_header``)
+        until ``good_until`` (unix time), then is UNAVAILABLE until a new one comes; None
+        forgets it. Works before ``start`` too. ValueError (never naming the value) for a
+        backend without a credential or a value no header can carry."""
+        self._plane.set_credential(backend, value, good_until)
 
     def set_trace_all(self, all: bool) -> None:
         """Trace every request (True) or only those carrying a valid ``traceparent``."""

@@ -16,7 +16,12 @@ front end does. Like Cloud Run:
 - an instance that fails mid-request (crash, broken connection) gives UNAVAILABLE
   (Cloud Run's 503); the next request gets a healthy or new instance;
 - a request running longer than ``request_timeout_s`` (Cloud Run: 300 s) is cut
-  with UNAVAILABLE (Cloud Run's 504).
+  with UNAVAILABLE (Cloud Run's 504);
+- with ``tls`` (certificate and key files) the front speaks TLS, as ``https://`` services
+  do; with ``authenticate`` it requires authentication, as a service without public
+  access: a call whose ``authorization: Bearer`` token ``authenticate`` refuses gets
+  UNAUTHENTICATED (Cloud Run's 401; ``google_tokens.GoogleTokenStandIn.verifier`` checks
+  ID tokens as IAM does), and the header is not passed to the container.
 
 Stand-in-only admin (no Cloud Run equivalent; for tests and benchmarks), over HTTP
 on a port of its own (``admin_endpoint``), shaped like the Lambda and SageMaker
@@ -30,7 +35,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -71,6 +77,10 @@ CONNECTION_ERROR = (
     "The request failed because either the HTTP response was malformed "
     "or connection to the instance had an error."
 )
+UNAUTHENTICATED = (
+    "The request was not authenticated. Either allow unauthenticated invocations "
+    "or set the proper Authorization header."
+)
 _OPTIONS = grpc_channel.server_options()  # the message limits every channel has
 
 
@@ -97,7 +107,12 @@ class CloudRunStandIn(AsyncService):
         port: int = 0,
         admin_port: int = 0,
         env: Mapping[str, str] | None = None,
+        tls: tuple[str, str] | None = None,
+        authenticate: Callable[[str], bool] | None = None,
     ) -> None:
+        # (certificate, key) PEM, read now: a missing file fails here, not at start
+        self._tls = tuple(Path(f).read_bytes() for f in tls) if tls is not None else None
+        self.authenticate = authenticate
         worker_env = {
             "PORT": "0",
             "INFERGW_HOST": "127.0.0.1",
@@ -132,7 +147,12 @@ class CloudRunStandIn(AsyncService):
     async def start(self) -> None:
         server = grpc.aio.server(options=(*_OPTIONS, ("grpc.so_reuseport", 0)))
         server.add_generic_rpc_handlers((_Handler(self),))
-        self.port = server.add_insecure_port(f"{self.host}:{self.port}")
+        address = f"{self.host}:{self.port}"
+        if self._tls is None:
+            self.port = server.add_insecure_port(address)
+        else:
+            cert, key = self._tls
+            self.port = server.add_secure_port(address, grpc.ssl_server_credentials([(key, cert)]))
         if self.port == 0:
             raise OSError(f"cannot bind the Cloud Run stand-in to {self.host}")
         self._server = server
@@ -200,10 +220,16 @@ class CloudRunStandIn(AsyncService):
     async def forward(
         self, method: str, payload: bytes, context: grpc.aio.ServicerContext
     ) -> bytes:
+        received = tuple(context.invocation_metadata() or ())
+        if self.authenticate is not None:
+            bearer = next((str(v) for k, v in received if k == "authorization"), "")
+            scheme, _, token = bearer.partition(" ")
+            if scheme.lower() != "bearer" or not self.authenticate(token):
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED)
         metadata = tuple(
             (k, v)
-            for k, v in context.invocation_metadata() or ()
-            if k not in _HOP_BY_HOP and not k.startswith(":")
+            for k, v in received
+            if k not in _HOP_BY_HOP and k != "authorization" and not k.startswith(":")
         )
         remaining = context.time_remaining()  # None: the client set no deadline
         timeout = (

@@ -13,10 +13,15 @@ stream itself (Triton's ModelStreamInfer, where a decoupled model answers one re
 with any number of responses) implements ``StreamingBackend``; ``Backend.streaming``
 hands it out (``BackendBase``: the backend itself if it implements the Protocol), and
 policies pass it on with their own part added (admission holds a slot per request).
+
+A call credential that expires (Cloud Run's Google ID token) is another: a backend that
+implements ``CredentialedBackend`` hands out the current one, so that a data plane
+sending the calls itself (the native plane) can put it on them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator, Callable, Mapping
 from importlib.metadata import entry_points
 from typing import Any, Protocol, runtime_checkable
@@ -78,6 +83,28 @@ class StreamingBackend(Protocol):
     async def needs_stream(self, model: str) -> bool:
         """Whether ``model``'s requests must travel on a stream (a decoupled model answers
         any number of responses); the others go as ModelInfer calls."""
+        ...
+
+
+@dataclasses.dataclass(frozen=True)
+class CallCredential:
+    """What every call to a backend carries in ``header``: ``value`` (never shown) until
+    ``good_until`` (unix time)."""
+
+    header: str
+    value: str = dataclasses.field(repr=False)
+    good_until: float
+
+
+@runtime_checkable
+class CredentialedBackend(Protocol):
+    """The optional capability of a backend whose calls carry a credential that expires."""
+
+    name: str
+
+    async def call_credential(self) -> CallCredential:
+        """The credential to send now, fetched or refreshed as needed (before it expires,
+        so that asking now and then keeps it fresh); ``Unavailable`` if none can be had."""
         ...
 
 

@@ -182,6 +182,10 @@ pub struct BackendConfig {
     /// TLS to the upstream (`tls.rs`); None: h2c.
     #[serde(default)]
     pub tls: Option<TlsConfig>,
+    /// The header of a call credential Python keeps fresh (`credential.rs`, Cloud Run's
+    /// `authorization` ID token); every call carries it. None: no credential.
+    #[serde(default)]
+    pub credential_header: Option<String>,
 }
 
 /// A backend's TLS, as the Python backend's `tls` (`backends/triton.py` `ClientTls`).

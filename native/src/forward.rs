@@ -8,7 +8,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{ready, Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, Request, Response, Uri};
@@ -19,6 +19,7 @@ use tokio::time::Instant;
 
 use crate::admission::{Admission, Slot};
 use crate::config::{millis, Config, OverflowConfig, PolicyConfig, RouteConfig};
+use crate::credential::{Credential, Credentials};
 use crate::deadline;
 use crate::grpc_status::{self, Status};
 use crate::observed::{Observations, Observed};
@@ -48,6 +49,8 @@ pub struct Backend {
     pub service_times: LatencyWindow,
     /// A serverless backend's answers, for the warm-state estimator (else None).
     pub observed: Option<Observations>,
+    /// The call credential every call carries (Cloud Run's ID token), else None.
+    credential: Option<Arc<Credential>>,
     desc_total: String,
     desc_backend: String,
 }
@@ -355,7 +358,7 @@ pub struct Shared {
 
 impl Shared {
     /// The error names a backend whose TLS files cannot be used.
-    pub fn new(config: &Config) -> Result<Shared, String> {
+    pub fn new(config: &Config, credentials: &Credentials) -> Result<Shared, String> {
         let backends: Vec<Arc<Backend>> = config
             .backends
             .iter()
@@ -377,6 +380,7 @@ impl Shared {
                     stats: LaneStats::default(),
                     service_times: LatencyWindow::default(),
                     observed: b.serverless.then(Observations::default),
+                    credential: credentials.get(name).cloned(),
                     desc_total: format!("backend={name}"),
                     desc_backend: format!("backend={name};attempt=1"),
                 }))
@@ -738,6 +742,12 @@ async fn native(
                 headers.insert(deadline::HEADER, value);
             }
         }
+        let authorized = match &backend.credential {
+            Some(credential) => credential
+                .apply(&mut headers, SystemTime::now())
+                .map_err(str::to_owned),
+            None => Ok(()),
+        };
         call.attempted(member);
         let this_body = match (&replay, body.take()) {
             (Some(replay), _) => boxed(replay.attempt()),
@@ -750,6 +760,7 @@ async fn native(
             Err(status) => return fail(status, Some(queue), None),
         };
         let sent = async {
+            authorized?; // none: as if unreachable (a fallback moves on, as in Python)
             upstream.send(request, deadline).await.map_err(|e| match e {
                 SendError::Connect(message) => message,
                 SendError::Call(e) => format!("upstream {}: {e}", upstream.address),
@@ -851,7 +862,7 @@ fn outgoing(
 ) -> Result<Request<Body>, Status> {
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
     let uri = Uri::builder()
-        .scheme("http")
+        .scheme(upstream.scheme())
         .authority(upstream.authority.as_str())
         .path_and_query(path)
         .build()

@@ -4,6 +4,7 @@
 pub mod admission;
 pub mod config;
 pub mod connections;
+pub mod credential;
 pub mod deadline;
 pub mod forward;
 pub mod grpc_frame;

@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::{millis, Config};
 use crate::connections::{self, Limits};
+use crate::credential::Credentials;
 use crate::forward::{self, Shared};
 use crate::health::Health;
 use crate::passthrough::{self, Sidecar};
@@ -42,9 +43,15 @@ enum Handler {
 /// One worker thread (`worker_threads: 1`) is a current-thread runtime on a thread of its
 /// own: every task of a request (the client's connection, the upstream's) runs on it, so
 /// no request pays for waking another thread. More workers: tokio's multi-thread runtime.
-/// `health` holds the statuses a sidecar answers `grpc.health.v1` with.
-pub fn start(config: &Config, health: Arc<Health>) -> Result<Running, String> {
-    let shared = Arc::new(Shared::new(config).map_err(|e| format!("plane config: {e}"))?);
+/// `health` holds the statuses a sidecar answers `grpc.health.v1` with; `credentials` the
+/// backends' call credentials (`credential.rs`).
+pub fn start(
+    config: &Config,
+    health: Arc<Health>,
+    credentials: &Credentials,
+) -> Result<Running, String> {
+    let shared =
+        Arc::new(Shared::new(config, credentials).map_err(|e| format!("plane config: {e}"))?);
     let sidecar = config
         .sidecar
         .as_ref()

@@ -3,13 +3,14 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, UNIX_EPOCH};
 
 use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use crate::config::Config;
+use crate::credential::{self, Credentials};
 use crate::forward::{Route, Shared};
 use crate::health::Health;
 use crate::passthrough::Sidecar;
@@ -30,6 +31,8 @@ struct Plane {
     config: Config,
     /// The sidecar's `grpc.health.v1` statuses: kept across starts, settable before one.
     health: Arc<Health>,
+    /// The backends' call credentials: kept across starts, settable before one.
+    credentials: Credentials,
     running: Mutex<Option<Running>>,
     /// The counters of the last start (kept after stop, for a final scrape).
     last: Mutex<Option<Counters>>,
@@ -40,9 +43,11 @@ impl Plane {
     #[new]
     fn new(config_json: &str) -> PyResult<Self> {
         let config = Config::from_json(config_json).map_err(PyValueError::new_err)?;
+        let credentials = credential::credentials(&config).map_err(PyValueError::new_err)?;
         Ok(Plane {
             config,
             health: Arc::default(),
+            credentials,
             running: Mutex::new(None),
             last: Mutex::new(None),
         })
@@ -56,8 +61,8 @@ impl Plane {
             if let Some(running) = running.as_ref() {
                 return Ok(running.port);
             }
-            let started =
-                plane::start(&self.config, self.health.clone()).map_err(PyOSError::new_err)?;
+            let started = plane::start(&self.config, self.health.clone(), &self.credentials)
+                .map_err(PyOSError::new_err)?;
             let port = started.port;
             *self.last.lock().unwrap_or_else(|e| e.into_inner()) =
                 Some((started.shared.clone(), started.sidecar.clone()));
@@ -81,6 +86,34 @@ impl Plane {
                 running.stop(grace);
             }
         });
+    }
+
+    /// Every later call to ``backend`` carries ``value`` in the backend's
+    /// ``credential_header`` until ``good_until_s`` (unix seconds; then it is UNAVAILABLE
+    /// until a new value comes); ``None`` forgets the value. ValueError for a backend
+    /// without a credential, or a value that is no header value (the error omits it).
+    #[pyo3(signature = (backend, value, good_until_s = 0.0))]
+    fn set_credential(
+        &self,
+        backend: &str,
+        value: Option<&str>,
+        good_until_s: f64,
+    ) -> PyResult<()> {
+        let Some(credential) = self.credentials.get(backend) else {
+            let why = format!("backend '{backend}' has no credential_header");
+            return Err(PyValueError::new_err(why));
+        };
+        match value {
+            None => credential.clear(),
+            Some(value) => {
+                let until = Duration::try_from_secs_f64(good_until_s.max(0.0))
+                    .map_or(UNIX_EPOCH, |d| UNIX_EPOCH + d);
+                credential
+                    .set(value, until)
+                    .map_err(PyValueError::new_err)?;
+            }
+        }
+        Ok(())
     }
 
     /// Sets what ``grpc.health.v1.Health`` answers for ``service`` (a

@@ -103,6 +103,15 @@ impl Upstream {
         })
     }
 
+    /// The `:scheme` of its calls.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
     /// Sends `request` and waits for the response's headers. The headers and the body
     /// frames already in hand are queued before the first yield (one write, see the module
     /// doc); a body still arriving is piped by a task of its own. A request body that fails

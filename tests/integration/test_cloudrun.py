@@ -255,13 +255,21 @@ async def test_backend_sends_the_token_and_maps_fetch_failures() -> None:
     assert metadata["authorization"] == f"Bearer {await cache.get()}"
     assert metadata["traceparent"] == c.headers["traceparent"]
     assert await backend.ready()
+    # What the native plane gets: the same header, good until 30 s before the expiry.
+    credential = await backend.call_credential()
+    assert (credential.header, credential.value) == ("authorization", metadata["authorization"])
+    assert credential.good_until == cache.expires_at - 30 and cache.expires_at > now[0]
+    assert "Bearer" not in repr(credential)
 
     fetch.fail = True
     now[0] += 7200
     with pytest.raises(Unavailable, match="no Google ID token") as info:
         await backend._metadata(c)
     assert "Bearer" not in info.value.message
+    assert "metadata server" not in info.value.message  # the dependency's words: logged
     assert not await backend.ready()
+    with pytest.raises(Unavailable, match="h2c service takes no ID token"):
+        await CloudRunBackend("local", "127.0.0.1:8080").call_credential()
 
 
 async def test_container_rejects_bad_input_through_the_standin(

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
 import pytest
 
 from infergw.gateway import native_front, native_plane
+from infergw.gateway.core.backend import CallCredential
 from infergw.gateway.core.config import parse_config
+from infergw.vocab.errors import Unavailable
 
 TRITON = {"kind": "triton", "url": "127.0.0.1:8001", "max_concurrency": 4, "max_queue": 2}
 OTHER = {"kind": "triton", "url": "127.0.0.1:9"}
@@ -50,12 +53,87 @@ def test_a_cloud_run_route_over_h2c_is_native_and_serverless(url: str) -> None:
     )
 
 
+def test_an_https_cloud_run_route_is_native_over_tls_with_a_credential() -> None:
+    backends = {"run": {"kind": "cloudrun", "url": "https://svc-abc.a.run.app"}}
+    routes = native_front.native_routes(config({"identity": "run"}, backends=backends))
+    assert routes.routes == {"identity": "run"}
+    assert routes.backends["run"] == native_plane.NativeBackend(
+        "svc-abc.a.run.app:443",
+        serverless=True,
+        tls=native_plane.NativeTls(),  # the system's roots, the service's name
+        credential_header="authorization",
+    )
+    assert native_front.NativeFront(routes).credentialed == {"run"}
+
+
+class Tokens:
+    """A backend handing out credentials: each call the next of ``results``."""
+
+    def __init__(self, name: str, *results: CallCredential | Exception) -> None:
+        self.name = name
+        self.results = list(results)
+        self.asked = 0
+
+    async def call_credential(self) -> CallCredential:
+        self.asked += 1
+        result = self.results.pop(0) if len(self.results) > 1 else self.results[0]
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+
+GOOD = CallCredential("authorization", "Bearer secret-token", 2e9)
+
+
+async def test_the_keeper_pushes_each_credential_and_backs_off_after_failures(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    pushed: list[tuple[str, CallCredential]] = []
+    came = asyncio.Event()
+
+    def push(name: str, credential: CallCredential) -> None:
+        pushed.append((name, credential))
+        if name == "b":
+            came.set()
+
+    failing = Tokens("b", Unavailable("down"), Unavailable("down"), Unavailable("down"), GOOD)
+    keeper = native_front.CredentialKeeper(
+        {"a": Tokens("a", GOOD), "b": failing},
+        push,
+        every_s=0.4,
+        retry_s=0.01,
+    )
+    assert not await keeper.first()
+    assert pushed == [("a", GOOD)]
+    task = asyncio.create_task(keeper.run(ok=False))
+    try:
+        await asyncio.wait_for(came.wait(), 5)
+    finally:
+        task.cancel()
+    assert failing.asked == 4  # the retries 0.01, 0.02, 0.04 s apart, then it came
+    assert "secret-token" not in caplog.text and "Unavailable" in caplog.text
+    assert repr(GOOD).count("secret") == 0
+
+
+def test_the_keeper_needs_backends_that_hand_out_credentials() -> None:
+    backends = {"run": {"kind": "cloudrun", "url": "https://svc-abc.a.run.app"}}
+    front = native_front.NativeFront(
+        native_front.native_routes(config({"identity": "run"}, backends=backends))
+    )
+    try:
+        with pytest.raises(TypeError, match="'run' hands out no call credential"):
+            native_front.CredentialKeeper.of(front, {"run": object()})
+        keeper = native_front.CredentialKeeper.of(front, {"run": Tokens("run", GOOD)})
+        assert list(keeper.backends) == ["run"]
+    finally:
+        front.stop(0)
+
+
 @pytest.mark.parametrize(
     ("backend", "models", "extra"),
     [
         ({**TRITON, "retry": {"max_retries": 1}}, {"m": "triton"}, {}),
         ({**TRITON, "outlier": {}}, {"m": "triton"}, {}),
-        ({"kind": "cloudrun", "url": "https://svc-abc.a.run.app"}, {"m": "triton"}, {}),
         ({"kind": "cloudrun", "url": "h2c://no-port"}, {"m": "triton"}, {}),
         (
             TRITON,
@@ -79,7 +157,6 @@ def test_a_cloud_run_route_over_h2c_is_native_and_serverless(url: str) -> None:
     ids=[
         "retry",
         "outlier",
-        "cloudrun-https",
         "cloudrun-bad-url",
         "hedge",
         "fallback-to-lane",

@@ -17,7 +17,12 @@ def test_config_json_is_what_the_plane_reads() -> None:
         python_lane="unix:/run/infergw/lane.sock",
         backends={
             "triton": NativeBackend("127.0.0.1:8001", max_concurrency=4, timeout_ms=None),
-            "run": NativeBackend("127.0.0.1:8080", serverless=True, tls=NativeTls("ca.pem")),
+            "run": NativeBackend(
+                "127.0.0.1:8080",
+                serverless=True,
+                tls=NativeTls("ca.pem"),
+                credential_header="authorization",
+            ),
         },
         routes={"identity": "triton"},
     )
@@ -33,6 +38,7 @@ def test_config_json_is_what_the_plane_reads() -> None:
                 "timeout_ms": None,
                 "serverless": False,
                 "tls": None,
+                "credential_header": None,
             },
             "run": {
                 "address": "127.0.0.1:8080",
@@ -46,6 +52,7 @@ def test_config_json_is_what_the_plane_reads() -> None:
                     "key_file": None,
                     "server_name": None,
                 },
+                "credential_header": "authorization",
             },
         },
         "routes": {"identity": "triton"},
@@ -55,6 +62,25 @@ def test_config_json_is_what_the_plane_reads() -> None:
         "max_connections": None,
         "idle_timeout_ms": None,
     }
+
+
+def test_a_credential_is_set_only_for_a_backend_that_takes_one_and_never_echoed() -> None:
+    pytest.importorskip("infergw._native")
+    backends = {
+        "run": NativeBackend("127.0.0.1:1", credential_header="authorization"),
+        "triton": NativeBackend("127.0.0.1:2"),
+    }
+    plane = NativePlane(NativeConfig(backends=backends))  # never started: no socket
+    plane.set_credential("run", "Bearer token", 2e9)
+    plane.set_credential("run", None)
+    with pytest.raises(ValueError, match="'triton' has no credential_header"):
+        plane.set_credential("triton", "Bearer token", 2e9)
+    with pytest.raises(ValueError) as bad:
+        plane.set_credential("run", "Bearer top\nsecret", 2e9)
+    assert "secret" not in str(bad.value)
+    bogus = {"run": NativeBackend("127.0.0.1:1", credential_header="not a header")}
+    with pytest.raises(ValueError, match="credential_header"):
+        NativePlane(NativeConfig(backends=bogus))
 
 
 def test_switched_off_by_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
