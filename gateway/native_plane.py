@@ -27,6 +27,7 @@ import importlib
 import json
 import logging
 import os
+import socket
 from collections.abc import Mapping
 from types import ModuleType, TracebackType
 from typing import Any, Literal, NamedTuple
@@ -219,6 +220,24 @@ class NativeConfig:
         return json.dumps(config)
 
 
+def bind(listen: str) -> socket.socket:
+    """A listening TCP socket on ``HOST:PORT`` (``[V6]:PORT``; port 0: any free one), as
+    Python's servers bind one (``SO_REUSEADDR``; ``[::]`` dual-stack). OSError names
+    ``listen``."""
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server(
+            (host, int(port)),
+            family=family,
+            backlog=socket.SOMAXCONN,
+            dualstack_ipv6=host == "::" and socket.has_dualstack_ipv6(),
+        )
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot listen on {listen}: {exc.strerror or exc}") from exc
+
+
 class NativePlane:
     """A started-and-stopped native plane; also a context manager (start, then stop).
 
@@ -237,8 +256,15 @@ class NativePlane:
         self._host = config.listen.rpartition(":")[0] or "127.0.0.1"
 
     def start(self) -> int:
-        """Bind and serve; the bound port (``listen`` may ask for port 0)."""
-        return int(self._plane.start())
+        """Bind ``listen`` here and hand the socket to the plane (``native/src/handover.rs``),
+        which serves it; the bound port (``listen`` may ask for port 0). Running: its port."""
+        if self.port is not None:
+            return self.port
+        with bind(self.config.listen) as listener:
+            inbox = self._plane.listener_inbox()
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM, fileno=inbox) as sending:
+                socket.send_fds(sending, [b"listener"], [listener.fileno()])
+            return int(self._plane.start())  # the plane's copy of the socket from now
 
     def stop(self, grace_s: float | None = None) -> None:
         """Drain (GOAWAY; requests in flight finish) for at most ``grace_s``, then close

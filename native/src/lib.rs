@@ -9,6 +9,7 @@ pub mod deadline;
 pub mod forward;
 pub mod grpc_frame;
 pub mod grpc_status;
+pub mod handover;
 pub mod health;
 pub mod observed;
 pub mod passthrough;

@@ -38,7 +38,8 @@ enum Handler {
     Sidecar(Arc<Sidecar>),
 }
 
-/// Binds `config.listen` and serves on a new runtime; returns once the port is bound.
+/// Serves `handed` (the listener Python bound, `handover.rs`), else binds `config.listen`,
+/// on a new runtime; returns once the port is bound.
 ///
 /// One worker thread (`worker_threads: 1`) is a current-thread runtime on a thread of its
 /// own: every task of a request (the client's connection, the upstream's) runs on it, so
@@ -49,6 +50,7 @@ pub fn start(
     config: &Config,
     health: Arc<Health>,
     credentials: &Credentials,
+    handed: Option<std::net::TcpListener>,
 ) -> Result<Running, String> {
     let shared =
         Arc::new(Shared::new(config, credentials).map_err(|e| format!("plane config: {e}"))?);
@@ -73,9 +75,12 @@ pub fn start(
             .build()
     }
     .map_err(|e| format!("plane runtime: {e}"))?;
-    let listener = std::net::TcpListener::bind(&config.listen)
-        .and_then(|l| l.set_nonblocking(true).map(|()| l))
-        .map_err(|e| format!("plane cannot listen on {}: {e}", config.listen))?;
+    let listener = match handed {
+        Some(listener) => listener,
+        None => std::net::TcpListener::bind(&config.listen)
+            .and_then(|l| l.set_nonblocking(true).map(|()| l))
+            .map_err(|e| format!("plane cannot listen on {}: {e}", config.listen))?,
+    };
     let port = listener
         .local_addr()
         .map_err(|e| format!("plane listener: {e}"))?

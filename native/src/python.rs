@@ -1,6 +1,7 @@
 //! The Python surface, `infergw._native`: one class, `Plane`. Its methods release the GIL
 //! while they wait; the plane's threads never take it.
 
+use std::os::fd::IntoRawFd;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
@@ -12,6 +13,7 @@ use pyo3::types::PyDict;
 use crate::config::Config;
 use crate::credential::{self, Credentials};
 use crate::forward::{Route, Shared};
+use crate::handover::Inbox;
 use crate::health::Health;
 use crate::passthrough::Sidecar;
 use crate::plane::{self, Running};
@@ -33,6 +35,8 @@ struct Plane {
     health: Arc<Health>,
     /// The backends' call credentials: kept across starts, settable before one.
     credentials: Credentials,
+    /// Where Python hands over the listener it bound (``listener_inbox``), if it asked.
+    inbox: Mutex<Option<Inbox>>,
     running: Mutex<Option<Running>>,
     /// The counters of the last start (kept after stop, for a final scrape).
     last: Mutex<Option<Counters>>,
@@ -48,21 +52,30 @@ impl Plane {
             config,
             health: Arc::default(),
             credentials,
+            inbox: Mutex::new(None),
             running: Mutex::new(None),
             last: Mutex::new(None),
         })
     }
 
-    /// Binds and starts serving on the plane's own threads; the bound port. A second call
-    /// while running returns the same port.
+    /// Starts serving on the plane's own threads the listener handed over
+    /// (``listener_inbox``), else ``listen`` bound; the port. A second call while running
+    /// returns the same port.
     fn start(&self, py: Python<'_>) -> PyResult<u16> {
         py.detach(|| {
             let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(running) = running.as_ref() {
                 return Ok(running.port);
             }
-            let started = plane::start(&self.config, self.health.clone(), &self.credentials)
-                .map_err(PyOSError::new_err)?;
+            let inbox = self.inbox.lock().unwrap_or_else(|e| e.into_inner()).take();
+            let handed = match inbox.map(|inbox| inbox.take()).transpose() {
+                Ok(Some(None)) => return Err(PyOSError::new_err("no listener was handed over")),
+                Ok(handed) => handed.flatten(),
+                Err(why) => return Err(PyOSError::new_err(why)),
+            };
+            let started =
+                plane::start(&self.config, self.health.clone(), &self.credentials, handed)
+                    .map_err(PyOSError::new_err)?;
             let port = started.port;
             *self.last.lock().unwrap_or_else(|e| e.into_inner()) =
                 Some((started.shared.clone(), started.sidecar.clone()));
@@ -86,6 +99,15 @@ impl Plane {
                 running.stop(grace);
             }
         });
+    }
+
+    /// A Unix datagram socket to send the listening socket on (one, with SCM_RIGHTS:
+    /// ``socket.send_fds``) before ``start``, which then serves it instead of binding
+    /// ``listen``. The caller owns the descriptor returned and closes it once sent.
+    fn listener_inbox(&self) -> PyResult<i32> {
+        let (inbox, theirs) = Inbox::new().map_err(|e| PyOSError::new_err(e.to_string()))?;
+        *self.inbox.lock().unwrap_or_else(|e| e.into_inner()) = Some(inbox);
+        Ok(theirs.into_raw_fd())
     }
 
     /// Every later call to ``backend`` carries ``value`` in the backend's

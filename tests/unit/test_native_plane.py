@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import importlib
 import json
+import os
+import socket
 from types import ModuleType
 
 import pytest
@@ -81,6 +84,22 @@ def test_a_credential_is_set_only_for_a_backend_that_takes_one_and_never_echoed(
     bogus = {"run": NativeBackend("127.0.0.1:1", credential_header="not a header")}
     with pytest.raises(ValueError, match="credential_header"):
         NativePlane(NativeConfig(backends=bogus))
+
+
+def test_the_plane_serves_the_socket_python_bound_and_keeps_no_descriptor_after() -> None:
+    pytest.importorskip("infergw._native")
+    before = len(os.listdir("/proc/self/fd"))
+    plane = NativePlane(NativeConfig(listen="127.0.0.1:0"))
+    port = plane.start()
+    assert plane.start() == port  # running: the same port, nothing bound again
+    socket.create_connection(("127.0.0.1", port), timeout=5).close()  # served
+    with pytest.raises(OSError, match=f"cannot listen on 127.0.0.1:{port}") as taken:
+        NativePlane(NativeConfig(listen=f"127.0.0.1:{port}")).start()
+    assert taken.value.errno == errno.EADDRINUSE
+    plane.stop(0)
+    with socket.create_server(("127.0.0.1", port)):  # the plane closed its copy
+        pass
+    assert len(os.listdir("/proc/self/fd")) == before
 
 
 def test_switched_off_by_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
