@@ -206,7 +206,8 @@ class CloudRunBackend(OipGrpcBackend):
     def _on_trailers(self, trailers: grpc.aio.Metadata | None, ctx: RequestContext) -> None:
         value = server_timing_from_metadata(trailers)
         if value is not None:
-            for entry in select_entries(parse_server_timing(value), BACKEND_REPORTED):
+            timed = parse_server_timing(value, timed_only=True)
+            for entry in select_entries(timed, BACKEND_REPORTED):
                 ctx.timings.add(entry.name, entry.duration_ms, entry.description)
 
     async def ready(self) -> bool:

@@ -154,7 +154,7 @@ class SageMakerBackend(BackendBase):
             raise
         except Exception as exc:
             raise map_error(exc, self.name, endpoint) from exc
-        reported = wire.parse_timing_attribute(reply.get("CustomAttributes"))
+        reported = wire.parse_timing_attribute(reply.get("CustomAttributes"), timed_only=True)
         for entry in select_entries(reported, BACKEND_REPORTED):  # what the container measured
             ctx.timings.add(entry.name, entry.duration_ms, entry.description)
         try:

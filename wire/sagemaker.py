@@ -99,8 +99,9 @@ def format_timing_attribute(entries: list[TimingEntry]) -> str:
     return value if len(value) <= MAX_CUSTOM_ATTRIBUTES else ""
 
 
-def parse_timing_attribute(value: str | None) -> list[TimingEntry]:
-    """Server-Timing entries from a CustomAttributes value; anything else yields none."""
+def parse_timing_attribute(value: str | None, *, timed_only: bool = False) -> list[TimingEntry]:
+    """Server-Timing entries from a CustomAttributes value; anything else yields none
+    (``timed_only``: as ``parse_server_timing``)."""
     if not value or not value.startswith(TIMING_ATTRIBUTE):
         return []
-    return parse_server_timing(value[len(TIMING_ATTRIBUTE) :])
+    return parse_server_timing(value[len(TIMING_ATTRIBUTE) :], timed_only=timed_only)

@@ -11,6 +11,7 @@ can still tell whose split is whose, and a reader that joins sees every entry.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Container, Iterable, Iterator
 from functools import lru_cache
@@ -43,29 +44,40 @@ def format_server_timing(entries: Iterable[TimingEntry]) -> str:
 _PARAM = re.compile(r'\s*;\s*([^=;,\s]+)\s*(?:=\s*("(?:[^"\\]|\\.)*"|[^;,]*))?')
 
 
-def parse_server_timing(header: str) -> list[TimingEntry]:
-    """Parse a Server-Timing value; malformed items are skipped, not fatal."""
+def parse_server_timing(header: str, *, timed_only: bool = False) -> list[TimingEntry]:
+    """Parse a Server-Timing value; malformed items are skipped, not fatal. An entry with
+    no valid ``dur`` has 0, as W3C's parsing gives it; ``timed_only`` skips it instead
+    and one whose ``dur`` is negative or not finite (what a backend reports of its own
+    phases: a phase it gave no duration for is not a duration of 0 in the metrics; the
+    native plane's rule too)."""
     entries: list[TimingEntry] = []
     for item in _split_items(header):
         name, _, rest = item.partition(";")
         name = name.strip()
         if not name or not _TOKEN.match(name):
             continue
-        dur = 0.0
+        dur: float | None = None
         desc = ""
         for m in _PARAM.finditer(";" + rest):
             key, value = m.group(1).lower(), (m.group(2) or "").strip()
             if value.startswith('"'):
                 value = re.sub(r"\\(.)", r"\1", value[1:-1])
             if key == "dur":
-                try:
-                    dur = float(value)
-                except ValueError:
-                    dur = 0.0
+                dur = _duration(value)
             elif key == "desc":
                 desc = value
-        entries.append(TimingEntry(name, dur, desc))
+        if not timed_only:
+            entries.append(TimingEntry(name, 0.0 if dur is None else dur, desc))
+        elif dur is not None and math.isfinite(dur) and dur >= 0:
+            entries.append(TimingEntry(name, dur, desc))
     return entries
+
+
+def _duration(value: str) -> float | None:
+    try:
+        return float(value)
+    except ValueError:
+        return None
 
 
 def _split_items(header: str) -> Iterator[str]:

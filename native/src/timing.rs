@@ -21,8 +21,9 @@ pub const REPORTED: [&str; 3] = ["coldstart", "backend_queue", "compute"];
 /// The backend-reported phases in `server-timing` values (a Cloud Run container's
 /// trailer): of each name (case-sensitive, as `wire/server_timing.py` compares them) the
 /// last entry with a duration. Other names and malformed items are skipped; so is an
-/// entry whose `dur` is missing, unparsable, negative or not finite, which the Python
-/// parser would report as 0: the plane never reports a phase it was not told.
+/// entry whose `dur` is missing, unparsable, negative or not finite (W3C's parsing would
+/// give it 0; `parse_server_timing(timed_only=True)` skips it too): the plane never
+/// reports a phase it was not told.
 pub fn reported<'a>(values: impl IntoIterator<Item = &'a [u8]>) -> Reported {
     let mut reported = Reported::default();
     for value in values {

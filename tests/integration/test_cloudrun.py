@@ -299,3 +299,11 @@ async def test_request_timeout_cuts_a_long_request_like_cloud_run() -> None:
                 await backend.infer(minilm_request(SLOW_TEXT), ctx())
         finally:
             await backend.close()
+
+
+async def test_only_the_containers_phases_with_a_duration_are_taken() -> None:
+    backend = CloudRunBackend("cr", "127.0.0.1:8080")
+    c = ctx()
+    trailers = (("server-timing", "compute, coldstart;dur=5, total;dur=9, backend_queue;dur=x"),)
+    backend._on_trailers(grpc.aio.Metadata(*trailers), c)
+    assert [(e.name, e.duration_ms) for e in c.timings.entries] == [("coldstart", 5.0)]

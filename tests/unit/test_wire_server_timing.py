@@ -69,6 +69,20 @@ def test_select_keeps_only_the_named_phases_with_their_detail() -> None:
     ]
 
 
+def test_a_phase_reported_without_a_valid_duration_is_not_a_duration_of_zero() -> None:
+    header = 'compute, coldstart;dur=abc, backend_queue;dur=-1, x;dur=inf, queue;desc="q"'
+    assert [(e.name, e.duration_ms) for e in parse_server_timing(header)] == [
+        ("compute", 0.0),  # W3C's reading: no duration is 0
+        ("coldstart", 0.0),
+        ("backend_queue", -1.0),
+        ("x", float("inf")),
+        ("queue", 0.0),
+    ]
+    assert parse_server_timing(header, timed_only=True) == []
+    timed = parse_server_timing('compute;dur="2.5";desc=m, total;dur=3', timed_only=True)
+    assert timed == [TimingEntry("compute", 2.5, "m"), TimingEntry("total", 3.0)]
+
+
 @pytest.mark.parametrize(
     ("header", "expected"),
     [
