@@ -39,7 +39,7 @@ from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, M
 from prometheus_client.registry import Collector
 
 from infergw.gateway import native_plane
-from infergw.gateway.core.backend import CallCredential, CredentialedBackend
+from infergw.gateway.core.backend import Backend, CallCredential, CredentialedBackend
 from infergw.gateway.core.config import WILDCARD, BackendConfig, GatewayConfig, RouteConfig
 from infergw.gateway.core.metrics import BUCKETS, Decision, Series, cumulative_buckets
 from infergw.gateway.core.routing.config import FallbackConfig, SpilloverConfig, WeightedConfig
@@ -380,7 +380,7 @@ class CredentialKeeper:
 
     @classmethod
     def of(
-        cls, front: NativeFront, backends: Mapping[str, object], **timing: float
+        cls, front: NativeFront, backends: Mapping[str, Backend], **timing: float
     ) -> CredentialKeeper:
         """For ``front``'s credentialed backends, found in ``backends`` (the router's, without
         their policies); TypeError for one that has no credential to give."""

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
 from infergw.gateway import native_front, native_plane
-from infergw.gateway.core.backend import CallCredential
+from infergw.gateway.core.backend import Backend, CallCredential
 from infergw.gateway.core.config import parse_config
 from infergw.vocab.errors import Unavailable
 
@@ -122,8 +122,10 @@ def test_the_keeper_needs_backends_that_hand_out_credentials() -> None:
     )
     try:
         with pytest.raises(TypeError, match="'run' hands out no call credential"):
-            native_front.CredentialKeeper.of(front, {"run": object()})
-        keeper = native_front.CredentialKeeper.of(front, {"run": Tokens("run", GOOD)})
+            native_front.CredentialKeeper.of(front, {"run": cast(Backend, object())})
+        keeper = native_front.CredentialKeeper.of(
+            front, {"run": cast(Backend, Tokens("run", GOOD))}
+        )
         assert list(keeper.backends) == ["run"]
     finally:
         front.stop(0)
