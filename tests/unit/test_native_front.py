@@ -63,7 +63,11 @@ def test_an_https_cloud_run_route_is_native_over_tls_with_a_credential() -> None
         tls=native_plane.NativeTls(),  # the system's roots, the service's name
         credential_header="authorization",
     )
-    assert native_front.NativeFront(routes).credentialed == {"run"}
+    front = native_front.NativeFront(routes)
+    try:
+        assert front.credentialed == {"run"}
+    finally:
+        front.stop(0)  # its lane's directory
 
 
 class Tokens:
