@@ -157,6 +157,12 @@ def slots_of(config: Mapping[str, Any]) -> int:
     return int(config.get("backends", {}).get("triton", {}).get("max_concurrency", 1))
 
 
+# ``local up`` stops the gateway (its drain), the stand-ins and Triton (whose own exit
+# timeout is 5 s) on SIGTERM; killed sooner, it leaves Triton, which leads a process
+# group of its own, running.
+STACK_STOP_GRACE_S = 30.0
+
+
 class Stack:
     """``infergw local up --config FILE`` in a process group of its own, until ``stop``."""
 
@@ -187,7 +193,7 @@ class Stack:
         return f"http://{info['gateway']['metrics']}/metrics"
 
     def stop(self) -> None:
-        self.group.stop()
+        self.group.stop(STACK_STOP_GRACE_S)
 
 
 async def measure_with_capacity(
