@@ -241,7 +241,16 @@ class NativeFront:
         return frozenset(n for n, b in self.routes.backends.items() if b.credential_header)
 
     def set_credential(self, backend: str, credential: CallCredential) -> None:
-        """What ``backend``'s calls carry from now (and from the start, if not started)."""
+        """What ``backend``'s calls carry from now (and from the start, if not started).
+        ValueError for a credential in another header than the one the plane sends it in
+        (its ``credential_header``): sent under that name it would be the wrong header."""
+        native = self.routes.backends.get(backend)
+        configured = native.credential_header if native is not None else None
+        if configured is None or credential.header.lower() != configured:
+            raise ValueError(
+                f"backend {backend!r}: the plane sends a credential in {configured!r}, "
+                f"not {credential.header!r}"
+            )
         self._credentials[backend] = credential
         if self._plane is not None:
             self._plane.set_credential(backend, credential.value, credential.good_until)

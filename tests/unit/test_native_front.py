@@ -66,6 +66,11 @@ def test_an_https_cloud_run_route_is_native_over_tls_with_a_credential() -> None
     front = native_front.NativeFront(routes)
     try:
         assert front.credentialed == {"run"}
+        front.set_credential("run", CallCredential("Authorization", "Bearer t", 2e9))
+        # Another header than the plane's would be sent under the plane's name: refused.
+        with pytest.raises(ValueError, match="in 'authorization', not 'x-token'") as caught:
+            front.set_credential("run", CallCredential("x-token", "secret-value", 2e9))
+        assert "secret-value" not in str(caught.value)
     finally:
         front.stop(0)  # its lane's directory
 
