@@ -5,11 +5,17 @@ tracer provider can be set once per process, so the fixture resets the globals
 afterwards, as opentelemetry-python's own tests do (``reset_trace_globals`` in
 opentelemetry-test-utils): every other test runs with no SDK, as the gateway does by
 default, and sees the no-op fast path.
+
+A SIGTERM to the test run (a CI timeout, say) is handled as Ctrl-C: pytest then runs the
+fixtures' teardown, which stops the servers they started. By default it would die at
+once and leave them running, as Triton and moto lead process groups of their own.
 """
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
+from types import FrameType
 
 import pytest
 from opentelemetry import trace
@@ -17,6 +23,14 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.util._once import Once
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    signal.signal(signal.SIGTERM, _interrupt)
 
 
 def reset_trace_globals() -> None:
