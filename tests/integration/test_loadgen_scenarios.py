@@ -153,9 +153,9 @@ def answers(address: str) -> str:
 
 def after_failure(stack: StackThread) -> str:
     """What a failed run through the gateway left behind: whether new connections to Triton
-    and to the gateway answer now, and what the native plane counted. A rare hang (every
-    call DEADLINE_EXCEEDED, about one full suite in eight; not found yet) needs these to
-    tell a wedged Triton from the plane and from the client."""
+    and to the gateway answer now, and what the native plane counted. A hang not found yet
+    (every call DEADLINE_EXCEEDED; in 3 of 5 full suites, never with fewer modules) needs
+    these to tell a wedged Triton from the plane and from the client."""
     endpoints = stack.stack.endpoints()
     lines = [
         answers(endpoints["backends"]["triton"]["grpc"]),
