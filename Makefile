@@ -28,7 +28,7 @@ demo: install
 # port, run again on the Python plane (the sidecar's tests run on both by themselves).
 PYTHON_PLANE_TESTS := $(addprefix tests/integration/test_, grpc_gateway.py observability.py \
 	sdk_gateway.py triton_parity.py triton_splits.py http_limits.py drain.py routing.py \
-	fuzz_grpc.py clients.py tfserving.py decoupled.py keep_warm.py supervision.py)
+	fuzz_grpc.py clients.py tfserving.py decoupled.py keep_warm.py supervision.py tls_auth.py)
 
 test: install lint
 	cd native && $(CARGO) test -q --profile unit --locked

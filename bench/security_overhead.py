@@ -1,13 +1,17 @@
-"""What TLS and API keys cost per call: the gateway plain, with auth, with TLS, with both.
+"""What TLS and API keys cost per call: the gateway plain, with auth, with TLS, with both,
+on each data plane.
 
-    .venv/bin/python bench/security_overhead.py [--rounds R] [--requests N] [--out DIR]
+    .venv/bin/python bench/security_overhead.py [--rounds R] [--requests N]
+                                                [--planes python,native] [--out DIR]
 
-Starts the real Triton and four ``infergw serve`` processes in front of it (one per
-variant, each its own process group), makes a throwaway CA, and times tiny identity
-calls (1x16 FP32) over one long-lived gRPC connection per variant, the variants
-interleaved in rounds. Prints the median over rounds of each variant's p50 and its
-difference to the plain gateway; writes every round as JSON. The handshake is paid once
-per connection and is not in these figures (gRPC keeps the connection).
+Starts the real Triton and one ``infergw serve`` process per variant and plane in front of
+it (each its own process group; ``python``: ``INFERGW_NATIVE=0``, ``native``:
+``INFERGW_NATIVE=1``, where the Rust plane terminates the TLS and checks the key itself),
+makes a throwaway CA, and times tiny identity calls (1x16 FP32) over one long-lived gRPC
+connection per gateway, all interleaved in rounds. Prints the median over rounds of each
+one's p50 and its difference to the same plane's plain gateway; writes every round as
+JSON. The handshake is paid once per connection and is not in these figures (gRPC keeps
+the connection).
 """
 
 from __future__ import annotations
@@ -32,24 +36,30 @@ from tests.certs import CertificateAuthority
 
 KEY = "bench-key-5b0c"
 VARIANTS = ("plain", "auth", "tls", "tls+auth")
+PLANES = {"python": {"INFERGW_NATIVE": "0"}, "native": {"INFERGW_NATIVE": "1"}}
 
 
 def secured_gateway(
-    triton: str, tls: dict[str, str] | None, keys_file: str | None, registry: list[int]
+    triton: str,
+    tls: dict[str, str] | None,
+    keys_file: str | None,
+    registry: list[int],
+    env: dict[str, str],
 ) -> servers.GatewayProcess:
-    """``infergw serve`` routing every model to Triton, with ``listen.tls``/``auth`` as given."""
+    """``infergw serve`` routing ``identity`` to Triton (a named route: the native plane
+    forwards it itself), with ``listen.tls``/``auth`` as given."""
     listen: dict[str, object] = {"host": "127.0.0.1"}
     if tls:
         listen["tls"] = tls
     doc: dict[str, object] = {
         "listen": listen,
         "backends": {"triton": {"kind": "triton", "url": triton}},
-        "models": {"*": {"backend": "triton"}},
+        "models": {"identity": {"backend": "triton"}},
     }
     if keys_file:
         doc["auth"] = {"api_keys_file": keys_file}
     # JSON is YAML; no readiness probe: it speaks no TLS, main() waits on a real call.
-    return servers.GatewayProcess(registry=registry, config=json.dumps(doc), wait=False)
+    return servers.GatewayProcess(registry=registry, config=json.dumps(doc), env=env, wait=False)
 
 
 def client(address: str, ca_file: str | None) -> grpc.Channel:
@@ -61,8 +71,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--planes", default="python,native", help="comma-separated")
     parser.add_argument("--out", default="out/bench")
     args = parser.parse_args()
+    planes = [p for p in args.planes.split(",") if p]
+    if not set(planes) <= set(PLANES):
+        parser.error(f"--planes: choose among {', '.join(PLANES)}")
+    names = [f"{plane}/{variant}" for plane in planes for variant in VARIANTS]
     pki = Path(tempfile.mkdtemp(prefix="infergw-bench-pki-"))
     ca = CertificateAuthority(pki, "ca")
     server = ca.issue("server")
@@ -74,16 +89,17 @@ def main() -> int:
     payload = grpc_load.identity_payload("tiny", 16)
     registry: list[int] = []
     gateways: dict[str, servers.GatewayProcess] = {}
-    p50s: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    p50s: dict[str, list[float]] = {n: [] for n in names}
     with TritonServer(models=["identity"]) as triton:
         try:
-            for variant in VARIANTS:
-                gateways[variant] = secured_gateway(
-                    triton.endpoints.grpc, *settings[variant], registry
+            for name in names:
+                plane, variant = name.split("/")
+                gateways[name] = secured_gateway(
+                    triton.endpoints.grpc, *settings[variant], registry, PLANES[plane]
                 )
-                gateways[variant].start()
+                gateways[name].start()
             channels = {
-                v: client(g.grpc, ca.cert_file if "tls" in v else None) for v, g in gateways.items()
+                n: client(g.grpc, ca.cert_file if "tls" in n else None) for n, g in gateways.items()
             }
             metadata = (("authorization", f"Bearer {KEY}"),)
             calls = {v: c.unary_unary(grpc_load.MODEL_INFER) for v, c in channels.items()}
@@ -91,7 +107,7 @@ def main() -> int:
             def call(variant: str) -> None:
                 calls[variant](payload.request, timeout=30, metadata=metadata)
 
-            for variant in VARIANTS:  # ready, warm
+            for variant in names:  # ready, warm
                 deadline = time.monotonic() + 60
                 while True:
                     try:
@@ -107,26 +123,26 @@ def main() -> int:
                 for _ in range(200):
                     call(variant)
             for round_no in range(args.rounds):
-                order = VARIANTS[round_no % 4 :] + VARIANTS[: round_no % 4]
-                for variant in order:
+                shift = round_no % len(names)
+                for variant in names[shift:] + names[:shift]:
                     samples = []
                     for _ in range(args.requests):
                         t0 = time.perf_counter_ns()
                         call(variant)
                         samples.append((time.perf_counter_ns() - t0) / 1e6)
                     p50s[variant].append(statistics.median(samples))
-                line = "  ".join(f"{v} {p50s[v][-1]:.3f}" for v in VARIANTS)
+                line = "  ".join(f"{n} {p50s[n][-1]:.3f}" for n in names)
                 print(f"round {round_no + 1}: p50 ms  {line}", flush=True)
             for channel in channels.values():
                 channel.close()
         finally:
             for gateway in gateways.values():
                 gateway.stop()
-    plain = statistics.median(p50s["plain"])
-    print("\nvariant     p50 ms (median of rounds)   vs plain gateway")
-    for variant in VARIANTS:
-        p50 = statistics.median(p50s[variant])
-        print(f"{variant:<10}  {p50:8.3f}                     {p50 - plain:+.3f} ms")
+    print("\ngateway            p50 ms (median of rounds)   vs the plane's plain gateway")
+    for name in names:
+        plain = statistics.median(p50s[f"{name.split('/')[0]}/plain"])
+        p50 = statistics.median(p50s[name])
+        print(f"{name:<17}  {p50:8.3f}                     {p50 - plain:+.3f} ms")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "security_overhead.json").write_text(json.dumps({"p50_ms_per_round": p50s}, indent=2))

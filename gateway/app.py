@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
@@ -34,6 +34,7 @@ from infergw.gateway.frontends.grpc import GrpcFrontend
 from infergw.gateway.frontends.tfserving import add_tfserving_service
 from infergw.gateway.lifecycle import AsyncService
 from infergw.gateway.native_traces import NATIVE_TRACES_INTERVAL_S, NativeTraces
+from infergw.gateway.reloading import follow
 from infergw.gateway.sites import (
     AppSite,
     SiteOptions,
@@ -84,7 +85,8 @@ class Gateway(AsyncService):
         self._grpc: GrpcFrontend | None = None
         self._native: native_front.NativeFront | None = None  # the Rust plane on the gRPC port
         self._native_traces: tuple[NativeTraces, asyncio.Task[None]] | None = None
-        self._credentials: asyncio.Task[None] | None = None  # CredentialKeeper.run
+        # The native plane's: CredentialKeeper.run, and the TLS and key files followed.
+        self._background: list[asyncio.Task[None]] = []
         self._sites: list[AppSite] = []
         self._tls: ServerTls | None = None
         self._serving = False  # started: stopping drains
@@ -121,8 +123,12 @@ class Gateway(AsyncService):
                 await self._grpc.start()
                 keeper = native_front.CredentialKeeper.of(front, self.router.unwrapped)
                 ok = await keeper.first()  # before the plane serves its backends' calls
-                port = self._start_native(front, f"{listen.host}:{listen.grpc_port}")
-                self._credentials = asyncio.create_task(keeper.run(ok))
+                digests = auth.keys.digests if auth is not None else None
+                port = self._start_native(front, f"{listen.host}:{listen.grpc_port}", digests)
+                self._background = [
+                    asyncio.create_task(keeper.run(ok)),
+                    asyncio.create_task(follow(front.followers)),
+                ]
             self.addresses["grpc"] = f"{display_host(listen.host)}:{port}"
             guard = [auth.rest_middleware()] if auth is not None else []
             rest = create_rest_app(self.service, guard)
@@ -143,10 +149,16 @@ class Gateway(AsyncService):
         self._serving = True
         log.info("infergw listening: %s", self.addresses)
 
-    def _start_native(self, front: native_front.NativeFront, listen: str) -> int:
+    def _start_native(
+        self,
+        front: native_front.NativeFront,
+        listen: str,
+        key_digests: Callable[[], tuple[bytes, ...]] | None,
+    ) -> int:
         """The plane on ``listen`` (its port), its metrics on the gateway's, its traced
         requests drained into the SDK and the Triton splits, its serverless backends'
-        answers into the warm-state estimator and keep-warm."""
+        answers into the warm-state estimator and keep-warm; TLS with ``self._tls`` and API
+        keys checked against ``key_digests()`` if set."""
         triton = {b.name for b in self.config.backends if b.kind in TRACED_KINDS}
 
         def feed_warmth() -> int:
@@ -155,7 +167,9 @@ class Gateway(AsyncService):
         traces = NativeTraces(
             front, self.splits, traced_backends=triton.__contains__, also=(feed_warmth,)
         )
-        port = front.start(listen, trace_all=traces.trace_all())
+        port = front.start(
+            listen, trace_all=traces.trace_all(), tls=self._tls, key_digests=key_digests
+        )
         self.metrics.registry.register(front.collector())
         self.metrics.sources.append(front)
         if self.splits is not None:
@@ -216,10 +230,10 @@ class Gateway(AsyncService):
             await _unwind(CUT_UNWIND_S)
             raise
         finally:
-            keeper, self._credentials = self._credentials, None
-            if keeper is not None:
-                keeper.cancel()
-                await asyncio.gather(keeper, return_exceptions=True)
+            background, self._background = self._background, []
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
             traces, self._native_traces = self._native_traces, None
             if traces is not None:  # the last records, once the plane has stopped
                 await traces[0].stop(traces[1])

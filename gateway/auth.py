@@ -62,6 +62,11 @@ class ApiKeys:
             reason = getattr(exc, "strerror", None) or "not UTF-8 text"
             raise InvalidArgument(f"auth.api_keys_file: cannot read {path}: {reason}") from exc
 
+    def digests(self) -> tuple[bytes, ...]:
+        """The accepted keys' SHA-256 digests (the same object until the file changes):
+        what the native plane checks keys against."""
+        return self._digests.get()
+
     def accepts(self, presented: str | None) -> bool:
         if not presented:
             return False

@@ -14,9 +14,11 @@ native backends, or by a ``spillover`` policy whose primary is native (overflow 
 native, or served by the lane through a pin, ``native_routes``), is admitted and forwarded
 by the plane with the backends' limits and the gateway's policy semantics; every other
 model, and every call that is not ``ModelInfer``, goes as bytes to the Python gateway's
-gRPC frontend, which then listens on a Unix socket of its own (the lane). The plane
-terminates no TLS and checks no API keys, so with ``listen.tls`` or ``auth`` the Python
-plane keeps the port, and says why. A request pinned to a backend (``x-infergw-backend``)
+gRPC frontend, which then listens on a Unix socket of its own (the lane). With
+``listen.tls`` the plane terminates TLS (mutual too) with the files Python reads and
+re-reads, and with ``auth`` it refuses a ``ModelInfer`` call without an accepted key
+before reading it (the lane's interceptor judges every other call, as the Python plane
+does); it is handed the keys' digests only. A request pinned to a backend (``x-infergw-backend``)
 goes to the lane, which honours it. The plane's counts, decisions and spans join the
 gateway's (``series``, ``decisions``, ``native_traces.py``). A backend that native routes
 and lane routes (``*``, a hedge, a pinned spill-over) share has two admission pools, the
@@ -44,7 +46,10 @@ from infergw.gateway.core.config import WILDCARD, BackendConfig, GatewayConfig, 
 from infergw.gateway.core.metrics import BUCKETS, Decision, Series, cumulative_buckets
 from infergw.gateway.core.routing.config import FallbackConfig, SpilloverConfig, WeightedConfig
 from infergw.gateway.core.warmth import Observation
+from infergw.gateway.reloading import Follower
 from infergw.gateway.sites import default_max_connections
+from infergw.gateway.tls import ServerTls
+from infergw.vocab.errors import InvalidArgument
 from infergw.wire import grpc_channel
 from infergw.wire.protocols import Protocol
 
@@ -121,10 +126,6 @@ def why_not(config: GatewayConfig) -> str | None:
     """Why the native plane cannot own the gRPC port (None: it can)."""
     if not native_plane.available():
         return f"{native_plane.MODULE} is not built"
-    if config.listen.tls is not None:
-        return "listen.tls is set and the native plane terminates no TLS"
-    if config.auth is not None:
-        return "auth is set and the native plane checks no API keys"
     return None
 
 
@@ -233,6 +234,8 @@ class NativeFront:
         self._dir = Path(tempfile.mkdtemp(prefix="infergw-lane-"))
         self.lane_path = self._dir / "grpc.sock"
         self._plane: native_plane.NativePlane | None = None
+        # The port's certificates and the API keys' digests, handed over as they change.
+        self.followers: list[Follower[Any]] = []
         self._credentials: dict[str, CallCredential] = {}  # the newest, for a (re)start
 
     @property
@@ -275,8 +278,18 @@ class NativeFront:
     def lane(self) -> str:
         return f"unix:{self.lane_path}"
 
-    def start(self, listen: str, trace_all: bool = False) -> int:
-        """Serve ``listen`` (``HOST:PORT``, port 0 allowed); the bound port."""
+    def start(
+        self,
+        listen: str,
+        trace_all: bool = False,
+        *,
+        tls: ServerTls | None = None,
+        key_digests: Callable[[], tuple[bytes, ...]] | None = None,
+    ) -> int:
+        """Serve ``listen`` (``HOST:PORT``, port 0 allowed), over ``tls`` only if given,
+        and natively served calls only with a key of ``key_digests()`` (``ApiKeys.digests``);
+        the bound port. Keep the files followed with ``reloading.follow(front.followers)``.
+        InvalidArgument for certificates the plane cannot use."""
         config = native_plane.NativeConfig(
             listen=listen,
             python_lane=self.lane,
@@ -286,10 +299,26 @@ class NativeFront:
             trace_all=trace_all,
             max_connections=self.routes.max_connections,
             idle_timeout_ms=self.routes.idle_timeout_ms,
+            tls=tls is not None,
+            api_keys=key_digests is not None,
         )
         plane = native_plane.NativePlane(config)
         for backend, credential in self._credentials.items():
             plane.set_credential(backend, credential.value, credential.good_until)
+        followers: list[Follower[Any]] = []
+        if tls is not None:
+            followers.append(native_plane.tls_follower(plane, tls))
+        if key_digests is not None:
+            followers.append(Follower("API keys", key_digests, plane.set_api_keys))
+        for follower in followers:
+            try:
+                follower.sync()
+            except ValueError as exc:
+                raise InvalidArgument(
+                    f"the native plane cannot use the {follower.what} ({exc}); "
+                    "data_plane: python serves it"
+                ) from exc
+        self.followers = followers
         port = plane.start()
         self._plane = plane
         return port

@@ -28,9 +28,12 @@ import json
 import logging
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from types import ModuleType, TracebackType
 from typing import Any, Literal, NamedTuple
+
+from infergw.gateway.reloading import Follower
+from infergw.gateway.tls import LoadedTls, ServerTls
 
 log = logging.getLogger(__name__)
 ENV = "INFERGW_NATIVE"  # "0": the Python data plane, "1": the native one, whatever the config
@@ -199,6 +202,8 @@ class NativeConfig:
     max_connections: int | None = None  # listen.max_connections (None: no limit)
     idle_timeout_ms: float | None = None  # listen.idle_timeout_s: GOAWAY after this idle
     sidecar: NativeSidecar | None = None  # set: a sidecar (no backends, routes or lane)
+    tls: bool = False  # TLS only; certificates from set_server_tls (tls_follower) first
+    api_keys: bool = False  # native calls need a key (set_api_keys: the digests)
 
     def to_json(self) -> str:
         config: dict[str, Any] = {
@@ -214,6 +219,8 @@ class NativeConfig:
             "trace_all": self.trace_all,
             "max_connections": self.max_connections,
             "idle_timeout_ms": self.idle_timeout_ms,
+            "tls": self.tls,
+            "api_keys": self.api_keys,
         }
         if self.sidecar is not None:
             config["sidecar"] = dataclasses.asdict(self.sidecar)
@@ -307,6 +314,18 @@ class NativePlane:
         backend without a credential or a value no header can carry."""
         self._plane.set_credential(backend, value, good_until)
 
+    def set_server_tls(self, chain: bytes, key: bytes, client_ca: bytes | None = None) -> None:
+        """New connections are served TLS with ``chain`` and ``key`` (PEM) and, with
+        ``client_ca``, must present a certificate it signed; established ones keep theirs.
+        Before ``start`` too (with ``tls`` it does not start without). ValueError, saying
+        which part and never what it holds, keeps the previous set."""
+        self._plane.set_server_tls(chain, key, client_ca)
+
+    def set_api_keys(self, digests: Sequence[bytes]) -> None:
+        """The SHA-256 digests of the keys natively served calls are admitted with (with
+        ``api_keys``; none set, none is admitted), in place of the previous ones."""
+        self._plane.set_api_keys(list(digests))
+
     def set_trace_all(self, all: bool) -> None:
         """Trace every request (True) or only those carrying a valid ``traceparent``."""
         self._plane.set_trace_all(all)
@@ -331,3 +350,12 @@ class NativePlane:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def tls_follower(plane: NativePlane, tls: ServerTls) -> Follower[LoadedTls]:
+    """Hands ``tls``'s files to ``plane`` now and whenever they change (``follow``)."""
+
+    def push(files: LoadedTls) -> None:
+        plane.set_server_tls(files.chain, files.key, files.client_ca)
+
+    return Follower("TLS certificate", tls.current, push)

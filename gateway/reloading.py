@@ -4,17 +4,19 @@ Certificates and API keys rotate without a restart: ``Reloading.get()`` checks t
 files' stamps (modification time, size, inode) at most once per ``interval_s`` and
 loads again when any changed. A load that fails (a half-written key during a rotation,
 a file briefly missing) keeps the last good value and is logged once per change; the
-first load's errors propagate, so a bad file stops the process at start.
+first load's errors propagate, so a bad file stops the process at start. ``Follower``
+hands each new value to a consumer outside Python (the native plane's port).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 log = logging.getLogger(__name__)
 
@@ -83,3 +85,39 @@ class Reloading(Generic[T]):
             else:
                 stamps.append((st.st_mtime_ns, st.st_size, st.st_ino))
         return tuple(stamps)
+
+
+class Follower(Generic[T]):
+    """Hands ``current()``'s value (a ``Reloading``'s, say) to ``push`` whenever it is a new
+    one: how a consumer outside Python, the native plane, gets what was reloaded.
+
+    ``sync()`` before the consumer starts lets ``push``'s error propagate (a file it cannot
+    use stops the start); later ones log it by its message (which must not quote the
+    files) and keep what the consumer had. ``follow()`` syncs every ``interval_s``."""
+
+    def __init__(self, what: str, current: Callable[[], T], push: Callable[[T], None]) -> None:
+        self.what = what
+        self._current = current
+        self._push = push
+        self._handed: T | None = None
+
+    def sync(self) -> None:
+        value = self._current()
+        if value is self._handed:
+            return
+        first = self._handed is None
+        try:
+            self._push(value)
+        except ValueError as exc:
+            if first:
+                raise
+            log.warning("%s reloaded but not taken (%s); keeping the previous one", self.what, exc)
+        self._handed = value  # a refused value is not offered again until the files change
+
+
+async def follow(followers: Sequence[Follower[Any]], interval_s: float = CHECK_INTERVAL_S) -> None:
+    """Syncs every follower each ``interval_s``, until cancelled."""
+    while followers:
+        await asyncio.sleep(interval_s)
+        for follower in followers:
+            follower.sync()

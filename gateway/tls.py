@@ -7,17 +7,19 @@ files are checked at most once a second (``Reloading``), so a rotated certificat
 used from the next connection on while established ones keep theirs. With
 ``client_ca_file`` a client must present a certificate that CA signed (mutual TLS).
 
-How a reload reaches each stack: gRPC calls a fetcher on every handshake, which hands
-out a new certificate configuration when the files changed; asyncio's SSL context is
-fixed per listener, so its server-name callback (which OpenSSL runs on every handshake,
-with or without SNI) switches the connection to the context of the current files.
+How a reload reaches each stack: the native plane is handed each new set
+(``reloading.Follower``, ``native_plane.tls_follower``); gRPC calls a fetcher on every
+handshake, which hands out a new certificate configuration when the files changed;
+asyncio's SSL context is fixed per listener, so its server-name callback (which OpenSSL
+runs on every handshake, with or without SNI) switches the connection to the context of
+the current files.
 """
 
 from __future__ import annotations
 
 import logging
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -29,11 +31,11 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
-class _Loaded:
+class LoadedTls:
     """One consistent set of the files, checked by loading it into an SSL context."""
 
     chain: bytes
-    key: bytes
+    key: bytes = field(repr=False)
     client_ca: bytes | None
     context: ssl.SSLContext
 
@@ -57,6 +59,10 @@ class ServerTls:
             reason = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or exc
             raise InvalidArgument(f"listen.tls: cannot load {', '.join(paths)}: {reason}") from exc
 
+    def current(self) -> LoadedTls:
+        """The current files (the same object until they change): the native plane's."""
+        return self._files.get()
+
     def ssl_context(self) -> ssl.SSLContext:
         """For ``loop.create_server(ssl=...)``: each handshake uses the current files."""
         return self._files.get().context
@@ -79,7 +85,7 @@ class ServerTls:
             require_client_authentication=self.mutual,
         )
 
-    def _load(self) -> _Loaded:
+    def _load(self) -> LoadedTls:
         chain, key = Path(self.cert_file).read_bytes(), Path(self.key_file).read_bytes()
         ca = Path(self.client_ca_file).read_bytes() if self.client_ca_file else None
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -90,7 +96,7 @@ class ServerTls:
             context.verify_mode = ssl.CERT_REQUIRED
         context.set_alpn_protocols(["http/1.1"])  # the HTTP sites speak HTTP/1.1
         context.sni_callback = self._switch
-        return _Loaded(chain, key, ca, context)
+        return LoadedTls(chain, key, ca, context)
 
     def _switch(self, connection: ssl.SSLObject, _name: str | None, _: ssl.SSLContext) -> None:
         current = self._files.get().context
@@ -98,7 +104,7 @@ class ServerTls:
             connection.context = current
 
 
-def _grpc_configuration(files: _Loaded) -> grpc.ServerCertificateConfiguration:
+def _grpc_configuration(files: LoadedTls) -> grpc.ServerCertificateConfiguration:
     return grpc.ssl_server_certificate_configuration(
         [(files.key, files.chain)], root_certificates=files.client_ca
     )

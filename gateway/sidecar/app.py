@@ -25,6 +25,7 @@ from infergw.gateway.core.config import TlsConfig
 from infergw.gateway.lifecycle import AsyncService
 from infergw.gateway.native_plane import DATA_PLANES, DataPlane
 from infergw.gateway.native_traces import NATIVE_TRACES_INTERVAL_S, NativeTraces
+from infergw.gateway.reloading import follow
 from infergw.gateway.sidecar.grpc_proxy import GrpcProxy
 from infergw.gateway.sidecar.health import UpstreamHealth
 from infergw.gateway.sidecar.http_proxy import HttpProxy
@@ -55,7 +56,7 @@ class SidecarConfig:
     drain_grace_s: float = 30.0  # on stop: how long calls in flight may take to finish
     tls: TlsConfig | None = None  # TLS (and with a client CA, mTLS) on every port
     # Who serves the gRPC port: the Python proxy, or the Rust plane (native.py; auto: the
-    # plane when it is built; INFERGW_NATIVE=0/1 overrides; with tls the proxy keeps it).
+    # plane when it is built; INFERGW_NATIVE=0/1 overrides).
     data_plane: DataPlane = "auto"
 
     def __post_init__(self) -> None:
@@ -83,6 +84,7 @@ class Sidecar(AsyncService):
         self._tls: ServerTls | None = None
         self._native: NativeGrpc | None = None
         self._native_traces: tuple[NativeTraces, asyncio.Task[None]] | None = None
+        self._follow: asyncio.Task[None] | None = None  # the plane's TLS files followed
 
     @property
     def data_plane(self) -> str:
@@ -98,7 +100,7 @@ class Sidecar(AsyncService):
             tls = self.config.tls
             if tls is not None:
                 self._tls = ServerTls(tls.cert_file, tls.key_file, tls.client_ca_file)
-            native = NativeGrpc.of(self.config)
+            native = NativeGrpc.of(self.config, self._tls)
             if native is not None:
                 await self._start_native(native)
             else:
@@ -140,6 +142,7 @@ class Sidecar(AsyncService):
         channel = self._open_channel()
         port = native.start()
         self._native = native
+        self._follow = asyncio.create_task(follow(native.followers))
         self.metrics.attach(native.stats)
         traces = NativeTraces(native.plane, None, traced_backends=lambda _: False)
         self._native_traces = (traces, traces.start(NATIVE_TRACES_INTERVAL_S))
@@ -208,6 +211,10 @@ class Sidecar(AsyncService):
         if self._native is not None:  # kept for a last scrape of its counters
             stops.append(asyncio.to_thread(self._native.stop, grace))
         await asyncio.gather(*stops)
+        following, self._follow = self._follow, None
+        if following is not None:
+            following.cancel()
+            await asyncio.gather(following, return_exceptions=True)
         traces, self._native_traces = self._native_traces, None
         if traces is not None:  # the last span records, once the plane has stopped
             await traces[0].stop(traces[1])

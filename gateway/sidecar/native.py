@@ -8,8 +8,8 @@ proxy's ``server-timing`` trailer and errors of its own, and its spans (the plan
 the client's ``traceparent``; ``native_traces.py`` exports them). Python keeps the control plane:
 the health poller (``health.py``) pushes its verdicts into the plane, which answers
 ``grpc.health.v1`` Check and Watch natively; metrics are the plane's counters, read at
-scrape time under the Python sidecar's names. The plane terminates no TLS, so with
-``tls`` the Python proxy keeps the port, and the log says why (once).
+scrape time under the Python sidecar's names. With ``tls`` the plane terminates TLS
+(mutual too) with the files Python reads, and is handed them again when they change.
 """
 
 from __future__ import annotations
@@ -18,7 +18,10 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from infergw.gateway import native_plane
+from infergw.gateway.reloading import Follower
 from infergw.gateway.sidecar import methods
+from infergw.gateway.tls import LoadedTls, ServerTls
+from infergw.vocab.errors import InvalidArgument
 
 if TYPE_CHECKING:
     from infergw.gateway.sidecar.app import SidecarConfig
@@ -31,33 +34,45 @@ def why_not(config: SidecarConfig) -> str | None:
     """Why the native plane cannot serve the sidecar's gRPC port (None: it can)."""
     if not native_plane.available():
         return f"{native_plane.MODULE} is not built"
-    if config.tls is not None:
-        return "tls is set and the native plane terminates no TLS"
     return None
 
 
 class NativeGrpc:
     """The plane as the sidecar's gRPC port: started, health pushed in, stopped."""
 
-    def __init__(self, config: SidecarConfig) -> None:
+    def __init__(self, config: SidecarConfig, tls: ServerTls | None = None) -> None:
+        """InvalidArgument for ``tls`` files the plane cannot use."""
         host = config.host
         listen = f"[{host}]:{config.grpc_port}" if ":" in host else f"{host}:{config.grpc_port}"
         plane_config = native_plane.NativeConfig(
             listen=listen,
             sidecar=native_plane.NativeSidecar(config.upstream, config.max_message_bytes),
+            tls=tls is not None,
         )
         self.plane = native_plane.NativePlane(plane_config, stop_grace_s=config.drain_grace_s)
+        # The certificates, handed over now and whenever they change (reloading.follow).
+        self.followers: list[Follower[LoadedTls]] = []
+        if tls is not None:
+            follower = native_plane.tls_follower(self.plane, tls)
+            try:
+                follower.sync()
+            except ValueError as exc:
+                raise InvalidArgument(
+                    f"tls: the native plane cannot use the TLS certificate ({exc}); "
+                    "data_plane: python serves it"
+                ) from exc
+            self.followers.append(follower)
         # Not SERVING until the poller has asked the upstream (never NOT_FOUND for these).
         for service in ("", *methods.HEALTH_SERVICES[config.protocol]):
             self.plane.set_health(service, NOT_SERVING)
 
     @classmethod
-    def of(cls, config: SidecarConfig) -> NativeGrpc | None:
+    def of(cls, config: SidecarConfig, tls: ServerTls | None = None) -> NativeGrpc | None:
         """The native gRPC half the config asks for (``auto``: whenever it can) and allows,
-        or None (the Python proxy; said once in the log)."""
+        or None (the Python proxy; said once in the log); ``tls``: the config's files."""
         if not native_plane.use_native(config.data_plane, why_not(config), "sidecar"):
             return None
-        return cls(config)
+        return cls(config, tls)
 
     def start(self) -> int:
         """Bind and serve; the bound port."""

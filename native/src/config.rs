@@ -48,6 +48,14 @@ pub struct Config {
     /// and health is answered natively; no backends, routes or python lane with it.
     #[serde(default)]
     pub sidecar: Option<SidecarConfig>,
+    /// TLS only on `listen` (`server_tls.rs`): the certificates come from
+    /// `Plane.set_server_tls`, and the plane does not start without them.
+    #[serde(default)]
+    pub tls: bool,
+    /// Natively served calls need an API key (`api_keys.rs`): the digests come from
+    /// `Plane.set_api_keys`; none set, none is admitted.
+    #[serde(default)]
+    pub api_keys: bool,
 }
 
 /// The sidecar's upstream and limit (`gateway/sidecar/app.py`'s `SidecarConfig`).

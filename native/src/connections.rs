@@ -21,17 +21,22 @@ use hyper::body::Incoming;
 use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
 
+use crate::server_tls::{ServerTls, HANDSHAKE_TIMEOUT};
 use crate::upstream::{Body, BoxError};
 
-/// The `listen` limits of the gateway's gRPC port; None: no limit.
-#[derive(Debug, Clone, Copy, Default)]
+/// The `listen` settings of the gateway's gRPC port: its limits (None: no limit), and
+/// its certificates (None: h2c).
+#[derive(Clone, Default)]
 pub struct Limits {
     pub max_connections: Option<usize>,
     pub idle_timeout: Option<Duration>,
+    pub tls: Option<Arc<ServerTls>>,
 }
 
 /// Calls in flight on one connection, and when the last one ended.
@@ -131,8 +136,21 @@ pub async fn serve<H, F>(
                     count: count.clone(),
                     _open: open.clone(),
                 };
-                let task = connection.run(stream, builder.clone(), limits, handle.clone(), closing_rx.clone());
-                tokio::spawn(task);
+                let serving = Serving {
+                    builder: builder.clone(),
+                    idle: limits.idle_timeout,
+                    handle: handle.clone(),
+                    closing: closing_rx.clone(),
+                };
+                // TLS on: never plaintext (`start` refuses to serve before a first set).
+                let acceptor = match &limits.tls {
+                    None => None,
+                    Some(tls) => match tls.acceptor() {
+                        Some(acceptor) => Some(acceptor),
+                        None => continue,
+                    },
+                };
+                tokio::spawn(connection.run(stream, acceptor, serving));
             }
             grace = &mut stop => break grace.unwrap_or(Duration::ZERO),
         }
@@ -155,19 +173,51 @@ impl Drop for Connection {
     }
 }
 
+/// How a connection is served once it speaks HTTP/2.
+struct Serving<H> {
+    builder: http2::Builder<TokioExecutor>,
+    idle: Option<Duration>,
+    handle: H,
+    closing: watch::Receiver<bool>,
+}
+
 impl Connection {
-    async fn run<H, F>(
-        self,
-        stream: TcpStream,
-        builder: http2::Builder<TokioExecutor>,
-        limits: Limits,
-        handle: H,
-        mut closing: watch::Receiver<bool>,
-    ) where
+    /// The TLS handshake first with an `acceptor` (at most `HANDSHAKE_TIMEOUT`; a failed
+    /// one closes the connection), then the connection's calls.
+    async fn run<H, F>(self, stream: TcpStream, acceptor: Option<TlsAcceptor>, serving: Serving<H>)
+    where
         H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
         F: Future<Output = Response<Body>> + Send + 'static,
     {
         let _ = stream.set_nodelay(true);
+        match acceptor {
+            None => serving.serve(stream).await,
+            Some(acceptor) => {
+                let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+                if let Ok(Ok(stream)) = handshake.await {
+                    serving.serve(stream).await;
+                }
+            }
+        }
+        drop(self);
+    }
+}
+
+impl<H, F> Serving<H>
+where
+    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
+    async fn serve<I>(self, io: I)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Serving {
+            builder,
+            idle,
+            handle,
+            mut closing,
+        } = self;
         let activity = Arc::new(Activity {
             active: AtomicUsize::new(0),
             last: Mutex::new(Instant::now()),
@@ -183,9 +233,8 @@ impl Connection {
                 )
             }
         });
-        let connection = builder.serve_connection(TokioIo::new(stream), service);
+        let connection = builder.serve_connection(TokioIo::new(io), service);
         tokio::pin!(connection);
-        let idle = limits.idle_timeout;
         // One timer per connection (none per call): it wakes when the connection would
         // have been idle for `idle`, and is pushed back while calls keep it busy.
         let check = tokio::time::sleep(idle.unwrap_or(Duration::from_secs(86_400)));
@@ -215,6 +264,5 @@ impl Connection {
                 }
             }
         }
-        drop(self);
     }
 }

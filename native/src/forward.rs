@@ -18,6 +18,7 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use crate::admission::{Admission, Slot};
+use crate::api_keys::{self, ApiKeys};
 use crate::config::{millis, Config, OverflowConfig, PolicyConfig, RouteConfig};
 use crate::credential::{Credential, Credentials};
 use crate::deadline;
@@ -354,11 +355,17 @@ pub struct Shared {
     /// The gateway's `limits.max_message_bytes`: a larger request message is refused.
     max_message_bytes: usize,
     pub tracer: Arc<Tracer>,
+    /// The gateway's `auth`: the keys a natively served call must present (None: no auth).
+    api_keys: Option<Arc<ApiKeys>>,
 }
 
 impl Shared {
     /// The error names a backend whose TLS files cannot be used.
-    pub fn new(config: &Config, credentials: &Credentials) -> Result<Shared, String> {
+    pub fn new(
+        config: &Config,
+        credentials: &Credentials,
+        api_keys: Option<Arc<ApiKeys>>,
+    ) -> Result<Shared, String> {
         let backends: Vec<Arc<Backend>> = config
             .backends
             .iter()
@@ -409,6 +416,7 @@ impl Shared {
             lane,
             max_message_bytes: config.max_message_bytes,
             tracer: Arc::new(Tracer::new(config.trace_all, config.max_span_records)),
+            api_keys,
         })
     }
 }
@@ -434,6 +442,14 @@ pub async fn handle(
 ) -> Result<Response<Body>, Infallible> {
     let start = Instant::now();
     if is_native_candidate(request.uri().path(), request.headers(), &shared) {
+        // Refused before the body is read, as the Python plane's interceptor refuses it
+        // (a ModelInfer call it would pass on to the lane is judged the same there).
+        if let Some(keys) = &shared.api_keys {
+            if !keys.admits(request.headers()) {
+                let refused = Status::new(grpc_status::UNAUTHENTICATED, api_keys::MESSAGE);
+                return Ok(refused.response(empty(), None));
+            }
+        }
         return Ok(infer(shared, request, start).await);
     }
     let (parts, body) = request.into_parts();

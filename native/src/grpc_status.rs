@@ -12,6 +12,7 @@ pub const DEADLINE_EXCEEDED: u8 = 4;
 pub const RESOURCE_EXHAUSTED: u8 = 8;
 pub const INTERNAL: u8 = 13;
 pub const UNAVAILABLE: u8 = 14;
+pub const UNAUTHENTICATED: u8 = 16;
 /// Codes 0..=16: the size of a per-code counter array.
 pub const CODES: usize = 17;
 

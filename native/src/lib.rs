@@ -2,6 +2,7 @@
 //! hyper, driven from Python through PyO3 (`infergw._native`). See docs/native.md.
 
 pub mod admission;
+pub mod api_keys;
 pub mod config;
 pub mod connections;
 pub mod credential;
@@ -17,6 +18,7 @@ pub mod plane;
 pub mod policy;
 mod python;
 pub mod scan;
+pub mod server_tls;
 pub mod sidecar_stats;
 pub mod stats;
 pub mod timing;

@@ -13,12 +13,14 @@ use tokio::runtime::Runtime;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use crate::api_keys::ApiKeys;
 use crate::config::{millis, Config};
 use crate::connections::{self, Limits};
 use crate::credential::Credentials;
 use crate::forward::{self, Shared};
 use crate::health::Health;
 use crate::passthrough::{self, Sidecar};
+use crate::server_tls::ServerTls;
 use crate::upstream::{CONNECTION_WINDOW, MAX_FRAME, STREAM_WINDOW};
 
 pub struct Running {
@@ -28,6 +30,17 @@ pub struct Running {
     pub shared: Arc<Shared>,
     /// Set when the plane is a sidecar (`config.sidecar`).
     pub sidecar: Option<Arc<Sidecar>>,
+}
+
+/// What Python keeps for the plane across its starts, and sets before one: the sidecar's
+/// `grpc.health.v1` statuses, the backends' call credentials (`credential.rs`), the port's
+/// certificates (`server_tls.rs`) and the API keys' digests (`api_keys.rs`).
+#[derive(Default)]
+pub struct Held {
+    pub health: Arc<Health>,
+    pub credentials: Credentials,
+    pub tls: Arc<ServerTls>,
+    pub api_keys: Arc<ApiKeys>,
 }
 
 /// What answers a request: the gateway's forwarding (native routes + python lane) or
@@ -44,20 +57,28 @@ enum Handler {
 /// One worker thread (`worker_threads: 1`) is a current-thread runtime on a thread of its
 /// own: every task of a request (the client's connection, the upstream's) runs on it, so
 /// no request pays for waking another thread. More workers: tokio's multi-thread runtime.
-/// `health` holds the statuses a sidecar answers `grpc.health.v1` with; `credentials` the
-/// backends' call credentials (`credential.rs`).
+/// With `config.tls` it serves TLS only, and does not start before `held.tls` has
+/// certificates; with `config.api_keys` natively served calls need a key.
 pub fn start(
     config: &Config,
-    health: Arc<Health>,
-    credentials: &Credentials,
+    held: &Held,
     handed: Option<std::net::TcpListener>,
 ) -> Result<Running, String> {
-    let shared =
-        Arc::new(Shared::new(config, credentials).map_err(|e| format!("plane config: {e}"))?);
+    let tls = match config.tls {
+        true if held.tls.acceptor().is_none() => {
+            return Err("tls is on and no certificate was set (set_server_tls)".into())
+        }
+        true => Some(held.tls.clone()),
+        false => None,
+    };
+    let keys = config.api_keys.then(|| held.api_keys.clone());
+    let shared = Arc::new(
+        Shared::new(config, &held.credentials, keys).map_err(|e| format!("plane config: {e}"))?,
+    );
     let sidecar = config
         .sidecar
         .as_ref()
-        .map(|s| Arc::new(Sidecar::new(s, health, shared.tracer.clone())));
+        .map(|s| Arc::new(Sidecar::new(s, held.health.clone(), shared.tracer.clone())));
     let handler = match &sidecar {
         Some(sidecar) => Handler::Sidecar(sidecar.clone()),
         None => Handler::Gateway(shared.clone()),
@@ -88,6 +109,7 @@ pub fn start(
     let limits = Limits {
         max_connections: config.max_connections,
         idle_timeout: config.idle_timeout_ms.map(millis),
+        tls,
     };
     let (stop, stopped) = oneshot::channel();
     let serving = if config.worker_threads == 1 {

@@ -10,13 +10,13 @@ use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
+use crate::api_keys::Digest;
 use crate::config::Config;
-use crate::credential::{self, Credentials};
+use crate::credential;
 use crate::forward::{Route, Shared};
 use crate::handover::Inbox;
-use crate::health::Health;
 use crate::passthrough::Sidecar;
-use crate::plane::{self, Running};
+use crate::plane::{self, Held, Running};
 use crate::policy::Reason;
 use crate::sidecar_stats::HistogramSnapshot;
 use crate::stats::{Histogram, LaneStats, ModelStats, BUCKETS_S};
@@ -31,10 +31,8 @@ type Counters = (Arc<Shared>, Option<Arc<Sidecar>>);
 #[pyclass(module = "infergw._native", frozen)]
 struct Plane {
     config: Config,
-    /// The sidecar's `grpc.health.v1` statuses: kept across starts, settable before one.
-    health: Arc<Health>,
-    /// The backends' call credentials: kept across starts, settable before one.
-    credentials: Credentials,
+    /// Health, credentials, certificates, API keys: kept across starts, settable before one.
+    held: Held,
     /// Where Python hands over the listener it bound (``listener_inbox``), if it asked.
     inbox: Mutex<Option<Inbox>>,
     running: Mutex<Option<Running>>,
@@ -50,8 +48,10 @@ impl Plane {
         let credentials = credential::credentials(&config).map_err(PyValueError::new_err)?;
         Ok(Plane {
             config,
-            health: Arc::default(),
-            credentials,
+            held: Held {
+                credentials,
+                ..Held::default()
+            },
             inbox: Mutex::new(None),
             running: Mutex::new(None),
             last: Mutex::new(None),
@@ -74,8 +74,7 @@ impl Plane {
                 Err(why) => return Err(PyOSError::new_err(why)),
             };
             let started =
-                plane::start(&self.config, self.health.clone(), &self.credentials, handed)
-                    .map_err(PyOSError::new_err)?;
+                plane::start(&self.config, &self.held, handed).map_err(PyOSError::new_err)?;
             let port = started.port;
             *self.last.lock().unwrap_or_else(|e| e.into_inner()) =
                 Some((started.shared.clone(), started.sidecar.clone()));
@@ -121,7 +120,7 @@ impl Plane {
         value: Option<&str>,
         good_until_s: f64,
     ) -> PyResult<()> {
-        let Some(credential) = self.credentials.get(backend) else {
+        let Some(credential) = self.held.credentials.get(backend) else {
             let why = format!("backend '{backend}' has no credential_header");
             return Err(PyValueError::new_err(why));
         };
@@ -138,18 +137,41 @@ impl Plane {
         Ok(())
     }
 
+    /// New connections are served TLS with ``chain`` and ``key`` (PEM) and, with
+    /// ``client_ca``, must present a certificate it signed; established ones keep theirs.
+    /// ValueError (saying which part, never its content) keeps the previous set.
+    #[pyo3(signature = (chain, key, client_ca = None))]
+    fn set_server_tls(&self, chain: &[u8], key: &[u8], client_ca: Option<&[u8]>) -> PyResult<()> {
+        self.held
+            .tls
+            .set(chain, key, client_ca)
+            .map_err(PyValueError::new_err)
+    }
+
+    /// The SHA-256 digests of the API keys natively served calls are admitted with, in
+    /// place of the last ones. ValueError for a digest that is not 32 bytes.
+    fn set_api_keys(&self, digests: Vec<Vec<u8>>) -> PyResult<()> {
+        let digests = digests
+            .into_iter()
+            .map(|d| Digest::try_from(d.as_slice()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| PyValueError::new_err("an API key digest is 32 bytes (SHA-256)"))?;
+        self.held.api_keys.set(digests);
+        Ok(())
+    }
+
     /// Sets what ``grpc.health.v1.Health`` answers for ``service`` (a
     /// ``HealthCheckResponse.ServingStatus``: 1 SERVING, 2 NOT_SERVING); ``Watch`` streams
     /// see the change. Ignored after ``enter_graceful_shutdown``.
     fn set_health(&self, service: &str, status: i32) {
-        self.health.set(service, status);
+        self.held.health.set(service, status);
     }
 
     /// Every health status NOT_SERVING for good, and ``Watch`` streams end (grpcio's
     /// ``HealthServicer.enter_graceful_shutdown``, plus the streams' end, so that they do
     /// not hold a drain for its whole grace period).
     fn enter_graceful_shutdown(&self) {
-        self.health.enter_graceful_shutdown();
+        self.held.health.enter_graceful_shutdown();
     }
 
     /// The bound port while running, else None.

@@ -39,8 +39,10 @@ BUCKET = "infergw-offload"
 PREFIX = "infergw/"
 REPO = Path(__file__).resolve().parents[2]
 CREDS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
-FUNCTION_DELAY_S = 1.0
-SLACK_S = 0.5  # the deadline holds to within this
+# The function's pause is twice the slack: a deadline not kept shows as the whole pause,
+# while 0.5 s of slack was once missed by 50 ms with the suite filling both cores.
+FUNCTION_DELAY_S = 2.0
+SLACK_S = 1.0  # the deadline holds to within this
 
 
 def writer_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:

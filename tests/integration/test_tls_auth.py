@@ -166,6 +166,41 @@ def test_grpc_without_a_valid_key_is_unauthenticated(
         client.close()
 
 
+def test_the_native_plane_serves_tls_and_refuses_before_forwarding(
+    secured: GatewayThread, triton: TritonEndpoints, pki: dict[str, Any]
+) -> None:
+    """On the native plane (the default where it is built) the plane terminates TLS and
+    checks the key itself: a keyed call is forwarded natively, a keyless one reaches
+    neither Triton nor the python lane."""
+    front = secured.gateway._native
+    if front is None:
+        pytest.skip("the Python plane serves the port (INFERGW_NATIVE=0, or not built)")
+
+    def counts() -> tuple[int, int, int]:
+        stats = front.stats()
+        outcomes = stats["models"]["identity"]["backends"].values()
+        native = sum(o["count"] for by_status in outcomes for o in by_status.values())
+        lane = sum(stats["python_lane"]["requests"].values())
+        model = direct.get_inference_statistics("identity").model_stats[0]
+        return native, lane, int(model.inference_count)
+
+    client = grpcclient.InferenceServerClient(
+        secured.grpc, ssl=True, root_certificates=pki["ca"].cert_file
+    )
+    direct = grpcclient.InferenceServerClient(triton.grpc)
+    try:
+        native, lane, served = counts()
+        client.infer("identity", _inputs_grpc(DATA), headers=dict(BEARER))
+        assert counts() == (native + 1, lane, served + 1)
+        with pytest.raises(InferenceServerException) as raised:
+            client.infer("identity", _inputs_grpc(DATA), headers={"x-api-key": "k-wrong"})
+        assert raised.value.status() == "StatusCode.UNAUTHENTICATED"
+        assert counts() == (native + 1, lane, served + 1)
+    finally:
+        client.close()
+        direct.close()
+
+
 def test_grpc_health_stays_open_and_plaintext_is_refused(
     secured: GatewayThread, pki: dict[str, Any]
 ) -> None:
@@ -476,9 +511,14 @@ def test_sidecar_serves_tls(triton: TritonEndpoints, pki: dict[str, Any]) -> Non
         sidecar.grpc, ssl=True, root_certificates=pki["ca"].cert_file
     )
     try:
+        # auto: the native plane wherever it is built (it terminates the TLS itself).
+        native = native_plane.available()
+        assert sidecar.service.data_plane == ("native" if native else "python")
         np.testing.assert_array_equal(
             client.infer("identity", _inputs_grpc(DATA)).as_numpy("output"), DATA
         )
+        if native:  # the plane forwarded it
+            assert sidecar.service.plane_stats()["methods"]
         status, _, _ = _get(f"https://{sidecar.http}/v2/health/ready", _https(pki))
         assert status == 200
     finally:

@@ -10,7 +10,7 @@ import pytest
 
 from infergw.gateway.auth import ApiKeys, presented_key
 from infergw.gateway.core.config import parse_config
-from infergw.gateway.reloading import Reloading
+from infergw.gateway.reloading import Follower, Reloading
 from infergw.vocab.errors import InvalidArgument
 
 
@@ -92,6 +92,35 @@ def test_reloading_checks_at_most_once_per_interval_and_keeps_the_last_good(
     path.write_text("333")
     clock.now = 4.0
     assert value.get() == 333
+
+
+def test_a_follower_hands_each_new_value_once_and_keeps_going_after_a_refusal(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    values = [("first",)]
+    handed: list[tuple[str]] = []
+
+    def push(value: tuple[str]) -> None:
+        if value[0].startswith("bad"):
+            raise ValueError(f"refused {value[0][:3]}")
+        handed.append(value)
+
+    follower = Follower("the value", lambda: values[-1], push)
+    follower.sync()
+    follower.sync()  # the same object: not handed again
+    assert handed == [("first",)]
+    values.append(("second",))
+    follower.sync()
+    assert handed == [("first",), ("second",)]
+    values.append(("bad-secret",))
+    with caplog.at_level(logging.WARNING):
+        follower.sync()
+        follower.sync()  # a refused value is not offered again
+    assert caplog.text.count("the value reloaded but not taken (refused bad)") == 1
+    assert "secret" not in caplog.text and handed[-1] == ("second",)
+    first_refused = Follower("the value", lambda: ("bad",), push)
+    with pytest.raises(ValueError):  # before the start: the start fails
+        first_refused.sync()
 
 
 @pytest.mark.parametrize(

@@ -64,6 +64,8 @@ def test_config_json_is_what_the_plane_reads() -> None:
         "trace_all": False,
         "max_connections": None,
         "idle_timeout_ms": None,
+        "tls": False,
+        "api_keys": False,
     }
 
 
@@ -84,6 +86,30 @@ def test_a_credential_is_set_only_for_a_backend_that_takes_one_and_never_echoed(
     bogus = {"run": NativeBackend("127.0.0.1:1", credential_header="not a header")}
     with pytest.raises(ValueError, match="credential_header"):
         NativePlane(NativeConfig(backends=bogus))
+
+
+def test_tls_does_not_start_without_certificates_and_never_quotes_them() -> None:
+    pytest.importorskip("infergw._native")
+    plane = NativePlane(NativeConfig(listen="127.0.0.1:0", tls=True))
+    with pytest.raises(OSError, match="no certificate was set"):
+        plane.start()  # never plaintext on a port meant for TLS
+    secret = b"-----BEGIN PRIVATE KEY-----\nc2VjcmV0LWtleS1ieXRlcw==\n-----END PRIVATE KEY-----\n"
+    chain = b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"
+    for args in ((chain, b"not a key"), (b"", secret), (chain, secret), (chain, secret, b"x")):
+        with pytest.raises(ValueError) as bad:
+            plane.set_server_tls(*args)
+        assert "c2VjcmV0" not in str(bad.value) and "AAAA" not in str(bad.value)
+    with pytest.raises(OSError, match="no certificate was set"):
+        plane.start()  # a refused set is no set
+
+
+def test_api_key_digests_are_32_bytes() -> None:
+    pytest.importorskip("infergw._native")
+    plane = NativePlane(NativeConfig(api_keys=True))
+    plane.set_api_keys([bytes(32), b"\x01" * 32])
+    plane.set_api_keys([])
+    with pytest.raises(ValueError, match="32 bytes"):
+        plane.set_api_keys([b"k-plain-key"])
 
 
 def test_the_plane_serves_the_socket_python_bound_and_keeps_no_descriptor_after() -> None:

@@ -3,18 +3,22 @@ sidecar's metric names (no servers started)."""
 
 from __future__ import annotations
 
-import logging
+import dataclasses
+from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 
 from infergw.gateway import native_plane
 from infergw.gateway.cli import build_parser
-from infergw.gateway.core.config import TlsConfig
 from infergw.gateway.core.metrics import BUCKETS
 from infergw.gateway.sidecar import native
 from infergw.gateway.sidecar.app import SidecarConfig
 from infergw.gateway.sidecar.metrics import SidecarMetrics
+from infergw.gateway.tls import ServerTls
+from infergw.vocab.errors import InvalidArgument
+from tests.certs import CertificateAuthority
 
 UPSTREAM = "127.0.0.1:9001"
 needs_native = pytest.mark.skipif(
@@ -28,13 +32,17 @@ def test_a_data_plane_outside_the_choices_is_refused() -> None:
 
 
 @needs_native
-def test_tls_keeps_the_python_proxy_and_says_why(caplog: pytest.LogCaptureFixture) -> None:
-    tls = TlsConfig(cert_file="cert.pem", key_file="key.pem")
-    config = SidecarConfig(UPSTREAM, tls=tls, data_plane="native")
-    with caplog.at_level(logging.WARNING):
-        assert native.NativeGrpc.of(config) is None
-    assert "terminates no TLS" in caplog.text
-    assert native.NativeGrpc.of(SidecarConfig(UPSTREAM, data_plane="native")) is not None
+def test_tls_is_native_and_certificates_it_cannot_use_are_a_clear_error(tmp_path: Path) -> None:
+    ca = CertificateAuthority(tmp_path, "ca")
+    issued = ca.issue("server")
+    tls = ServerTls(issued.cert_file, issued.key_file)
+    config = SidecarConfig(UPSTREAM, data_plane="native")
+    grpc = native.NativeGrpc.of(config, tls)
+    assert grpc is not None and grpc.plane.config.tls and len(grpc.followers) == 1
+    unusable = mock.Mock(spec=ServerTls)
+    unusable.current.return_value = dataclasses.replace(tls.current(), chain=b"")
+    with pytest.raises(InvalidArgument, match="certificate chain: no certificate in PEM"):
+        native.NativeGrpc(config, unusable)
 
 
 def test_the_cli_flag() -> None:
