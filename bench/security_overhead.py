@@ -78,7 +78,12 @@ def main() -> int:
     if not set(planes) <= set(PLANES):
         parser.error(f"--planes: choose among {', '.join(PLANES)}")
     names = [f"{plane}/{variant}" for plane in planes for variant in VARIANTS]
-    pki = Path(tempfile.mkdtemp(prefix="infergw-bench-pki-"))
+    # The throwaway CA and keys file, removed on the way out.
+    with tempfile.TemporaryDirectory(prefix="infergw-bench-pki-") as pki:
+        return measure(args, names, Path(pki))
+
+
+def measure(args: argparse.Namespace, names: list[str], pki: Path) -> int:
     ca = CertificateAuthority(pki, "ca")
     server = ca.issue("server")
     (pki / "keys").write_text(f"{KEY}\n")
