@@ -49,7 +49,6 @@ from infergw.gateway.core.warmth import Observation
 from infergw.gateway.reloading import Follower
 from infergw.gateway.sites import default_max_connections
 from infergw.gateway.tls import ServerTls
-from infergw.vocab.errors import InvalidArgument
 from infergw.wire import grpc_channel
 from infergw.wire.protocols import Protocol
 
@@ -310,14 +309,7 @@ class NativeFront:
             followers.append(native_plane.tls_follower(plane, tls))
         if key_digests is not None:
             followers.append(Follower("API keys", key_digests, plane.set_api_keys))
-        for follower in followers:
-            try:
-                follower.sync()
-            except ValueError as exc:
-                raise InvalidArgument(
-                    f"the native plane cannot use the {follower.what} ({exc}); "
-                    "data_plane: python serves it"
-                ) from exc
+        native_plane.hand_over(followers)
         self.followers = followers
         port = plane.start()
         self._plane = plane

@@ -34,6 +34,7 @@ from typing import Any, Literal, NamedTuple
 
 from infergw.gateway.reloading import Follower
 from infergw.gateway.tls import LoadedTls, ServerTls
+from infergw.vocab.errors import InvalidArgument
 
 log = logging.getLogger(__name__)
 ENV = "INFERGW_NATIVE"  # "0": the Python data plane, "1": the native one, whatever the config
@@ -359,3 +360,16 @@ def tls_follower(plane: NativePlane, tls: ServerTls) -> Follower[LoadedTls]:
         plane.set_server_tls(files.chain, files.key, files.client_ca)
 
     return Follower("TLS certificate", tls.current, push)
+
+
+def hand_over(followers: Sequence[Follower[Any]]) -> None:
+    """Each follower's first sync, before the plane starts: InvalidArgument for what the
+    plane cannot use, naming it and why (never its content)."""
+    for follower in followers:
+        try:
+            follower.sync()
+        except ValueError as exc:
+            raise InvalidArgument(
+                f"the native plane cannot use the {follower.what} ({exc}); "
+                "data_plane: python serves it"
+            ) from exc

@@ -21,7 +21,6 @@ from infergw.gateway import native_plane
 from infergw.gateway.reloading import Follower
 from infergw.gateway.sidecar import methods
 from infergw.gateway.tls import LoadedTls, ServerTls
-from infergw.vocab.errors import InvalidArgument
 
 if TYPE_CHECKING:
     from infergw.gateway.sidecar.app import SidecarConfig
@@ -53,15 +52,8 @@ class NativeGrpc:
         # The certificates, handed over now and whenever they change (reloading.follow).
         self.followers: list[Follower[LoadedTls]] = []
         if tls is not None:
-            follower = native_plane.tls_follower(self.plane, tls)
-            try:
-                follower.sync()
-            except ValueError as exc:
-                raise InvalidArgument(
-                    f"tls: the native plane cannot use the TLS certificate ({exc}); "
-                    "data_plane: python serves it"
-                ) from exc
-            self.followers.append(follower)
+            self.followers.append(native_plane.tls_follower(self.plane, tls))
+        native_plane.hand_over(self.followers)
         # Not SERVING until the poller has asked the upstream (never NOT_FOUND for these).
         for service in ("", *methods.HEALTH_SERVICES[config.protocol]):
             self.plane.set_health(service, NOT_SERVING)
