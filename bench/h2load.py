@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -59,15 +60,32 @@ def triton_counts(triton_http: str, model: str = "identity") -> tuple[int, int]:
 
 
 def run_h2load(
-    binary: str, address: str, body: Path, concurrency: int, seconds: float, triton_http: str
+    binary: str,
+    address: str,
+    body: Path,
+    concurrency: int,
+    seconds: float,
+    triton_http: str,
+    *,
+    h1: bool = False,
+    path: str = MODEL_INFER,
+    headers: Mapping[str, str] | None = None,
 ) -> H2loadResult:
-    """One connection with ``concurrency`` streams in flight for ``seconds``."""
-    args = [binary, "-c", "1", "-t", "1", "-m", str(concurrency), "-D", f"{seconds * 1000:.0f}ms"]
+    """gRPC ``ModelInfer``: one connection with ``concurrency`` streams in flight for
+    ``seconds``. ``h1``: HTTP/1.1 POSTs to ``path`` with ``headers`` instead, one request
+    at a time on each of ``concurrency`` keep-alive connections."""
+    args = [binary, "-t", "1", "-D", f"{seconds * 1000:.0f}ms"]
+    if h1:
+        args += ["--h1", "-c", str(concurrency), "-m", "1"]
+    else:
+        args += ["-c", "1", "-m", str(concurrency)]
+        headers = {"content-type": "application/grpc", "te": "trailers"}
     args += ["--warm-up-time", "500ms", "-d", str(body)]
-    args += ["-H", "content-type: application/grpc", "-H", "te: trailers"]
+    for name, value in (headers or {}).items():
+        args += ["-H", f"{name}: {value}"]
     before = triton_counts(triton_http)
     out = subprocess.run(
-        [*args, f"http://{address}{MODEL_INFER}"], capture_output=True, text=True, check=True
+        [*args, f"http://{address}{path}"], capture_output=True, text=True, check=True
     ).stdout
     after = triton_counts(triton_http)
     rps = re.search(r"finished in [^,]+, ([\d.]+) req/s", out)

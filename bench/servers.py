@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -133,7 +134,8 @@ class ManagedProcess:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-NGINX_CONF = """\
+# One nginx worker in front of Triton (``upstream triton``); each proxy adds its server.
+NGINX_PROLOGUE = """\
 worker_processes 1;
 daemon off;
 master_process on;
@@ -156,6 +158,10 @@ http {{
         keepalive_requests 10000000;
         keepalive_timeout 600s;
     }}
+"""
+NGINX_CONF = (
+    NGINX_PROLOGUE
+    + """\
     server {{
         # nginx 1.22 syntax; ``http2 on;`` only exists from 1.25.1.
         listen {listen} http2;
@@ -167,6 +173,30 @@ http {{
     }}
 }}
 """
+)
+
+
+# nginx as a REST reverse proxy, tuned for latency as one would for inference: HTTP/1.1
+# keep-alive upstream connections, and bodies streamed both ways (no request or response
+# buffering, so no temp files for large tensors).
+NGINX_HTTP_CONF = (
+    NGINX_PROLOGUE
+    + """\
+    server {{
+        listen {listen};
+        location / {{
+            proxy_pass http://triton;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_request_buffering off;
+            proxy_buffering off;
+            proxy_read_timeout 600s;
+            proxy_send_timeout 600s;
+        }}
+    }}
+}}
+"""
+)
 
 
 def nginx_binary() -> str | None:
@@ -182,6 +212,8 @@ def nginx_version(binary: str) -> str:
 class NginxGrpcProxy(ManagedProcess):
     """nginx (one worker, foreground) proxying gRPC on ``listen`` to ``upstream``."""
 
+    CONF = NGINX_CONF
+
     def __init__(
         self, binary: str, listen: str, upstream: str, registry: list[int] | None = None
     ) -> None:
@@ -190,19 +222,53 @@ class NginxGrpcProxy(ManagedProcess):
         self.listen = listen
         self.upstream = upstream
 
+    def wait_ready(self) -> None:
+        assert self.proc is not None
+        wait_grpc_ready(self.listen, self.proc, self.tmp / "error.log")
+
     def start(self) -> str:
         # A root master hands temp dirs to an unprivileged worker, which must traverse here.
         self.tmp.chmod(0o755)
         conf = self.tmp / "nginx.conf"
         conf.write_text(
-            NGINX_CONF.format(prefix=self.tmp, listen=self.listen, upstream=self.upstream)
+            self.CONF.format(prefix=self.tmp, listen=self.listen, upstream=self.upstream)
         )
         # -e: the startup error log, before the config is read (default is stderr here).
         args = [self.binary, "-p", str(self.tmp), "-c", str(conf)]
         self.spawn([*args, "-e", str(self.tmp / "error.log")])
-        assert self.proc is not None
-        wait_grpc_ready(self.listen, self.proc, self.tmp / "error.log")
+        self.wait_ready()
         return self.listen
+
+
+class NginxHttpProxy(NginxGrpcProxy):
+    """nginx (one worker, foreground) proxying HTTP/1.1 on ``listen`` to ``upstream``."""
+
+    CONF = NGINX_HTTP_CONF
+
+    def wait_ready(self) -> None:
+        assert self.proc is not None
+        wait_http_ready(self.listen, self.proc, self.tmp / "error.log")
+
+
+def wait_http_ready(address: str, proc: ProcessGroup, log: Path, timeout_s: float = 60.0) -> None:
+    """Until OIP's ``GET /v2/health/ready`` answers 200 at ``address``; ``StartError`` with
+    the tail of ``log`` if ``proc`` exits first or time runs out."""
+
+    def ready() -> bool:
+        try:
+            with urllib.request.urlopen(f"http://{address}/v2/health/ready", timeout=1) as r:
+                return bool(r.status == 200)
+        except OSError:
+            return False
+
+    try:
+        proc.wait_ready(ready, timeout_s)
+    except ProcessStartError as exc:
+        if exc.returncode is None:
+            what = f"{address} not ready after {timeout_s:.0f} s"
+        else:
+            what = f"{proc.name} exited with {exc.returncode}"
+        raise StartError(f"{what}:\n{tail(log)}") from exc
 
 
 GATEWAY_CONF = """\

@@ -129,7 +129,10 @@ def _cpu(pgids: dict[str, int]) -> dict[str, float]:
     return snap
 
 
-def summarize(raw: dict[str, Any]) -> dict[str, Any]:
+def per_target(raw: dict[str, Any], names: Sequence[str]) -> dict[str, Any]:
+    """Medians over rounds per target: p50/p99, added p50 over ``direct`` (paired by
+    round), throughput and CPU per request of each process."""
+
     def med(rounds: list[list[float]], q: float) -> float:
         return statistics.median(percentile(r, q) for r in rounds)
 
@@ -138,7 +141,7 @@ def summarize(raw: dict[str, Any]) -> dict[str, Any]:
         return statistics.median(percentile(t, 50) - percentile(d, 50) for t, d in pairs)
 
     targets: dict[str, Any] = {}
-    for name in TARGETS:
+    for name in names:
         cpu = raw["cpu"][name]
         targets[name] = {
             "tiny_p50_ms": med(raw["tiny"][name], 50),
@@ -151,6 +154,28 @@ def summarize(raw: dict[str, Any]) -> dict[str, Any]:
         if name != "direct":
             targets[name]["tiny_added_p50_ms"] = added("tiny", name)
             targets[name]["large_added_p50_ms"] = added("large", name)
+    return targets
+
+
+def figure_rows(t: dict[str, Any], names: Sequence[str], width: int) -> list[str]:
+    """The table of ``per_target``'s figures, a column per target."""
+    rows = []
+    for label, key, spec in (
+        ("tiny 1x16 p50 (ms)", "tiny_p50_ms", ".3f"),
+        ("tiny 1x16 p99 (ms)", "tiny_p99_ms", ".3f"),
+        ("tiny added p50 (ms)", "tiny_added_p50_ms", ".3f"),
+        ("5 MB p50 (ms)", "large_p50_ms", ".2f"),
+        ("5 MB p99 (ms)", "large_p99_ms", ".2f"),
+        ("5 MB added p50 (ms)", "large_added_p50_ms", ".2f"),
+        ("throughput, 8 in flight (rps)", "rps", ".0f"),
+    ):
+        cells = "".join(f"{format(t[n][key], spec) if key in t[n] else '-':>11}" for n in names)
+        rows.append(f"{label:{width}}{cells}")
+    return rows
+
+
+def summarize(raw: dict[str, Any]) -> dict[str, Any]:
+    targets = per_target(raw, TARGETS)
     side, nginx, native = targets["sidecar"], targets["nginx"], targets["native"]
     out: dict[str, Any] = {
         "targets": targets,
@@ -182,17 +207,7 @@ def render(summary: dict[str, Any], args: Any) -> str:
         head,
         "-" * len(head),
     ]
-    for label, key, spec in (
-        ("tiny 1x16 p50 (ms)", "tiny_p50_ms", ".3f"),
-        ("tiny 1x16 p99 (ms)", "tiny_p99_ms", ".3f"),
-        ("tiny added p50 (ms)", "tiny_added_p50_ms", ".3f"),
-        ("5 MB p50 (ms)", "large_p50_ms", ".2f"),
-        ("5 MB p99 (ms)", "large_p99_ms", ".2f"),
-        ("5 MB added p50 (ms)", "large_added_p50_ms", ".2f"),
-        ("throughput, 8 in flight (rps)", "rps", ".0f"),
-    ):
-        cells = "".join(f"{format(t[n][key], spec) if key in t[n] else '-':>11}" for n in TARGETS)
-        rows.append(f"{label:28}{cells}")
+    rows += figure_rows(t, TARGETS, 28)
     for proc in ("client", "triton", "nginx", "aio-floor", "sidecar", "native"):
         cells = "".join(f"{t[n]['cpu_us_per_request'][proc]:>11.0f}" for n in TARGETS)
         rows.append(f"{'  CPU us/req, ' + proc:28}{cells}")

@@ -180,12 +180,15 @@ class NativePolicy:
 
 @dataclasses.dataclass(frozen=True)
 class NativeSidecar:
-    """The plane as ``infergw sidecar``: every call forwarded as bytes to ``upstream``
-    (``HOST:PORT`` or ``unix:/path``, h2c), ``grpc.health.v1`` answered from what
-    ``NativePlane.set_health`` pushes, messages over ``max_message_bytes`` refused."""
+    """The plane as a port of ``infergw sidecar``. ``protocol="grpc"``: every call
+    forwarded as bytes to ``upstream`` (``HOST:PORT`` or ``unix:/path``, h2c),
+    ``grpc.health.v1`` answered from what ``NativePlane.set_health`` pushes, messages over
+    ``max_message_bytes`` refused. ``protocol="http"``: the REST port, every HTTP/1.1
+    request forwarded to ``upstream`` (``HOST:PORT``), bodies over the limit refused."""
 
     upstream: str
     max_message_bytes: int = 64 * 1024 * 1024
+    protocol: Literal["grpc", "http"] = "grpc"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -43,7 +43,8 @@ NATIVE_TRACES_INTERVAL_S = 0.1  # how often the plane's span records are drained
 
 class SpanRecord(NamedTuple):
     """One traced native request (``Plane.take_spans``): ids in hex, unix ns; ``method``
-    is the gRPC method a sidecar forwarded ("" for the gateway's inference)."""
+    is the gRPC method a sidecar forwarded, ``VERB /path`` for its REST half ("" for the
+    gateway's inference)."""
 
     trace_id: str
     parent_id: str | None
@@ -273,10 +274,17 @@ def _spans(tracer: trace.Tracer, ids: _ReplayIds, record: SpanRecord, protocol: 
 
 def _server_span(record: SpanRecord, protocol: str) -> tuple[str, dict[str, str]]:
     """The SERVER span's name and attributes, as the Python plane gives them: the gateway's
-    ``infer {model}`` (``core/tracing.server_span``), or the sidecar's method name with
-    its ``rpc.*`` attributes (``sidecar/grpc_proxy.py``)."""
+    ``infer {model}`` (``core/tracing.server_span``), the sidecar's method name with its
+    ``rpc.*`` attributes (``sidecar/grpc_proxy.py``), or for its REST half (a record's
+    ``method`` is ``VERB /path``) ``VERB infer`` or ``VERB /path`` (``http_proxy.py``)."""
     if not record.method:
         return f"infer {record.model}", {"infergw.model": record.model, "rpc.system": protocol}
+    if not record.method.startswith("/"):
+        verb, _, path = record.method.partition(" ")
+        attributes = {"http.request.method": verb, "url.path": path}
+        if record.model:
+            attributes["infergw.model"] = record.model
+        return f"{verb} {'infer' if record.model else path}", attributes
     name = record.method.lstrip("/")
     service, _, method = name.partition("/")
     attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": method}

@@ -1,7 +1,8 @@
 """Assemble a running sidecar: gRPC proxy + health, optional REST proxy, metrics endpoint.
 
-The gRPC half is the Python proxy (``grpc_proxy.py``) or, with ``data_plane: native`` /
-``INFERGW_NATIVE=1``, the Rust plane (``native.py``); the REST half is always Python.
+Both halves are the Python proxies (``grpc_proxy.py``, ``http_proxy.py``) or, with
+``data_plane: native`` / ``INFERGW_NATIVE=1`` (and by default where it is built), the Rust
+plane, one per port (``native.py``); the metrics port is Python's either way.
 
 ``Sidecar`` is an async context manager; ports may be 0 (the bound ports are in
 ``sidecar.addresses`` afterwards)::
@@ -30,8 +31,8 @@ from infergw.gateway.sidecar.grpc_proxy import GrpcProxy
 from infergw.gateway.sidecar.health import UpstreamHealth
 from infergw.gateway.sidecar.http_proxy import HttpProxy
 from infergw.gateway.sidecar.methods import PROTOCOLS
-from infergw.gateway.sidecar.metrics import SidecarMetrics
-from infergw.gateway.sidecar.native import NativeGrpc
+from infergw.gateway.sidecar.metrics import SidecarMetrics, http_status_label
+from infergw.gateway.sidecar.native import NativeGrpc, NativeRest, wanted
 from infergw.gateway.sites import AppSite, create_metrics_app, display_host
 from infergw.gateway.tls import ServerTls
 from infergw.wire import grpc_channel
@@ -55,8 +56,8 @@ class SidecarConfig:
     health_model: str | None = None  # tfserving: the model whose status means "ready"
     drain_grace_s: float = 30.0  # on stop: how long calls in flight may take to finish
     tls: TlsConfig | None = None  # TLS (and with a client CA, mTLS) on every port
-    # Who serves the gRPC port: the Python proxy, or the Rust plane (native.py; auto: the
-    # plane when it is built; INFERGW_NATIVE=0/1 overrides).
+    # Who serves the gRPC and REST ports: the Python proxies, or the Rust plane (native.py;
+    # auto: the plane when it is built; INFERGW_NATIVE=0/1 overrides).
     data_plane: DataPlane = "auto"
 
     def __post_init__(self) -> None:
@@ -83,29 +84,33 @@ class Sidecar(AsyncService):
         self._sites: list[AppSite] = []
         self._tls: ServerTls | None = None
         self._native: NativeGrpc | None = None
-        self._native_traces: tuple[NativeTraces, asyncio.Task[None]] | None = None
-        self._follow: asyncio.Task[None] | None = None  # the plane's TLS files followed
+        self._native_rest: NativeRest | None = None
+        self._native_traces: list[tuple[NativeTraces, asyncio.Task[None]]] = []
+        self._follow: asyncio.Task[None] | None = None  # the planes' TLS files followed
 
     @property
     def data_plane(self) -> str:
-        """Who serves the gRPC port: ``native`` (the Rust plane) or ``python``."""
+        """Who serves the gRPC and REST ports: ``native`` (the Rust plane) or ``python``."""
         return "native" if self._native is not None else "python"
 
     def plane_stats(self) -> dict[str, Any]:
-        """The native plane's sidecar counters (``{}`` on the Python proxy)."""
+        """The native gRPC plane's sidecar counters (``{}`` on the Python proxy)."""
         return self._native.stats() if self._native is not None else {}
+
+    def rest_plane_stats(self) -> dict[str, Any]:
+        """The native REST plane's counters (``{}`` on the Python proxy or without REST)."""
+        return self._native_rest.stats() if self._native_rest is not None else {}
 
     async def start(self) -> None:
         try:
             tls = self.config.tls
             if tls is not None:
                 self._tls = ServerTls(tls.cert_file, tls.key_file, tls.client_ca_file)
-            native = NativeGrpc.of(self.config, self._tls)
-            if native is not None:
-                await self._start_native(native)
+            if wanted(self.config):
+                await self._start_native()
             else:
                 await self._start_grpc()
-            if self.config.http_upstream:
+            if self.config.http_upstream and self._native is None:
                 self._http = HttpProxy(
                     self.config.http_upstream, self.metrics, self.config.max_message_bytes
                 )
@@ -136,19 +141,28 @@ class Sidecar(AsyncService):
         )
         return self._channel
 
-    async def _start_native(self, native: NativeGrpc) -> None:
-        """The plane serves gRPC; the health poller (on a channel of its own) feeds it."""
+    async def _start_native(self) -> None:
+        """A plane serves gRPC, another REST; the health poller (on a channel of its own)
+        feeds the gRPC one."""
         config = self.config
+        host = display_host(config.host)
+        grpc_port = self._native = NativeGrpc(config, self._tls)
+        rest = None
+        if config.http_upstream:
+            rest = self._native_rest = NativeRest(config, self._tls)
         channel = self._open_channel()
-        port = native.start()
-        self._native = native
-        self._follow = asyncio.create_task(follow(native.followers))
-        self.metrics.attach(native.stats)
-        traces = NativeTraces(native.plane, None, traced_backends=lambda _: False)
-        self._native_traces = (traces, traces.start(NATIVE_TRACES_INTERVAL_S))
-        self.addresses["grpc"] = f"{display_host(config.host)}:{port}"
+        self.addresses["grpc"] = f"{host}:{grpc_port.start()}"
+        self.metrics.attach(grpc_port.stats)
+        if rest is not None:
+            self.addresses["http"] = f"{host}:{rest.start()}"
+            self.metrics.attach(rest.stats, http_status_label)
+        ports = [grpc_port] if rest is None else [grpc_port, rest]
+        self._follow = asyncio.create_task(follow([f for p in ports for f in p.followers]))
+        for port in ports:
+            traces = NativeTraces(port.plane, None, traced_backends=lambda _: False)
+            self._native_traces.append((traces, traces.start(NATIVE_TRACES_INTERVAL_S)))
         self.health = UpstreamHealth(
-            channel, config.protocol, native, config.health_interval_s, config.health_model
+            channel, config.protocol, grpc_port, config.health_interval_s, config.health_model
         )
         await self.health.start()
 
@@ -208,16 +222,17 @@ class Sidecar(AsyncService):
         stops = [site.stop() for site in sites[:-1]]
         if server is not None:
             stops.append(server.stop(grace))
-        if self._native is not None:  # kept for a last scrape of its counters
-            stops.append(asyncio.to_thread(self._native.stop, grace))
+        for plane in (self._native, self._native_rest):  # kept for a last scrape
+            if plane is not None:
+                stops.append(asyncio.to_thread(plane.stop, grace))
         await asyncio.gather(*stops)
         following, self._follow = self._follow, None
         if following is not None:
             following.cancel()
             await asyncio.gather(following, return_exceptions=True)
-        traces, self._native_traces = self._native_traces, None
-        if traces is not None:  # the last span records, once the plane has stopped
-            await traces[0].stop(traces[1])
+        traced, self._native_traces = self._native_traces, []
+        for traces, task in traced:  # the last span records, once the planes have stopped
+            await traces.stop(task)
         for site in sites[-1:]:
             await site.stop()
         if self._http is not None:

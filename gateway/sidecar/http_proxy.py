@@ -8,7 +8,10 @@ event loop); larger or chunked ones are streamed upstream as they arrive. Respon
 with a known length up to ``BUFFER_RESPONSES_UP_TO`` are read whole so that
 ``Server-Timing`` (``total``, ``backend``) covers the full round trip; larger or
 chunked ones are streamed, and their ``backend`` (``desc=headers``) ends at the
-upstream's response headers, the last moment a header can still be sent.
+upstream's response headers, the last moment a header can still be sent. The bound is
+1 MiB: reading a 5 MB answer whole before sending it on cost the client ~1.6 ms on the
+native plane (bench/sidecar_rest_overhead.py, docs/native.md), to time what is a
+loopback copy: Triton sends its headers once the answer is computed.
 
 Inference calls (OIP's ``/infer``, TF Serving's ``:predict``/``:classify``/``:regress``)
 are metered per model. Headers pass through minus hop-by-hop ones; upstream connections
@@ -30,17 +33,16 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
-from infergw.gateway.sidecar.metrics import SidecarMetrics
+from infergw.gateway.sidecar.metrics import BAD_GATEWAY, SidecarMetrics, http_status_label
 from infergw.gateway.sidecar.spans import TRACE_KEYS, proxy_spans
 from infergw.vocab.errors import PayloadTooLarge, Unavailable
 from infergw.vocab.timing import Timings
 from infergw.wire.server_timing import HEADER, format_server_timing
-from infergw.wire.status import ERROR_FOR_HTTP
 
 log = logging.getLogger(__name__)
 
 STREAM_ABOVE = 1 << 20  # request bodies larger than this are streamed upstream
-BUFFER_RESPONSES_UP_TO = 64 << 20
+BUFFER_RESPONSES_UP_TO = 1 << 20  # the native plane's too (http_passthrough.rs)
 CHUNK = 256 << 10
 CONNECT_TIMEOUT_S = 5.0
 HOP_BY_HOP = frozenset(
@@ -70,19 +72,6 @@ INFERENCE_PATHS = (
         "tfserving-rest",
     ),
 )
-BAD_GATEWAY = 502  # the sidecar's own answer when the upstream dropped the connection
-
-
-def status_label(status: int) -> str:
-    """The gRPC code name the gateway's metrics use as ``status``, by the one table."""
-    if status < 400:
-        return "OK"
-    if status == BAD_GATEWAY:
-        return Unavailable.grpc_code
-    cls = ERROR_FOR_HTTP.get(status)
-    if cls is not None:
-        return cls.grpc_code
-    return "INTERNAL" if status >= 500 else f"HTTP_{status}"
 
 
 def inference_of(path: str) -> tuple[str, str] | None:
@@ -151,7 +140,7 @@ class HttpProxy:
         status = "CANCELLED"  # unless something else is set: the client went away
         try:
             response = await self._forward(request, timings, model)
-            status = status_label(response.status)
+            status = http_status_label(response.status)
             return response
         except PayloadTooLarge as exc:
             status = exc.grpc_code

@@ -7,10 +7,11 @@ once the upstream has answered OK for it (it exists); until then it is ``_other`
 which bounds the label set however many bad names clients send. Every forwarded
 call, inference or not, also counts in ``infergw_sidecar_rpcs{method, status}``.
 
-With the native data plane (``native.py``) the gRPC calls are counted by the plane;
-``attach`` gives the collectors its counters, read at scrape time and shown under the
-same names and labels (the REST half stays Python's, its labels disjoint: protocol
-``rest``).
+With the native data plane (``native.py``) the calls are counted by the plane, one per
+half: ``attach`` gives the collectors a half's counters, read at scrape time and shown
+under the same names and labels. The gRPC half counts by gRPC code, the REST half by
+HTTP status; ``status_name`` and ``http_status_label`` turn them into the labels the
+Python proxies give.
 """
 
 from __future__ import annotations
@@ -23,35 +24,65 @@ from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, M
 from prometheus_client.registry import Collector
 
 from infergw.gateway.core.metrics import BUCKETS, GatewayMetrics, cumulative_buckets
+from infergw.vocab.errors import Unavailable
 from infergw.vocab.timing import TimingEntry
+from infergw.wire.status import ERROR_FOR_HTTP
 
-# The plane's counters (``NativeGrpc.stats``), read at scrape time.
+# A plane's counters (``NativeGrpc.stats``, ``NativeRest.stats``), read at scrape time.
 PlaneStats = Callable[[], Mapping[str, Any]]
+# A plane's status (gRPC code or HTTP status) as the label the Python proxy gives it.
+StatusLabel = Callable[[int], str]
 STATUS_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
 
 BACKEND_LABEL = "upstream"
 OTHER_MODEL = "_other"
 MAX_MODEL_LABELS = 1000
+BAD_GATEWAY = 502  # the REST half's own answer when the upstream dropped the connection
+CLIENT_CLOSED = 499  # the plane's REST status of a client gone before its answer
 
 
 def status_name(code: int) -> str:
     return STATUS_NAMES.get(code, str(code))
 
 
-class _RpcCounter(Collector):
+def http_status_label(status: int) -> str:
+    """The gRPC code name the gateway's metrics use as ``status``, by the one table."""
+    if status < 400:
+        return "OK"
+    if status == BAD_GATEWAY:
+        return Unavailable.grpc_code
+    if status == CLIENT_CLOSED:
+        return "CANCELLED"
+    cls = ERROR_FOR_HTTP.get(status)
+    if cls is not None:
+        return cls.grpc_code
+    return "INTERNAL" if status >= 500 else f"HTTP_{status}"
+
+
+class _Planes:
+    """The attached planes' counters, read at scrape time."""
+
     def __init__(self) -> None:
+        self.attached: list[tuple[PlaneStats, StatusLabel]] = []
+
+    def read(self) -> list[tuple[Mapping[str, Any], StatusLabel]]:
+        return [(stats(), label) for stats, label in self.attached]
+
+
+class _RpcCounter(Collector):
+    def __init__(self, planes: _Planes) -> None:
         self.counts: dict[tuple[str, str], int] = {}
-        self.plane: PlaneStats | None = None
+        self.planes = planes
 
     def collect(self) -> Iterator[Metric]:
         family = CounterMetricFamily(
             "infergw_sidecar_rpcs", "Calls forwarded by the sidecar", labels=("method", "status")
         )
         counts = dict(self.counts)
-        if self.plane is not None:
-            for method, by_code in (self.plane().get("methods") or {}).items():
-                for code, n in by_code.items():
-                    key = (method, status_name(code))
+        for stats, label in self.planes.read():
+            for method, by_status in (stats.get("methods") or {}).items():
+                for status, n in by_status.items():
+                    key = (method, label(status))
                     counts[key] = counts.get(key, 0) + n
         for labels, count in counts.items():
             family.add_metric(list(labels), count)
@@ -59,43 +90,49 @@ class _RpcCounter(Collector):
 
 
 class _GatewayMetrics(GatewayMetrics):
-    """The gateway's families, plus the plane's inference calls when one is attached."""
+    """The gateway's families, plus the attached planes' inference calls."""
 
-    plane: PlaneStats | None = None
+    planes: _Planes | None = None
 
     def collect(self) -> Iterator[Metric]:
-        rows = list((self.plane() if self.plane is not None else {}).get("inference") or ())
+        rows = [
+            (_labels(row, label), row)
+            for stats, label in (self.planes.read() if self.planes is not None else ())
+            for row in stats.get("inference") or ()
+        ]
         for family in super().collect():
             if rows and isinstance(family, HistogramMetricFamily):
-                for row in rows:
+                for labels, row in rows:
                     for phase, histogram in row["phases"].items():
                         buckets = cumulative_buckets(BUCKETS, histogram["counts"])
-                        family.add_metric([phase, *_labels(row)], buckets, histogram["sum_s"])
+                        family.add_metric([phase, *labels], buckets, histogram["sum_s"])
             elif (
                 rows
                 and isinstance(family, CounterMetricFamily)
                 and family.name == "infergw_requests"
             ):
-                for row in rows:
-                    family.add_metric(_labels(row), row["requests"])
+                for labels, row in rows:
+                    family.add_metric(labels, row["requests"])
             yield family
 
 
-def _labels(row: Mapping[str, Any]) -> list[str]:
-    return [row["model"], BACKEND_LABEL, row["protocol"], status_name(row["status"])]
+def _labels(row: Mapping[str, Any], label: StatusLabel) -> list[str]:
+    return [row["model"], BACKEND_LABEL, row["protocol"], label(row["status"])]
 
 
 class SidecarMetrics:
     def __init__(self) -> None:
         self.gateway = _GatewayMetrics()
-        self._rpcs = _RpcCounter()
+        self._planes = _Planes()
+        self.gateway.planes = self._planes
+        self._rpcs = _RpcCounter(self._planes)
         self.gateway.registry.register(self._rpcs)
         self._models: set[str] = set()
 
-    def attach(self, plane: PlaneStats) -> None:
-        """Count the native plane's calls too (read from ``plane()`` at scrape time)."""
-        self._rpcs.plane = plane
-        self.gateway.plane = plane
+    def attach(self, plane: PlaneStats, label: StatusLabel = status_name) -> None:
+        """Count a native plane's calls too (read from ``plane()`` at scrape time; its
+        statuses named by ``label``: gRPC codes by default)."""
+        self._planes.attached.append((plane, label))
 
     def observe_call(self, method: str, status: str) -> None:
         key = (method, status)

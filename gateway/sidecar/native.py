@@ -1,15 +1,18 @@
-"""The sidecar's gRPC half on the native data plane (issue 13).
+"""The sidecar on the native data plane (issue 13): its gRPC half and its REST half.
 
 ``data_plane: native`` in ``SidecarConfig`` (``--data-plane native``) or ``INFERGW_NATIVE=1``
-(``INFERGW_NATIVE=0`` always keeps the Python proxy) puts the Rust plane on the gRPC
-port as the sidecar (``native/src/passthrough.rs``): every RPC is forwarded as bytes to
+(``INFERGW_NATIVE=0`` always keeps the Python proxies) puts the Rust plane on both ports,
+one plane each. On the gRPC port (``native/src/passthrough.rs``) every RPC is forwarded as bytes to
 the upstream, frame by frame (any cardinality, streaming included), with the Python
 proxy's ``server-timing`` trailer and errors of its own, and its spans (the plane continues
 the client's ``traceparent``; ``native_traces.py`` exports them). Python keeps the control plane:
 the health poller (``health.py``) pushes its verdicts into the plane, which answers
 ``grpc.health.v1`` Check and Watch natively; metrics are the plane's counters, read at
-scrape time under the Python sidecar's names. With ``tls`` the plane terminates TLS
-(mutual too) with the files Python reads, and is handed them again when they change.
+scrape time under the Python sidecar's names. On the REST port
+(``native/src/http_passthrough.rs``) every HTTP/1.1 request goes to ``http_upstream`` as
+the Python proxy (``http_proxy.py``) forwards it, with its ``Server-Timing``, errors and
+metrics. With ``tls`` each plane terminates TLS (mutual too) with the files Python reads,
+and is handed them again when they change.
 """
 
 from __future__ import annotations
@@ -36,17 +39,27 @@ def why_not(config: SidecarConfig) -> str | None:
     return None
 
 
-class NativeGrpc:
-    """The plane as the sidecar's gRPC port: started, health pushed in, stopped."""
+def wanted(config: SidecarConfig) -> bool:
+    """Whether the sidecar runs on the native plane: asked for (``auto``: whenever it can)
+    and allowed; if not, the Python proxies (said once in the log)."""
+    return native_plane.use_native(config.data_plane, why_not(config), "sidecar")
 
-    def __init__(self, config: SidecarConfig, tls: ServerTls | None = None) -> None:
+
+class _NativePort:
+    """One port of the sidecar served by a plane of its own: started, stopped."""
+
+    def __init__(
+        self,
+        config: SidecarConfig,
+        port: int,
+        sidecar: native_plane.NativeSidecar,
+        tls: ServerTls | None,
+    ) -> None:
         """InvalidArgument for ``tls`` files the plane cannot use."""
         host = config.host
-        listen = f"[{host}]:{config.grpc_port}" if ":" in host else f"{host}:{config.grpc_port}"
+        listen = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         plane_config = native_plane.NativeConfig(
-            listen=listen,
-            sidecar=native_plane.NativeSidecar(config.upstream, config.max_message_bytes),
-            tls=tls is not None,
+            listen=listen, sidecar=sidecar, tls=tls is not None
         )
         self.plane = native_plane.NativePlane(plane_config, stop_grace_s=config.drain_grace_s)
         # The certificates, handed over now and whenever they change (reloading.follow).
@@ -54,21 +67,30 @@ class NativeGrpc:
         if tls is not None:
             self.followers.append(native_plane.tls_follower(self.plane, tls))
         native_plane.hand_over(self.followers)
-        # Not SERVING until the poller has asked the upstream (never NOT_FOUND for these).
-        for service in ("", *methods.HEALTH_SERVICES[config.protocol]):
-            self.plane.set_health(service, NOT_SERVING)
-
-    @classmethod
-    def of(cls, config: SidecarConfig, tls: ServerTls | None = None) -> NativeGrpc | None:
-        """The native gRPC half the config asks for (``auto``: whenever it can) and allows,
-        or None (the Python proxy; said once in the log); ``tls``: the config's files."""
-        if not native_plane.use_native(config.data_plane, why_not(config), "sidecar"):
-            return None
-        return cls(config, tls)
 
     def start(self) -> int:
         """Bind and serve; the bound port."""
         return self.plane.start()
+
+    def stop(self, grace_s: float) -> None:
+        """Drain (calls in flight finish for at most ``grace_s``). Blocks: run it in a
+        thread."""
+        self.plane.stop(grace_s)
+
+    def stats(self) -> dict[str, Any]:
+        """The plane's sidecar counters (``{}`` before it started)."""
+        return dict(self.plane.stats().get("sidecar") or {})
+
+
+class NativeGrpc(_NativePort):
+    """The plane as the sidecar's gRPC port: started, health pushed in, stopped."""
+
+    def __init__(self, config: SidecarConfig, tls: ServerTls | None = None) -> None:
+        sidecar = native_plane.NativeSidecar(config.upstream, config.max_message_bytes)
+        super().__init__(config, config.grpc_port, sidecar, tls)
+        # Not SERVING until the poller has asked the upstream (never NOT_FOUND for these).
+        for service in ("", *methods.HEALTH_SERVICES[config.protocol]):
+            self.plane.set_health(service, NOT_SERVING)
 
     async def set(self, service: str, status: int) -> None:
         """``UpstreamHealth``'s sink: what ``grpc.health.v1`` answers for ``service``."""
@@ -78,8 +100,16 @@ class NativeGrpc:
         """Health NOT_SERVING for good, then drain (GOAWAY, calls in flight finish for at
         most ``grace_s``). Blocks: run it in a thread."""
         self.plane.enter_graceful_shutdown()
-        self.plane.stop(grace_s)
+        super().stop(grace_s)
 
-    def stats(self) -> dict[str, Any]:
-        """The plane's sidecar counters (``{}`` before it started)."""
-        return dict(self.plane.stats().get("sidecar") or {})
+
+class NativeRest(_NativePort):
+    """The plane as the sidecar's REST port (``http_upstream``, HTTP/1.1)."""
+
+    def __init__(self, config: SidecarConfig, tls: ServerTls | None = None) -> None:
+        if not config.http_upstream:
+            raise ValueError("a REST port needs http_upstream")
+        sidecar = native_plane.NativeSidecar(
+            config.http_upstream, config.max_message_bytes, protocol="http"
+        )
+        super().__init__(config, config.http_port, sidecar, tls)

@@ -62,11 +62,25 @@ pub struct Config {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SidecarConfig {
-    /// `HOST:PORT` or `unix:/path` of the upstream's gRPC (h2c) endpoint.
+    /// `grpc`: `HOST:PORT` or `unix:/path` of the upstream's gRPC (h2c) endpoint;
+    /// `http`: `HOST:PORT` of its REST endpoint (HTTP/1.1).
     pub upstream: String,
-    /// The largest request message accepted (its declared length).
+    /// The largest request message (gRPC: its declared length) or body (REST) accepted.
     #[serde(default = "default_sidecar_max_message_bytes")]
     pub max_message_bytes: u64,
+    /// Which half of the sidecar this plane is: its gRPC port or its REST port.
+    #[serde(default)]
+    pub protocol: SidecarProtocol,
+}
+
+#[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SidecarProtocol {
+    /// h2c (or h2 over TLS) in and out (`passthrough.rs`).
+    #[default]
+    Grpc,
+    /// HTTP/1.1 in and out (`http_passthrough.rs`).
+    Http,
 }
 
 /// A model's route: one native backend, or a policy (`gateway/core/routing/config.py`'s
@@ -289,6 +303,9 @@ impl Config {
             if sidecar.max_message_bytes == 0 {
                 return Err("plane config: sidecar.max_message_bytes must be >= 1".into());
             }
+            if sidecar.protocol == SidecarProtocol::Http && sidecar.upstream.starts_with("unix:") {
+                return Err("plane config: a REST sidecar's upstream is HOST:PORT".into());
+            }
         }
         for (model, route) in &self.routes {
             route.check(model, self.python_lane.is_some())?;
@@ -361,15 +378,19 @@ mod tests {
         let c = Config::from_json(r#"{"sidecar": {"upstream": "127.0.0.1:8001"}}"#).unwrap();
         let s = c.sidecar.unwrap();
         assert_eq!(
-            (s.upstream.as_str(), s.max_message_bytes),
-            ("127.0.0.1:8001", 64 << 20)
+            (s.upstream.as_str(), s.max_message_bytes, s.protocol),
+            ("127.0.0.1:8001", 64 << 20, SidecarProtocol::Grpc)
         );
+        let c = Config::from_json(r#"{"sidecar": {"upstream": "x:8000", "protocol": "http"}}"#);
+        assert_eq!(c.unwrap().sidecar.unwrap().protocol, SidecarProtocol::Http);
         for bad in [
             r#"{"sidecar": {"upstream": "x:1"}, "python_lane": "y:2"}"#,
             r#"{"sidecar": {"upstream": "x:1"}, "backends": {"t": {"address": "x:1"}}}"#,
             r#"{"sidecar": {"upstream": "x:1", "max_message_bytes": 0}}"#,
             r#"{"sidecar": {"upstream": "x:1", "bogus": 1}}"#,
             r#"{"sidecar": {}}"#,
+            r#"{"sidecar": {"upstream": "x:1", "protocol": "h3"}}"#,
+            r#"{"sidecar": {"upstream": "unix:/x", "protocol": "http"}}"#,
         ] {
             assert!(Config::from_json(bad).is_err(), "{bad}");
         }

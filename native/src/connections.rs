@@ -1,8 +1,10 @@
-//! Client connections and their limits, as the gateway's gRPC port has them (`listen`):
+//! Client connections and their limits, as the gateway's gRPC port has them (`listen`),
+//! for a port speaking HTTP/2 (gRPC) or HTTP/1.1 (the sidecar's REST half):
 //! at most `max_connections` at once (one more is closed as it arrives, so its client
 //! sees UNAVAILABLE), a connection with no call for `idle_timeout` is sent GOAWAY (its
-//! client reconnects on its next call), and on stop every connection is sent GOAWAY and
-//! given the grace period to finish its calls.
+//! client reconnects on its next call; HTTP/1.1: it is closed), and on stop every
+//! connection is sent GOAWAY (HTTP/1.1: closed once its request in flight is answered)
+//! and given the grace period to finish its calls.
 //!
 //! A call is in flight from its request to the end of its response body (a stream
 //! included), so a connection carrying a long stream is never idle.
@@ -18,16 +20,17 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::server::conn::http2;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulConnection;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
-use crate::server_tls::{ServerTls, HANDSHAKE_TIMEOUT};
+use crate::server_tls::{Alpn, ServerTls, HANDSHAKE_TIMEOUT};
 use crate::upstream::{Body, BoxError};
 
 /// The `listen` settings of the gateway's gRPC port: its limits (None: no limit), and
@@ -37,6 +40,36 @@ pub struct Limits {
     pub max_connections: Option<usize>,
     pub idle_timeout: Option<Duration>,
     pub tls: Option<Arc<ServerTls>>,
+}
+
+/// What a port speaks, with hyper's settings for its connections.
+#[derive(Clone)]
+pub enum Protocol {
+    Http2(http2::Builder<TokioExecutor>),
+    Http1(http1::Builder),
+}
+
+impl Protocol {
+    /// HTTP/1.1 with keep-alive; a connection that has not sent a whole request head
+    /// `header_timeout` after it became idle is closed (hyper's `header_read_timeout`).
+    /// The case of header names is kept (HTTP says it does not matter; a proxy in front
+    /// of a server that thinks otherwise should not be the one to change it).
+    pub fn http1(header_timeout: Duration) -> Protocol {
+        let mut builder = http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_timeout)
+            .preserve_header_case(true)
+            .keep_alive(true);
+        Protocol::Http1(builder)
+    }
+
+    fn alpn(&self) -> Alpn {
+        match self {
+            Protocol::Http2(_) => Alpn::H2,
+            Protocol::Http1(_) => Alpn::Http11,
+        }
+    }
 }
 
 /// Calls in flight on one connection, and when the last one ended.
@@ -103,10 +136,10 @@ impl http_body::Body for Tracked {
 }
 
 /// Accepts connections until `stop` says how long the last ones may take, serving each
-/// with `builder` and `handle`; returns once every connection closed or the grace ended.
+/// with `protocol` and `handle`; returns once every connection closed or the grace ended.
 pub async fn serve<H, F>(
     listener: TcpListener,
-    builder: http2::Builder<TokioExecutor>,
+    protocol: Protocol,
     limits: Limits,
     handle: H,
     stop: tokio::sync::oneshot::Receiver<Duration>,
@@ -137,7 +170,7 @@ pub async fn serve<H, F>(
                     _open: open.clone(),
                 };
                 let serving = Serving {
-                    builder: builder.clone(),
+                    protocol: protocol.clone(),
                     idle: limits.idle_timeout,
                     handle: handle.clone(),
                     closing: closing_rx.clone(),
@@ -145,7 +178,7 @@ pub async fn serve<H, F>(
                 // TLS on: never plaintext (`start` refuses to serve before a first set).
                 let acceptor = match &limits.tls {
                     None => None,
-                    Some(tls) => match tls.acceptor() {
+                    Some(tls) => match tls.acceptor(protocol.alpn()) {
                         Some(acceptor) => Some(acceptor),
                         None => continue,
                     },
@@ -173,9 +206,9 @@ impl Drop for Connection {
     }
 }
 
-/// How a connection is served once it speaks HTTP/2.
+/// How a connection is served once its bytes are HTTP (after any TLS handshake).
 struct Serving<H> {
-    builder: http2::Builder<TokioExecutor>,
+    protocol: Protocol,
     idle: Option<Duration>,
     handle: H,
     closing: watch::Receiver<bool>,
@@ -213,10 +246,10 @@ where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let Serving {
-            builder,
+            protocol,
             idle,
             handle,
-            mut closing,
+            closing,
         } = self;
         let activity = Arc::new(Activity {
             active: AtomicUsize::new(0),
@@ -233,34 +266,54 @@ where
                 )
             }
         });
-        let connection = builder.serve_connection(TokioIo::new(io), service);
-        tokio::pin!(connection);
-        // One timer per connection (none per call): it wakes when the connection would
-        // have been idle for `idle`, and is pushed back while calls keep it busy.
-        let check = tokio::time::sleep(idle.unwrap_or(Duration::from_secs(86_400)));
-        tokio::pin!(check);
-        let mut shutting = *closing.borrow();
-        if shutting {
-            connection.as_mut().graceful_shutdown();
+        let io = TokioIo::new(io);
+        match protocol {
+            Protocol::Http2(builder) => {
+                let connection = builder.serve_connection(io, service);
+                drive(connection, idle, &activity, closing).await;
+            }
+            Protocol::Http1(builder) => {
+                let connection = builder.serve_connection(io, service);
+                drive(connection, idle, &activity, closing).await;
+            }
         }
-        loop {
-            tokio::select! {
-                _ = connection.as_mut() => break,
-                changed = closing.changed(), if !shutting => {
-                    if changed.is_err() || *closing.borrow() {
-                        connection.as_mut().graceful_shutdown();
-                        shutting = true;
-                    }
+    }
+}
+
+/// Runs `connection` to its end: shut down gracefully when the port closes or the
+/// connection has been idle for `idle`.
+async fn drive<C: GracefulConnection>(
+    connection: C,
+    idle: Option<Duration>,
+    activity: &Activity,
+    mut closing: watch::Receiver<bool>,
+) {
+    tokio::pin!(connection);
+    // One timer per connection (none per call): it wakes when the connection would
+    // have been idle for `idle`, and is pushed back while calls keep it busy.
+    let check = tokio::time::sleep(idle.unwrap_or(Duration::from_secs(86_400)));
+    tokio::pin!(check);
+    let mut shutting = *closing.borrow();
+    if shutting {
+        connection.as_mut().graceful_shutdown();
+    }
+    loop {
+        tokio::select! {
+            _ = connection.as_mut() => break,
+            changed = closing.changed(), if !shutting => {
+                if changed.is_err() || *closing.borrow() {
+                    connection.as_mut().graceful_shutdown();
+                    shutting = true;
                 }
-                () = &mut check, if idle.is_some() && !shutting => {
-                    let idle = idle.unwrap_or_default();
-                    let idle_for = activity.idle_for();
-                    if idle_for >= idle {
-                        connection.as_mut().graceful_shutdown(); // GOAWAY: the client reconnects
-                        shutting = true;
-                    } else {
-                        check.as_mut().reset(Instant::now() + (idle - idle_for));
-                    }
+            }
+            () = &mut check, if idle.is_some() && !shutting => {
+                let idle = idle.unwrap_or_default();
+                let idle_for = activity.idle_for();
+                if idle_for >= idle {
+                    connection.as_mut().graceful_shutdown(); // GOAWAY: the client reconnects
+                    shutting = true;
+                } else {
+                    check.as_mut().reset(Instant::now() + (idle - idle_for));
                 }
             }
         }

@@ -12,6 +12,7 @@ pub mod grpc_frame;
 pub mod grpc_status;
 pub mod handover;
 pub mod health;
+pub mod http_passthrough;
 pub mod observed;
 pub mod passthrough;
 pub mod plane;

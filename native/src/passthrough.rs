@@ -30,7 +30,7 @@ use crate::deadline;
 use crate::grpc_frame::{field_str, Framing};
 use crate::grpc_status::{self, Status};
 use crate::health::{self, Health};
-use crate::sidecar_stats::{Outcome, SidecarStats};
+use crate::sidecar_stats::{Counted, Outcome, SidecarStats};
 use crate::timing::{self, Entries};
 use crate::trace::{self, Ids, SpanRecord, Tracer};
 use crate::upstream::{Body, BoxError, Reply, SendError, Upstream};
@@ -86,6 +86,16 @@ pub struct Sidecar {
     /// Traced calls' span records (`trace.rs`): the Python sidecar's SERVER span named
     /// after the method and its CLIENT span `backend upstream`.
     pub tracer: Arc<Tracer>,
+}
+
+impl Counted for Sidecar {
+    fn upstream(&self) -> &str {
+        &self.upstream.address
+    }
+
+    fn stats(&self) -> &SidecarStats {
+        &self.stats
+    }
 }
 
 impl Sidecar {
@@ -321,7 +331,8 @@ impl Rpc {
         }
         self.side.stats.record(&Outcome {
             method: &self.method,
-            code,
+            status: code.into(),
+            ok: code == grpc_status::OK,
             inference: self.protocol.map(|p| (p, model)),
             phases: [decode, backend, Some(total)],
         });
@@ -515,6 +526,7 @@ mod tests {
             &SidecarConfig {
                 upstream: "127.0.0.1:1".into(),
                 max_message_bytes: 100,
+                protocol: crate::config::SidecarProtocol::Grpc,
             },
             Arc::default(),
             Arc::new(Tracer::new(false, 1)),

@@ -1,5 +1,6 @@
-//! The plane: a tokio runtime on its own threads, a listener, one h2c server connection
-//! per client connection (`connections.rs`: limits, idle GOAWAY); stopped by draining
+//! The plane: a tokio runtime on its own threads, a listener, one server connection per
+//! client connection (`connections.rs`: limits, idle GOAWAY), HTTP/2 but for the REST
+//! sidecar's HTTP/1.1; stopped by draining
 //! (GOAWAY to every client, in-flight requests finish) for at most a grace period, then
 //! closing everything.
 
@@ -14,13 +15,15 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::api_keys::ApiKeys;
-use crate::config::{millis, Config};
-use crate::connections::{self, Limits};
+use crate::config::{millis, Config, SidecarProtocol};
+use crate::connections::{self, Limits, Protocol};
 use crate::credential::Credentials;
 use crate::forward::{self, Shared};
 use crate::health::Health;
+use crate::http_passthrough::{self, HttpSidecar};
 use crate::passthrough::{self, Sidecar};
-use crate::server_tls::ServerTls;
+use crate::server_tls::{Alpn, ServerTls};
+use crate::sidecar_stats::Counted;
 use crate::upstream::{CONNECTION_WINDOW, MAX_FRAME, STREAM_WINDOW};
 
 pub struct Running {
@@ -28,8 +31,8 @@ pub struct Running {
     serving: Option<Serving>,
     pub port: u16,
     pub shared: Arc<Shared>,
-    /// Set when the plane is a sidecar (`config.sidecar`).
-    pub sidecar: Option<Arc<Sidecar>>,
+    /// Set when the plane is a sidecar (`config.sidecar`): its gRPC or its REST half.
+    pub sidecar: Option<Arc<dyn Counted>>,
 }
 
 /// What Python keeps for the plane across its starts, and sets before one: the sidecar's
@@ -44,11 +47,12 @@ pub struct Held {
 }
 
 /// What answers a request: the gateway's forwarding (native routes + python lane) or
-/// the sidecar's passthrough.
+/// the sidecar's passthrough, gRPC or REST.
 #[derive(Clone)]
 enum Handler {
     Gateway(Arc<Shared>),
     Sidecar(Arc<Sidecar>),
+    HttpSidecar(Arc<HttpSidecar>),
 }
 
 /// Serves `handed` (the listener Python bound, `handover.rs`), else binds `config.listen`,
@@ -65,7 +69,7 @@ pub fn start(
     handed: Option<std::net::TcpListener>,
 ) -> Result<Running, String> {
     let tls = match config.tls {
-        true if held.tls.acceptor().is_none() => {
+        true if held.tls.acceptor(Alpn::H2).is_none() => {
             return Err("tls is on and no certificate was set (set_server_tls)".into())
         }
         true => Some(held.tls.clone()),
@@ -75,13 +79,16 @@ pub fn start(
     let shared = Arc::new(
         Shared::new(config, &held.credentials, keys).map_err(|e| format!("plane config: {e}"))?,
     );
-    let sidecar = config
-        .sidecar
-        .as_ref()
-        .map(|s| Arc::new(Sidecar::new(s, held.health.clone(), shared.tracer.clone())));
-    let handler = match &sidecar {
-        Some(sidecar) => Handler::Sidecar(sidecar.clone()),
-        None => Handler::Gateway(shared.clone()),
+    let (handler, sidecar): (Handler, Option<Arc<dyn Counted>>) = match &config.sidecar {
+        None => (Handler::Gateway(shared.clone()), None),
+        Some(s) if s.protocol == SidecarProtocol::Http => {
+            let side = Arc::new(HttpSidecar::new(s, shared.tracer.clone()));
+            (Handler::HttpSidecar(side.clone()), Some(side))
+        }
+        Some(s) => {
+            let side = Arc::new(Sidecar::new(s, held.health.clone(), shared.tracer.clone()));
+            (Handler::Sidecar(side.clone()), Some(side))
+        }
     };
     let runtime = if config.worker_threads == 1 {
         tokio::runtime::Builder::new_current_thread()
@@ -149,24 +156,35 @@ enum Serving {
     Runtime(Runtime, JoinHandle<()>),
 }
 
+/// How long an idle HTTP/1.1 connection may wait for its next request head (aiohttp's
+/// `keepalive_timeout`, which the Python REST half has).
+const HTTP1_HEADER_TIMEOUT: Duration = Duration::from_secs(75);
+
 async fn serve(
     listener: TcpListener,
     handler: Handler,
     limits: Limits,
     stop: oneshot::Receiver<Duration>,
 ) {
-    let mut builder = http2::Builder::new(TokioExecutor::new());
-    builder
-        .initial_stream_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW)
-        .max_frame_size(MAX_FRAME)
-        .max_concurrent_streams(1024);
+    let protocol = match handler {
+        Handler::HttpSidecar(_) => Protocol::http1(HTTP1_HEADER_TIMEOUT),
+        Handler::Gateway(_) | Handler::Sidecar(_) => {
+            let mut builder = http2::Builder::new(TokioExecutor::new());
+            builder
+                .initial_stream_window_size(STREAM_WINDOW)
+                .initial_connection_window_size(CONNECTION_WINDOW)
+                .max_frame_size(MAX_FRAME)
+                .max_concurrent_streams(1024);
+            Protocol::Http2(builder)
+        }
+    };
     let handle = move |request| {
         let handler = handler.clone();
         async move {
             let answered = match handler {
                 Handler::Gateway(shared) => forward::handle(shared, request).await,
                 Handler::Sidecar(sidecar) => passthrough::handle(sidecar, request).await,
+                Handler::HttpSidecar(side) => http_passthrough::handle(side, request).await,
             };
             match answered {
                 Ok(response) => response,
@@ -174,7 +192,7 @@ async fn serve(
             }
         }
     };
-    connections::serve(listener, builder, limits, handle, stop).await;
+    connections::serve(listener, protocol, limits, handle, stop).await;
 }
 
 impl Running {

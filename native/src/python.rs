@@ -15,15 +15,14 @@ use crate::config::Config;
 use crate::credential;
 use crate::forward::{Route, Shared};
 use crate::handover::Inbox;
-use crate::passthrough::Sidecar;
 use crate::plane::{self, Held, Running};
 use crate::policy::Reason;
-use crate::sidecar_stats::HistogramSnapshot;
+use crate::sidecar_stats::{Counted, HistogramSnapshot};
 use crate::stats::{Histogram, LaneStats, ModelStats, BUCKETS_S};
 use crate::timing;
 
 /// What a start's counters live in: the gateway's lanes, and the sidecar's.
-type Counters = (Arc<Shared>, Option<Arc<Sidecar>>);
+type Counters = (Arc<Shared>, Option<Arc<dyn Counted>>);
 
 /// The native data plane. ``Plane(config_json)``; ``start() -> port``; ``stop(grace_s)``;
 /// ``stats() -> dict``; for a sidecar, ``set_health(service, status)`` and
@@ -281,7 +280,7 @@ impl Plane {
         if let Some((shared, side)) = last {
             tracing = shared.tracer.all.load(Ordering::Relaxed);
             if let Some(side) = side {
-                sidecar = Some(sidecar_dict(py, &side)?);
+                sidecar = Some(sidecar_dict(py, &*side)?);
             }
             for backend in &shared.backends {
                 let d = lane_dict(py, &backend.stats)?;
@@ -319,12 +318,13 @@ type SpanTuple = (
     u8,
 );
 
-/// ``{"upstream", "methods": {method: {code: n}}, "inference": [{"model", "protocol",
-/// "status", "requests", "phases": {phase: histogram}}]}``.
-fn sidecar_dict<'py>(py: Python<'py>, side: &Sidecar) -> PyResult<Bound<'py, PyDict>> {
-    let snapshot = side.stats.snapshot();
+/// ``{"upstream", "methods": {method: {status: n}}, "inference": [{"model", "protocol",
+/// "status", "requests", "phases": {phase: histogram}}]}``; a status is a gRPC code, or an
+/// HTTP status on the REST half.
+fn sidecar_dict<'py>(py: Python<'py>, side: &dyn Counted) -> PyResult<Bound<'py, PyDict>> {
+    let snapshot = side.stats().snapshot();
     let d = PyDict::new(py);
-    d.set_item("upstream", &side.upstream.address)?;
+    d.set_item("upstream", side.upstream())?;
     let methods = PyDict::new(py);
     for (method, codes) in snapshot.methods {
         let by_code = PyDict::new(py);
@@ -339,7 +339,7 @@ fn sidecar_dict<'py>(py: Python<'py>, side: &Sidecar) -> PyResult<Bound<'py, PyD
         let r = PyDict::new(py);
         r.set_item("model", row.model)?;
         r.set_item("protocol", row.protocol)?;
-        r.set_item("status", row.code)?;
+        r.set_item("status", row.status)?;
         r.set_item("requests", row.requests)?;
         let phases = PyDict::new(py);
         for (name, histogram) in &row.phases {

@@ -3,7 +3,8 @@
 //! Python reads the files and re-reads them when they change (`gateway/tls.py`), and hands
 //! each new set over (`Plane.set_server_tls`); a new connection takes the current set,
 //! established ones keep theirs, as on the Python plane. rustls on `ring`, TLS 1.2 and 1.3,
-//! ALPN `h2` (a client offering no ALPN is served HTTP/2 too, as gRPC servers do).
+//! ALPN `h2` on a gRPC port (a client offering no ALPN is served HTTP/2 too, as gRPC
+//! servers do) and `http/1.1` on a REST port.
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -18,10 +19,24 @@ use tokio_rustls::TlsAcceptor;
 /// nothing holds no connection slot for longer.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// What a port speaks, offered in the handshake's ALPN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Alpn {
+    H2,
+    Http11,
+}
+
+/// One set of certificates, as each kind of port serves it.
+#[derive(Clone)]
+struct Acceptors {
+    h2: TlsAcceptor,
+    http11: TlsAcceptor,
+}
+
 /// The current certificates of the port (None until the first set).
 #[derive(Default)]
 pub struct ServerTls {
-    current: RwLock<Option<TlsAcceptor>>,
+    current: RwLock<Option<Acceptors>>,
 }
 
 impl ServerTls {
@@ -29,17 +44,28 @@ impl ServerTls {
     /// `client_ca` must present a certificate it signed. The error says which part is
     /// wrong and why, never what it holds; the previous set stays.
     pub fn set(&self, chain: &[u8], key: &[u8], client_ca: Option<&[u8]>) -> Result<(), String> {
-        let acceptor = TlsAcceptor::from(Arc::new(server_config(chain, key, client_ca)?));
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some(acceptor);
+        let config = server_config(chain, key, client_ca)?;
+        let with = |protocol: &[u8]| {
+            let mut config = config.clone();
+            config.alpn_protocols = vec![protocol.to_vec()];
+            TlsAcceptor::from(Arc::new(config))
+        };
+        let acceptors = Acceptors {
+            h2: with(b"h2"),
+            http11: with(b"http/1.1"),
+        };
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some(acceptors);
         Ok(())
     }
 
-    /// What a new connection is served with (None: no certificates yet).
-    pub fn acceptor(&self) -> Option<TlsAcceptor> {
-        self.current
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+    /// What a new connection of a port speaking `alpn` is served with (None: no
+    /// certificates yet).
+    pub fn acceptor(&self, alpn: Alpn) -> Option<TlsAcceptor> {
+        let current = self.current.read().unwrap_or_else(|e| e.into_inner());
+        current.as_ref().map(|a| match alpn {
+            Alpn::H2 => a.h2.clone(),
+            Alpn::Http11 => a.http11.clone(),
+        })
     }
 }
 
@@ -71,11 +97,9 @@ fn server_config(
             builder.with_client_cert_verifier(verifier)
         }
     };
-    let mut config = builder
+    builder
         .with_single_cert(chain, key)
-        .map_err(|e| format!("certificate and key: {e}"))?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(config)
+        .map_err(|e| format!("certificate and key: {e}"))
 }
 
 fn certificates(pem: &[u8], what: &str) -> Result<Vec<CertificateDer<'static>>, String> {
@@ -95,10 +119,10 @@ mod tests {
     #[test]
     fn nothing_is_served_before_a_set_and_a_bad_set_keeps_none() {
         let tls = ServerTls::default();
-        assert!(tls.acceptor().is_none());
+        assert!(tls.acceptor(Alpn::H2).is_none());
         let err = tls.set(b"", b"", None).unwrap_err();
         assert!(err.starts_with("key: no private key in PEM"), "{err}");
-        assert!(tls.acceptor().is_none());
+        assert!(tls.acceptor(Alpn::Http11).is_none());
     }
 
     #[test]

@@ -5,6 +5,10 @@
 //! it, up to `MAX_MODEL_LABELS`; until then it is `_other` (the Python rule). Method
 //! names come from clients too: at most `MAX_METHODS` of them, the rest `_other`.
 //!
+//! The status of a call is its gRPC code (the gRPC half) or its HTTP status (the REST
+//! half, `http_passthrough.rs`); Python turns either into the label the Python sidecar
+//! gives, by its one table.
+//!
 //! One mutex, taken once per call at its end (uncontended: the plane runs on one thread
 //! by default); Python reads a snapshot at scrape time.
 
@@ -12,7 +16,6 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::grpc_status::{CODES, OK};
 use crate::stats::Histogram;
 
 pub const OTHER: &str = "_other";
@@ -24,7 +27,10 @@ pub const PHASES: [&str; 3] = ["decode", "backend", "total"];
 /// One finished call.
 pub struct Outcome<'a> {
     pub method: &'a str,
-    pub code: u8,
+    /// A gRPC code or an HTTP status.
+    pub status: u16,
+    /// Answered as asked (gRPC OK, HTTP below 400): the model has become a label.
+    pub ok: bool,
     /// `Some((protocol, model))` for an inference method (model: as read, if it was).
     pub inference: Option<(&'static str, Option<&'a str>)>,
     /// Durations of `PHASES`, those measured.
@@ -39,13 +45,20 @@ struct Phases {
 
 #[derive(Default)]
 struct Inner {
-    methods: HashMap<String, [u64; CODES]>,
-    inference: HashMap<(String, &'static str, u8), Phases>,
+    /// Per method, its calls by status (a handful each: a short list beats a map).
+    methods: HashMap<String, Vec<(u16, u64)>>,
+    inference: HashMap<(String, &'static str, u16), Phases>,
     models: HashSet<String>,
 }
 
 #[derive(Default)]
 pub struct SidecarStats(Mutex<Inner>);
+
+/// A sidecar half as Python's scrape reads it: its upstream and its counters.
+pub trait Counted: Send + Sync {
+    fn upstream(&self) -> &str;
+    fn stats(&self) -> &SidecarStats;
+}
 
 /// A histogram read out: counts per bucket (the last +Inf) and the sum in seconds.
 pub type HistogramSnapshot = (Vec<u64>, f64);
@@ -54,22 +67,21 @@ pub type HistogramSnapshot = (Vec<u64>, f64);
 pub struct InferenceRow {
     pub model: String,
     pub protocol: &'static str,
-    pub code: u8,
+    pub status: u16,
     pub requests: u64,
     /// `(phase, histogram)` for the phases observed at least once.
     pub phases: Vec<(&'static str, HistogramSnapshot)>,
 }
 
 pub struct Snapshot {
-    /// `(method, [(code, count)])`.
-    pub methods: Vec<(String, Vec<(u8, u64)>)>,
+    /// `(method, [(status, count)])`, statuses in order.
+    pub methods: Vec<(String, Vec<(u16, u64)>)>,
     pub inference: Vec<InferenceRow>,
 }
 
 impl SidecarStats {
     pub fn record(&self, outcome: &Outcome<'_>) {
         let mut inner = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let code = usize::from(outcome.code).min(CODES - 1);
         let Inner {
             methods,
             inference,
@@ -83,16 +95,22 @@ impl SidecarStats {
                 } else {
                     OTHER
                 };
-                methods.entry(key.to_owned()).or_insert([0; CODES])
+                methods.entry(key.to_owned()).or_default()
             }
         };
-        counts[code] += 1;
+        match counts
+            .iter_mut()
+            .find(|(status, _)| *status == outcome.status)
+        {
+            Some((_, n)) => *n += 1,
+            None => counts.push((outcome.status, 1)),
+        }
         let Some((protocol, model)) = outcome.inference else {
             return;
         };
-        let label = model_label(models, model, outcome.code);
+        let label = model_label(models, model, outcome.ok);
         let phases = inference
-            .entry((label, protocol, outcome.code))
+            .entry((label, protocol, outcome.status))
             .or_default();
         phases.requests += 1;
         for (histogram, duration) in phases.histograms.iter().zip(outcome.phases) {
@@ -108,20 +126,18 @@ impl SidecarStats {
             .methods
             .iter()
             .map(|(method, counts)| {
-                let by_code = (0..CODES as u8)
-                    .zip(counts.iter().copied())
-                    .filter(|&(_, n)| n > 0)
-                    .collect();
-                (method.clone(), by_code)
+                let mut by_status = counts.clone();
+                by_status.sort_unstable();
+                (method.clone(), by_status)
             })
             .collect();
         let inference = inner
             .inference
             .iter()
-            .map(|((model, protocol, code), p)| InferenceRow {
+            .map(|((model, protocol, status), p)| InferenceRow {
                 model: model.clone(),
                 protocol,
-                code: *code,
+                status: *status,
                 requests: p.requests,
                 phases: PHASES
                     .iter()
@@ -136,12 +152,12 @@ impl SidecarStats {
 }
 
 /// The Python sidecar's rule: a model is its own label once it has answered OK.
-fn model_label(models: &mut HashSet<String>, model: Option<&str>, code: u8) -> String {
+fn model_label(models: &mut HashSet<String>, model: Option<&str>, ok: bool) -> String {
     match model {
         Some(m) if !m.is_empty() => {
             if models.contains(m) {
                 m.to_owned()
-            } else if code == OK && models.len() < MAX_MODEL_LABELS {
+            } else if ok && models.len() < MAX_MODEL_LABELS {
                 models.insert(m.to_owned());
                 m.to_owned()
             } else {
@@ -156,10 +172,13 @@ fn model_label(models: &mut HashSet<String>, model: Option<&str>, code: u8) -> S
 mod tests {
     use super::*;
 
-    fn infer<'a>(model: Option<&'a str>, code: u8) -> Outcome<'a> {
+    const OK: u16 = 0;
+
+    fn infer<'a>(model: Option<&'a str>, code: u16) -> Outcome<'a> {
         Outcome {
             method: "/inference.GRPCInferenceService/ModelInfer",
-            code,
+            status: code,
+            ok: code == OK,
             inference: Some(("grpc", model)),
             phases: [
                 None,
@@ -180,7 +199,7 @@ mod tests {
         let mut rows: Vec<_> = snap
             .inference
             .iter()
-            .map(|r| (r.model.as_str(), r.code, r.requests))
+            .map(|r| (r.model.as_str(), r.status, r.requests))
             .collect();
         rows.sort();
         assert_eq!(
@@ -205,7 +224,8 @@ mod tests {
             let method = format!("/x.Y/M{i}");
             stats.record(&Outcome {
                 method: &method,
-                code: 12,
+                status: 12,
+                ok: false,
                 inference: None,
                 phases: [None; 3],
             });

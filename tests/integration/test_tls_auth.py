@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import socket
 import ssl
 import time
 import urllib.error
@@ -521,6 +522,16 @@ def test_sidecar_serves_tls(triton: TritonEndpoints, pki: dict[str, Any]) -> Non
             assert sidecar.service.plane_stats()["methods"]
         status, _, _ = _get(f"https://{sidecar.http}/v2/health/ready", _https(pki))
         assert status == 200
+        if native:  # the REST port is a plane too, and says HTTP/1.1 in the handshake
+            assert sidecar.service.rest_plane_stats()["methods"]["HTTP GET"] == {200: 1}
+            https = _https(pki)
+            https.set_alpn_protocols(["h2", "http/1.1"])
+            host, port = sidecar.http.rsplit(":", 1)
+            with (
+                socket.create_connection((host, int(port)), timeout=5) as raw,
+                https.wrap_socket(raw, server_hostname=host) as tls,
+            ):
+                assert tls.selected_alpn_protocol() == "http/1.1"
     finally:
         client.close()
         sidecar.close()
