@@ -5,7 +5,7 @@ Every method, path, query and body is forwarded as is; bodies are bytes to the p
 (automatic decompression is off on both sides, so ``Content-Encoding`` stays true).
 Request bodies up to ``STREAM_ABOVE`` are read at once (fewest round trips through the
 event loop); larger or chunked ones are streamed upstream as they arrive. Responses
-with a known length up to ``BUFFER_RESPONSES_UP_TO`` are read whole so that
+without a body, or with a known length up to ``BUFFER_RESPONSES_UP_TO``, are read whole so that
 ``Server-Timing`` (``total``, ``backend``) covers the full round trip; larger or
 chunked ones are streamed, and their ``backend`` (``desc=headers``) ends at the
 upstream's response headers, the last moment a header can still be sent. The bound is
@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 STREAM_ABOVE = 1 << 20  # request bodies larger than this are streamed upstream
 BUFFER_RESPONSES_UP_TO = 1 << 20  # the native plane's too (http_passthrough.rs)
 CHUNK = 256 << 10
+NO_BODY_STATUSES = frozenset({204, 304})  # answered whole, whatever their headers say
 CONNECT_TIMEOUT_S = 5.0
 HOP_BY_HOP = frozenset(
     {
@@ -207,7 +208,8 @@ class HttpProxy:
     ) -> web.StreamResponse:
         headers = _forwarded(upstream.headers)
         length = upstream.content_length
-        if length is not None and length <= BUFFER_RESPONSES_UP_TO:
+        bodiless = request.method == "HEAD" or upstream.status in NO_BODY_STATUSES
+        if bodiless or (length is not None and length <= BUFFER_RESPONSES_UP_TO):
             body = await upstream.read()
             timings.add_since("backend", t0)
             headers.popall("Content-Length", None)  # aiohttp sets it from the body

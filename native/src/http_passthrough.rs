@@ -35,7 +35,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri};
-use http_body::{Frame, SizeHint};
+use http_body::{Body as _, Frame, SizeHint};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -266,29 +266,29 @@ pub async fn handle(
     let (mut parts, incoming) = response.into_parts();
     forward_headers(&mut parts.headers);
     let status = parts.status.as_u16();
-    match content_length(&parts.headers).filter(|&n| n <= BUFFER_RESPONSES_UP_TO) {
-        Some(_) => {
-            let whole = match incoming.collect().await {
-                Ok(collected) => collected.to_bytes(),
-                Err(_) => return Ok(call.closed()),
-            };
-            let backend = backend_start.elapsed();
-            call.timing(&mut parts.headers, backend, "");
-            call.record(status, Some((backend_start, backend)), grpc_status::OK);
-            Ok(Response::from_parts(parts, full(whole)))
-        }
-        None => {
-            let backend = backend_start.elapsed();
-            call.timing(&mut parts.headers, backend, "headers");
-            let streamed = Streamed {
-                inner: incoming,
-                call,
-                status,
-                backend: (backend_start, backend),
-            };
-            Ok(Response::from_parts(parts, streamed.boxed_unsync()))
-        }
+    // No body at all (HEAD, 204, 304): answered at once, as a read-whole one is; else
+    // hyper would never poll a streamed body and the call would count as abandoned.
+    let at_once = incoming.is_end_stream()
+        || content_length(&parts.headers).is_some_and(|n| n <= BUFFER_RESPONSES_UP_TO);
+    if !at_once {
+        let backend = backend_start.elapsed();
+        call.timing(&mut parts.headers, backend, "headers");
+        let streamed = Streamed {
+            inner: incoming,
+            call,
+            status,
+            backend: (backend_start, backend),
+        };
+        return Ok(Response::from_parts(parts, streamed.boxed_unsync()));
     }
+    let whole = match incoming.collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => return Ok(call.closed()),
+    };
+    let backend = backend_start.elapsed();
+    call.timing(&mut parts.headers, backend, "");
+    call.record(status, Some((backend_start, backend)), grpc_status::OK);
+    Ok(Response::from_parts(parts, full(whole)))
 }
 
 fn content_length(headers: &HeaderMap) -> Option<u64> {

@@ -43,6 +43,7 @@ class FakeRest:
     """An HTTP/1.1 upstream on 127.0.0.1 (keep-alive, one thread per connection):
 
     - ``/echo``: the request's headers and body length as JSON;
+    - ``/empty``: 204, no body and no length;
     - ``/big``: ``BIG``, with its length;
     - ``/chunked``: a chunked answer of ``CHUNKS``;
     - ``/cut-headers``: closes the connection without answering;
@@ -90,6 +91,8 @@ class FakeRest:
         if path == "/echo":
             seen = {"headers": [[k.lower(), v] for k, v in headers], "body": len(body)}
             _send(conn, 200, json.dumps(seen).encode(), "application/json")
+        elif path == "/empty":
+            conn.sendall(b"HTTP/1.1 204 No Content\r\n\r\n")
         elif path == "/big":
             _send(conn, 200, BIG, "application/octet-stream")
         elif path == "/chunked":
@@ -220,6 +223,14 @@ def test_chunked_bodies_both_ways(side: ServiceThread) -> None:
     reply, body = _request(side.http, "GET", "/big")  # streamed too: over 1 MiB
     assert (reply.status, body) == (200, BIG) and reply.headers["Content-Length"] == str(len(BIG))
     assert _timing(reply) == ["backend;desc=headers", "total;desc=headers"]
+
+
+def test_an_answer_without_a_body_is_answered_and_counted(side: ServiceThread) -> None:
+    reply, body = _request(side.http, "DELETE", "/empty")
+    assert (reply.status, body) == (204, b"") and _timing(reply) == ["backend", "total"]
+    text = urllib.request.urlopen(f"http://{side.metrics}/metrics", timeout=5).read().decode()
+    calls = [line for line in text.splitlines() if 'method="HTTP DELETE"' in line]
+    assert calls == ['infergw_sidecar_rpcs_total{method="HTTP DELETE",status="OK"} 1.0']
 
 
 def test_a_chunked_body_over_the_limit_is_413(side: ServiceThread) -> None:
