@@ -70,10 +70,12 @@ def run_h2load(
     h1: bool = False,
     path: str = MODEL_INFER,
     headers: Mapping[str, str] | None = None,
+    rps: int | None = None,
 ) -> H2loadResult:
     """gRPC ``ModelInfer``: one connection with ``concurrency`` streams in flight for
     ``seconds``. ``h1``: HTTP/1.1 POSTs to ``path`` with ``headers`` instead, one request
-    at a time on each of ``concurrency`` keep-alive connections."""
+    at a time on each of ``concurrency`` keep-alive connections. ``rps``: at most that
+    many requests per second on each connection (h2load's ``--rps``)."""
     args = [binary, "-t", "1", "-D", f"{seconds * 1000:.0f}ms"]
     if h1:
         args += ["--h1", "-c", str(concurrency), "-m", "1"]
@@ -81,6 +83,8 @@ def run_h2load(
         args += ["-c", "1", "-m", str(concurrency)]
         headers = {"content-type": "application/grpc", "te": "trailers"}
     args += ["--warm-up-time", "500ms", "-d", str(body)]
+    if rps is not None:
+        args += [f"--rps={rps}"]
     for name, value in (headers or {}).items():
         args += ["-H", f"{name}: {value}"]
     before = triton_counts(triton_http)

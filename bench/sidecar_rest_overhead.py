@@ -14,11 +14,17 @@ time on one keep-alive connection, p50/p99 per round, interleaved; then throughp
 Triton's own statistics). Prints medians over rounds and writes every raw figure as JSON;
 stops everything, also on Ctrl-C. Issue 13 sets its overhead targets on gRPC; the same
 bounds are shown here for comparison.
+
+    .venv/bin/python bench/sidecar_rest_overhead.py --soak-minutes 10 --soak-rate 3200
+
+instead holds the native sidecar's REST half at a fixed rate (tiny requests, h2load
+``--rps`` over 8 connections) and samples its RSS every 10 s: the leak check.
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import contextlib
 import http.client
 import json
@@ -284,6 +290,44 @@ def run(args: Any, nginx_bin: str, groups: list[int]) -> dict[str, Any]:
     return {"raw": raw, "summary": summarize(raw), "rss_mib": rss}
 
 
+SOAK_SAMPLE_S = 10.0
+
+
+def soak(args: Any, groups: list[int]) -> dict[str, Any]:
+    """The native sidecar's REST half at ``soak_rate`` req/s for ``soak_minutes``: RSS
+    samples, and h2load's and Triton's counts (every request answered, none failed)."""
+    with contextlib.ExitStack() as stack:
+        triton = TritonServer(models=["identity"])
+        stack.callback(shielded(triton.stop))
+        endpoints = triton.start()
+        groups.append(triton.pid or 0)
+        native = RestSidecar(endpoints.grpc, endpoints.http, groups, native=True)
+        stack.callback(shielded(native.stop))
+        address = native.start()
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="infergw-bench-rest-")))
+        tiny = args.payloads[0]
+        (tmp / "tiny.bin").write_bytes(tiny.body)
+        seconds = args.soak_minutes * 60
+        per_connection = max(1, round(args.soak_rate / args.concurrency))
+        print(f"soak: {address} at {per_connection * args.concurrency} req/s for {seconds:.0f} s")
+        samples: list[tuple[float, float]] = []
+        t0 = time.monotonic()
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            load = pool.submit(
+                h2load.run_h2load, args.h2load, address, tmp / "tiny.bin", args.concurrency,
+                seconds, endpoints.http, h1=True, path=INFER_PATH, headers=tiny.headers,
+                rps=per_connection,
+            )  # fmt: skip
+            while not load.done():
+                samples.append((time.monotonic() - t0, servers.vm_rss_mib(native.pid)))
+                print(f"  {samples[-1][0]:5.0f} s  RSS {samples[-1][1]:.1f} MiB", flush=True)
+                with contextlib.suppress(concurrent.futures.TimeoutError):
+                    load.result(timeout=SOAK_SAMPLE_S)
+            result = load.result()
+        samples.append((time.monotonic() - t0, servers.vm_rss_mib(native.pid)))
+    return {"samples": samples, "h2load": result.as_dict(), "rps": result.rps}
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--rounds", type=int, default=6, help="interleaved rounds (default 6)")
@@ -293,6 +337,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, default=8, help="requests in flight (default 8)")
     p.add_argument("--warmup", type=int, default=200, help="tiny warm-up requests per target")
     p.add_argument("--out", type=Path, default=Path("out/bench"), help="output directory")
+    p.add_argument("--soak-minutes", type=float, help="soak the native REST half instead")
+    p.add_argument("--soak-rate", type=float, default=3200.0, help="soak req/s (3200)")
     args = p.parse_args(argv)
     args.payloads = (
         payload("tiny 1x16", TINY_COLUMNS),
@@ -315,7 +361,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for sig in STOP_SIGNALS[1:]:
         signal.signal(sig, _raise_stopped)
     try:
-        report = run(args, nginx_bin, groups)
+        report = soak(args, groups) if args.soak_minutes else run(args, nginx_bin, groups)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
     finally:
@@ -327,6 +373,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         k: v for k, v in vars(args).items() if k not in ("payloads", "pgids", "out", "h2load")
     }
     report["wall_seconds"] = time.monotonic() - started
+    if args.soak_minutes:
+        return _soak_report(report, args, clean)
     print()
     print(render(report["summary"], args))
     rss = report["rss_mib"]
@@ -337,6 +385,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     path.write_text(json.dumps(report, indent=1, default=str))
     print(f"raw figures: {path}")
     return 0 if clean else 3
+
+
+def _soak_report(report: dict[str, Any], args: Any, clean: bool) -> int:
+    rss = [mib for _, mib in report["samples"]]
+    half = rss[len(rss) // 2 :]
+    h = report["h2load"]
+    print(f"\nsoak: {h['succeeded']} requests at {report['rps']:.0f} req/s, {h['failed']} failed,"
+          f" Triton: {h['triton_success']} OK / {h['triton_fail']} failed"
+          f" ({'verified' if h['verified'] else 'NOT verified'})")  # fmt: skip
+    print(f"RSS {rss[0]:.1f} -> {rss[-1]:.1f} MiB (max {max(rss):.1f}); second half"
+          f" {min(half):.1f}-{max(half):.1f} MiB")  # fmt: skip
+    path = args.out / "sidecar_rest_soak.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=1, default=str))
+    print(f"raw figures: {path}")
+    return 0 if clean and h["verified"] else 3
 
 
 if __name__ == "__main__":
