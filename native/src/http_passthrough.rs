@@ -267,7 +267,7 @@ pub async fn handle(
     forward_headers(&mut parts.headers);
     let status = parts.status.as_u16();
     // No body at all (HEAD, 204, 304): answered at once, as a read-whole one is; else
-    // hyper would never poll a streamed body and the call would count as abandoned.
+    // hyper need not poll a streamed body, and its call would count as abandoned.
     let at_once = incoming.is_end_stream()
         || content_length(&parts.headers).is_some_and(|n| n <= BUFFER_RESPONSES_UP_TO);
     if !at_once {
