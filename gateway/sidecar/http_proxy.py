@@ -212,9 +212,16 @@ class HttpProxy:
         if bodiless or (length is not None and length <= BUFFER_RESPONSES_UP_TO):
             body = await upstream.read()
             timings.add_since("backend", t0)
-            headers.popall("Content-Length", None)  # aiohttp sets it from the body
             timings.add("total", timings.elapsed_ms())
             _add_server_timing(headers, timings)
+            if bodiless:  # the upstream's headers as they are (a HEAD's length included)
+                response = web.StreamResponse(
+                    status=upstream.status, reason=upstream.reason, headers=headers
+                )
+                await response.prepare(request)
+                await response.write_eof()
+                return response
+            headers.popall("Content-Length", None)  # aiohttp sets it from the body
             return web.Response(
                 status=upstream.status, reason=upstream.reason, body=body, headers=headers
             )

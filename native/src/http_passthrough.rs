@@ -10,7 +10,10 @@
 //!   connections are kept alive in a pool (hyper-util's client);
 //! - a request body over `max_message_bytes` is 413 naming the limit: a declared length at
 //!   once, before anything is forwarded, a chunked body when its count passes the limit
-//!   (the upstream request is abandoned);
+//!   (the upstream request is abandoned). The rest of the body is read and dropped for at
+//!   most `LINGER` before the answer (aiohttp's and nginx's lingering close): a connection
+//!   closed with the client's bytes unread is reset, and a client still sending would
+//!   never read its 413;
 //! - a response of known length up to `BUFFER_RESPONSES_UP_TO` is read whole, so that
 //!   `Server-Timing` (`backend`, `total`, after the upstream's own) covers the full round
 //!   trip; a larger or chunked one streams through, its entries ending at the upstream's
@@ -27,13 +30,12 @@
 
 use std::convert::Infallible;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, EXPECT};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri};
 use http_body::{Body as _, Frame, SizeHint};
 use http_body_util::{BodyExt, Full};
@@ -58,6 +60,8 @@ pub const BUFFER_RESPONSES_UP_TO: u64 = 1 << 20;
 /// (nginx's "client closed request"); Python shows it as CANCELLED, as on gRPC.
 pub const CLIENT_CLOSED: u16 = 499;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a refused body is read (and dropped) before its 413 goes out.
+const LINGER: Duration = Duration::from_secs(2);
 const POOL_IDLE: Duration = Duration::from_secs(60);
 /// The Python proxy's `HOP_BY_HOP`: never forwarded, in either direction.
 pub const HOP_BY_HOP: [&str; 10] = [
@@ -198,6 +202,10 @@ pub async fn handle(
     };
     let declared = content_length(&parts.headers);
     if let Some(n) = declared.filter(|&n| n > side.max_message_bytes) {
+        // A client waiting for `100 Continue` sends no body: nothing to linger for.
+        if !parts.headers.contains_key(EXPECT) {
+            linger(Some(body)).await;
+        }
         let message = side.too_large(Some(n));
         return Ok(call.fail(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -211,12 +219,12 @@ pub async fn handle(
         .tracer
         .begin(&mut headers)
         .map(|ids| (ids, trace::unix_now()));
-    let too_large = Arc::new(AtomicBool::new(false));
+    let refused = Arc::new(Mutex::new(None));
     let body = Limited {
-        inner: body,
+        inner: Some(body),
         seen: 0,
         limit: side.max_message_bytes,
-        over: too_large.clone(),
+        refused: refused.clone(),
     };
     let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let uri = match Uri::builder()
@@ -245,7 +253,8 @@ pub async fn handle(
     let answered = side.client.request(outgoing).await;
     let response = match answered {
         Ok(response) => response,
-        Err(_) if too_large.load(Ordering::Acquire) => {
+        Err(_) if refused.lock().is_ok_and(|r| r.is_some()) => {
+            linger(refused.lock().ok().and_then(|mut r| r.take()).flatten()).await;
             let message = side.too_large(None);
             return Ok(call.fail(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -399,12 +408,13 @@ impl Drop for Call {
 }
 
 /// The client's body on its way upstream, counted against the limit; past it, it fails
-/// (the upstream request is abandoned) and says so in `over`.
+/// (the upstream request is abandoned) and leaves the rest of the body in `refused`
+/// (`Some(None)` if the client had sent it all), for `linger`.
 struct Limited {
-    inner: Incoming,
+    inner: Option<Incoming>,
     seen: u64,
     limit: u64,
-    over: Arc<AtomicBool>,
+    refused: Arc<Mutex<Option<Option<Incoming>>>>,
 }
 
 impl http_body::Body for Limited {
@@ -416,7 +426,10 @@ impl http_body::Body for Limited {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        let frame = match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let frame = match ready!(Pin::new(inner).poll_frame(cx)) {
             Some(Ok(frame)) => frame,
             Some(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
             None => return Poll::Ready(None),
@@ -424,7 +437,10 @@ impl http_body::Body for Limited {
         if let Some(data) = frame.data_ref() {
             this.seen = this.seen.saturating_add(data.len() as u64);
             if this.seen > this.limit {
-                this.over.store(true, Ordering::Release);
+                let rest = this.inner.take().filter(|b| !b.is_end_stream());
+                if let Ok(mut refused) = this.refused.lock() {
+                    *refused = Some(rest);
+                }
                 return Poll::Ready(Some(Err("request body over the limit".into())));
             }
         }
@@ -432,12 +448,25 @@ impl http_body::Body for Limited {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(Incoming::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Incoming::size_hint)
     }
+}
+
+/// Reads what is left of a refused body and drops it, for at most `LINGER`.
+async fn linger(body: Option<Incoming>) {
+    let Some(mut body) = body else {
+        return;
+    };
+    let _ = tokio::time::timeout(LINGER, async {
+        while let Some(Ok(_)) = body.frame().await {}
+    })
+    .await;
 }
 
 /// A response streamed through; the call is counted when it ends (or is dropped: the

@@ -48,6 +48,7 @@ class FakeRest:
     - ``/chunked``: a chunked answer of ``CHUNKS``;
     - ``/cut-headers``: closes the connection without answering;
     - ``/cut-body``: declares 100 bytes, sends 10, closes;
+    - any path, HEAD: 200 with ``BIG``'s length and no body;
     - ``/slow``: answers after ``?s=`` seconds, or notes in ``gone`` that its client
       closed the connection first.
     """
@@ -84,11 +85,13 @@ class FakeRest:
                 if request is None or not self._answer(conn, *request):
                     return
 
-    def _answer(self, conn: socket.socket, target: str, headers: list[tuple[str, str]],
-                body: bytes) -> bool:  # fmt: skip
+    def _answer(self, conn: socket.socket, method: str, target: str,
+                headers: list[tuple[str, str]], body: bytes) -> bool:  # fmt: skip
         """Answers one request; False: the connection is to be closed."""
         path, _, query = target.partition("?")
-        if path == "/echo":
+        if method == "HEAD":  # the length the GET's answer would have, and no body
+            conn.sendall(f"HTTP/1.1 200 OK\r\nContent-Length: {len(BIG)}\r\n\r\n".encode())
+        elif path == "/echo":
             seen = {"headers": [[k.lower(), v] for k, v in headers], "body": len(body)}
             _send(conn, 200, json.dumps(seen).encode(), "application/json")
         elif path == "/empty":
@@ -118,11 +121,11 @@ class FakeRest:
         return True
 
 
-def _read_request(reader: Any) -> tuple[str, list[tuple[str, str]], bytes] | None:
+def _read_request(reader: Any) -> tuple[str, str, list[tuple[str, str]], bytes] | None:
     line = reader.readline(65536)
     if not line:
         return None
-    _, target, _ = line.decode("latin-1").split(" ", 2)
+    method, target, _ = line.decode("latin-1").split(" ", 2)
     headers = []
     while (raw := reader.readline(65536)) not in (b"\r\n", b"\n", b""):
         name, _, value = raw.decode("latin-1").partition(":")
@@ -138,7 +141,7 @@ def _read_request(reader: Any) -> tuple[str, list[tuple[str, str]], bytes] | Non
         reader.readline()
     else:
         body = reader.read(int(fields.get("content-length", "0")))
-    return target, headers, body
+    return method, target, headers, body
 
 
 def _send(conn: socket.socket, status: int, body: bytes, content_type: str) -> None:
@@ -231,6 +234,26 @@ def test_an_answer_without_a_body_is_answered_and_counted(side: ServiceThread) -
     text = urllib.request.urlopen(f"http://{side.metrics}/metrics", timeout=5).read().decode()
     calls = [line for line in text.splitlines() if 'method="HTTP DELETE"' in line]
     assert calls == ['infergw_sidecar_rpcs_total{method="HTTP DELETE",status="OK"} 1.0']
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_a_client_still_sending_a_refused_body_reads_its_413(
+    side: ServiceThread, chunked: bool
+) -> None:
+    """8 MiB, far more than the socket buffers hold: the sidecar must read the rest of the
+    body before it closes, or the client, still sending, gets a reset instead of 413."""
+    big = b"x" * (8 << 20)
+    body: Any = (
+        iter([big[i : i + (1 << 20)] for i in range(0, len(big), 1 << 20)]) if chunked else big
+    )
+    reply, answer = _request(side.http, "POST", "/echo", body, chunked=chunked)
+    assert reply.status == 413 and f"limit of {LIMIT} bytes" in json.loads(answer)["error"]
+
+
+def test_head_keeps_the_upstreams_length(side: ServiceThread) -> None:
+    reply, body = _request(side.http, "HEAD", "/big")
+    assert (reply.status, body, reply.headers["Content-Length"]) == (200, b"", str(len(BIG)))
+    assert _timing(reply) == ["backend", "total"]
 
 
 def test_a_chunked_body_over_the_limit_is_413(side: ServiceThread) -> None:
