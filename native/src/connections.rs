@@ -166,10 +166,10 @@ pub async fn serve<H, F>(
                 }
                 count.fetch_add(1, Ordering::AcqRel);
                 let connection = Connection {
-                    count: count.clone(),
                     _open: open.clone(),
                 };
                 let serving = Serving {
+                    slot: Some(Slot(count.clone())),
                     protocol: protocol.clone(),
                     idle: limits.idle_timeout,
                     handle: handle.clone(),
@@ -194,20 +194,25 @@ pub async fn serve<H, F>(
     let _ = tokio::time::timeout(grace, all_closed.recv()).await;
 }
 
-/// One client connection's place in the count (released when its task ends).
+/// One client connection's task (the drain waits for the last one to end).
 struct Connection {
-    count: Arc<AtomicUsize>,
     _open: mpsc::Sender<()>,
 }
 
-impl Drop for Connection {
+/// A connection's place in the `max_connections` count: released when its task ends, or
+/// as soon as it is sent GOAWAY for idleness, so that its client's reconnect is not
+/// refused while the old connection finishes closing.
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
     fn drop(&mut self) {
-        self.count.fetch_sub(1, Ordering::AcqRel);
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
 /// How a connection is served once its bytes are HTTP (after any TLS handshake).
 struct Serving<H> {
+    slot: Option<Slot>,
     protocol: Protocol,
     idle: Option<Duration>,
     handle: H,
@@ -246,6 +251,7 @@ where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let Serving {
+            slot,
             protocol,
             idle,
             handle,
@@ -270,23 +276,24 @@ where
         match protocol {
             Protocol::Http2(builder) => {
                 let connection = builder.serve_connection(io, service);
-                drive(connection, idle, &activity, closing).await;
+                drive(connection, idle, &activity, closing, slot).await;
             }
             Protocol::Http1(builder) => {
                 let connection = builder.serve_connection(io, service);
-                drive(connection, idle, &activity, closing).await;
+                drive(connection, idle, &activity, closing, slot).await;
             }
         }
     }
 }
 
 /// Runs `connection` to its end: shut down gracefully when the port closes or the
-/// connection has been idle for `idle`.
+/// connection has been idle for `idle` (which gives up its `slot` at once).
 async fn drive<C: GracefulConnection>(
     connection: C,
     idle: Option<Duration>,
     activity: &Activity,
     mut closing: watch::Receiver<bool>,
+    mut slot: Option<Slot>,
 ) {
     tokio::pin!(connection);
     // One timer per connection (none per call): it wakes when the connection would
@@ -312,6 +319,7 @@ async fn drive<C: GracefulConnection>(
                 if idle_for >= idle {
                     connection.as_mut().graceful_shutdown(); // GOAWAY: the client reconnects
                     shutting = true;
+                    drop(slot.take());
                 } else {
                     check.as_mut().reset(Instant::now() + (idle - idle_for));
                 }
