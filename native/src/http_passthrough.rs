@@ -375,21 +375,13 @@ impl Call {
         let backend_dur = backend.map(|(_, d)| d);
         let model = self.inference.as_ref().map(|(m, _)| m.as_str());
         if let Some((ids, unix_start)) = self.trace {
-            let unix = |d: Duration| (unix_start + d).as_nanos() as u64;
             let upstream = backend.map(|(at, took)| {
                 let offset = at.saturating_duration_since(self.start);
-                (unix(offset), unix(offset + took))
+                (offset, offset + took)
             });
-            self.side.tracer.push(SpanRecord {
-                ids,
-                method: self.span_name.as_str().into(),
-                model: model.unwrap_or("").into(),
-                backend: "upstream".into(),
-                start_ns: unix(Duration::ZERO),
-                backend_ns: upstream,
-                end_ns: unix(total),
-                code,
-            });
+            let (name, model) = (self.span_name.as_str(), model.unwrap_or(""));
+            let record = SpanRecord::sidecar(ids, unix_start, name, model, upstream, total, code);
+            self.side.tracer.push(record);
         }
         self.side.stats.record(&Outcome {
             method: &self.method,

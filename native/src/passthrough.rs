@@ -313,21 +313,10 @@ impl Rpc {
         }
         let model = self.call.model.get().map(String::as_str);
         if let Some((ids, unix_start)) = self.trace {
-            let unix = |d: Duration| (unix_start + d).as_nanos() as u64;
-            let upstream = backend.map(|b| {
-                let offset = total - b; // the upstream call ran until now
-                (unix(offset), unix(total))
-            });
-            self.side.tracer.push(SpanRecord {
-                ids,
-                method: self.method.as_str().into(),
-                model: model.unwrap_or("").into(),
-                backend: "upstream".into(),
-                start_ns: unix(Duration::ZERO),
-                backend_ns: upstream,
-                end_ns: unix(total),
-                code,
-            });
+            let upstream = backend.map(|b| (total - b, total)); // it ran until now
+            let (method, model) = (self.method.as_str(), model.unwrap_or(""));
+            let record = SpanRecord::sidecar(ids, unix_start, method, model, upstream, total, code);
+            self.side.tracer.push(record);
         }
         self.side.stats.record(&Outcome {
             method: &self.method,

@@ -130,6 +130,32 @@ pub struct SpanRecord {
     pub code: u8,
 }
 
+impl SpanRecord {
+    /// A sidecar's call (gRPC or REST half) to its one upstream: started at `unix_start`
+    /// (unix time), the upstream call from/to these offsets into it, ended `total` in.
+    pub fn sidecar(
+        ids: Ids,
+        unix_start: Duration,
+        method: &str,
+        model: &str,
+        upstream: Option<(Duration, Duration)>,
+        total: Duration,
+        code: u8,
+    ) -> SpanRecord {
+        let unix = |d: Duration| (unix_start + d).as_nanos() as u64;
+        SpanRecord {
+            ids,
+            method: method.into(),
+            model: model.into(),
+            backend: "upstream".into(),
+            start_ns: unix(Duration::ZERO),
+            backend_ns: upstream.map(|(from, to)| (unix(from), unix(to))),
+            end_ns: unix(total),
+            code,
+        }
+    }
+}
+
 /// What the plane traces, and the records waiting for Python (bounded: the oldest go
 /// first when Python does not keep up, and are counted).
 pub struct Tracer {
