@@ -11,6 +11,7 @@ reports, bounded; nothing is timed.
 from __future__ import annotations
 
 import json
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -89,9 +90,12 @@ def timing(gateway: GatewayThread, model: str, body: bytes, pinned: str | None =
         headers["x-infergw-backend"] = pinned
     url = f"http://{gateway.http}/v2/models/{model}/infer"
     request = urllib.request.Request(url, body, headers)
-    with urllib.request.urlopen(request, timeout=WAIT_S) as reply:
-        assert json.load(reply)["outputs"]
-        return {e.name: e for e in parse_server_timing(reply.headers["Server-Timing"])}
+    try:
+        with urllib.request.urlopen(request, timeout=WAIT_S) as reply:
+            assert json.load(reply)["outputs"]
+            return {e.name: e for e in parse_server_timing(reply.headers["Server-Timing"])}
+    except urllib.error.HTTPError as exc:  # the gateway's answer says why
+        raise AssertionError(f"{exc.code}: {exc.read().decode()}") from exc
 
 
 def infer(gateway: GatewayThread, pinned: str | None = None) -> set[str]:
@@ -137,11 +141,20 @@ def test_spill_over_prewarms_a_cold_overflow_and_spills_nothing_to_it_cold(
     # the 20 ms bound at once but stays far below a cold start, so every cold start is
     # avoidable: requests queue at Triton while the overflow is pre-warmed, spill to its
     # warm instances, and queue again whenever those are all busy (pre-warming one more).
+    # The overflow's cold starts (a process loading the model each) starve Triton of CPU
+    # on a small machine: its queue may hold a request for seconds, so the admission's
+    # queue timeout is the client's wait, not the 5 s default (a 429 is not under test).
     spill = {"kind": "spillover", "primary": "triton", "overflow": ["lambda"]}
     config = {
         "listen": LISTEN,
         "backends": {
-            "triton": {"kind": "triton", "url": triton.grpc, "max_concurrency": 1, "max_queue": 64},
+            "triton": {
+                "kind": "triton",
+                "url": triton.grpc,
+                "max_concurrency": 1,
+                "max_queue": 64,
+                "queue_timeout_ms": WAIT_S * 1000,
+            },
             "lambda": function(standin, "overflow"),
         },
         "models": {"minilm": {"policy": {**spill, "max_queue_wait_ms": 20}}},
