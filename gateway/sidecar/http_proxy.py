@@ -146,13 +146,17 @@ class HttpProxy:
         except PayloadTooLarge as exc:
             status = exc.grpc_code
             return self._error(exc.http_status, exc.message, timings)
+        # aiohttp's own text (addresses, OS errors) stays out of the answer, as on the
+        # native plane: the client learns what happened, the log says how.
         except aiohttp.ClientConnectorError as exc:
             status = Unavailable.grpc_code
-            message = f"infergw sidecar: upstream {self.upstream} is unreachable: {exc}"
+            log.info("upstream %s unreachable: %s", self.upstream, type(exc).__name__)
+            message = f"infergw sidecar: upstream {self.upstream} is unreachable"
             return self._error(Unavailable.http_status, message, timings)
         except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError) as exc:
             status = Unavailable.grpc_code
-            message = f"infergw sidecar: upstream {self.upstream} closed the connection: {exc}"
+            log.info("upstream %s closed the connection: %s", self.upstream, type(exc).__name__)
+            message = f"infergw sidecar: upstream {self.upstream} closed the connection"
             return self._error(BAD_GATEWAY, message, timings)
         finally:
             self.metrics.observe_call(f"HTTP {request.method}", status)

@@ -5,9 +5,9 @@
 process (raw sockets, so that it can break off exactly where a real server does) checks
 what the sidecar itself must get right: headers minus hop-by-hop ones, chunked bodies both
 ways, a chunked body over the limit, an upstream dropping the connection before or in the
-middle of its answer, a client going away (the upstream sees it), drain on stop, and the
-trace continued. Every check runs on the Python proxy and on the native plane (``-k
-python`` / ``-k native``).
+middle of its answer or not listening at all, a client going away (the upstream sees it),
+drain on stop, and the trace continued. Every check runs on the Python proxy and on the
+native plane (``-k python`` / ``-k native``).
 """
 
 from __future__ import annotations
@@ -270,11 +270,23 @@ def test_an_upstream_breaking_off_is_502(
 ) -> None:
     reply, body = _request(side.http, "GET", path)
     assert reply.status == 502
-    message = json.loads(body)["error"]
-    assert f"upstream {upstream.address} closed the connection" in message
+    message = json.loads(body)["error"]  # (the HTTP client's own text stays out)
+    assert message == f"infergw sidecar: upstream {upstream.address} closed the connection"
     assert _timing(reply) == ["total"]
     reply, _ = _request(side.http, "GET", "/echo")
     assert reply.status == 200
+
+
+def test_an_upstream_not_listening_is_503(plane: str) -> None:
+    dead = f"127.0.0.1:{free_port()}"
+    sidecar = sidecar_thread(dead, http_upstream=dead, data_plane=plane)
+    try:
+        reply, body = _request(sidecar.http, "POST", "/v2/models/m/infer", body=b"{}")
+    finally:
+        sidecar.close()
+    assert reply.status == 503
+    assert json.loads(body)["error"] == f"infergw sidecar: upstream {dead} is unreachable"
+    assert _timing(reply) == ["total"]
 
 
 def test_a_client_gone_is_seen_upstream_and_counted(
