@@ -64,6 +64,8 @@ class FakeRest:
 
     def close(self) -> None:
         self.stopping.set()
+        # close() alone does not wake a thread blocked in accept(); shutdown() does.
+        self.listener.shutdown(socket.SHUT_RDWR)
         self.listener.close()
         for thread in [self.accepting, *self.threads]:
             thread.join(timeout=SLOW_CAP_S + 1)
